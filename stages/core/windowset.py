@@ -1,0 +1,205 @@
+"""The detector input contract: aligned grid arrays of one split and the window geometry.
+
+``windows@ds`` writes ``data/windows/<ds>/`` (``grid.npz``, ``schema.json``, ``splits.json``);
+:func:`load_split` turns it into a :class:`WindowSet`. Windows are index ranges over the grid,
+never materialised copies, so long spans with small strides cost no extra memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from stages.core.io import read_json
+
+
+@dataclass
+class FeatureSchema:
+    """What the columns of the grid arrays mean; shared by all splits of one dataset."""
+
+    dataset: str
+    step_s: float
+    metric_channels: list[str]  # "<entity>/<metric>"
+    metric_entities: list[str]  # entity of each metric channel
+    edges: list[tuple[str, str]]  # call graph (caller, callee), discovered from spans
+    edge_features: list[str]  # e.g. ["latency", "count", "error_rate"]
+    services: list[str]  # services seen in traces or logs (sorted)
+    log_columns: list[tuple[str, int]]  # (service, template index) of each log count column
+    templates: list[str]  # template text by template index
+    template_embeddings: np.ndarray | None = None  # (K, H) LLM embedding per template
+    word_pca: np.ndarray | None = None  # (P, H) principal word embeddings of the backbone
+
+    @property
+    def n_metric(self) -> int:
+        return len(self.metric_channels)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def n_log(self) -> int:
+        return len(self.log_columns)
+
+    def to_json(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "step_s": self.step_s,
+            "metric_channels": self.metric_channels,
+            "metric_entities": self.metric_entities,
+            "edges": [list(e) for e in self.edges],
+            "edge_features": self.edge_features,
+            "services": self.services,
+            "log_columns": [list(c) for c in self.log_columns],
+            "templates": self.templates,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "FeatureSchema":
+        return cls(
+            dataset=d["dataset"],
+            step_s=float(d["step_s"]),
+            metric_channels=list(d["metric_channels"]),
+            metric_entities=list(d["metric_entities"]),
+            edges=[tuple(e) for e in d["edges"]],
+            edge_features=list(d["edge_features"]),
+            services=list(d["services"]),
+            log_columns=[(str(s), int(k)) for s, k in d["log_columns"]],
+            templates=list(d["templates"]),
+        )
+
+
+@dataclass
+class WindowSet:
+    """One contiguous span of the grid (a split) plus its window start indices.
+
+    Arrays are indexed by grid step ``t`` in ``[0, T)`` relative to the span.
+    """
+
+    schema: FeatureSchema
+    ts: np.ndarray  # (T,) int64 epoch µs
+    metric: np.ndarray  # (T, C) float32, normalised with training statistics
+    trace: np.ndarray  # (T, E, F) float32, normalised with training statistics
+    log: np.ndarray  # (T, L) float32 template counts per step (log1p), per log_columns
+    labels: np.ndarray  # (T,) int8, 0 normal / 1 anomalous; only evaluation reads it
+    kinds: np.ndarray  # (T,) object: fault kind or "" per step
+    log_events: np.ndarray  # (N, 3) int64 rows [t, service index, template index], sorted by t
+    window: int
+    stride: int
+    name: str = ""
+    starts: np.ndarray = field(default=None)  # (W,) window start indices
+
+    def __post_init__(self) -> None:
+        if self.starts is None:
+            T = len(self.ts)
+            self.starts = np.arange(0, max(T - self.window + 1, 0), self.stride, dtype=np.int64)
+
+    @classmethod
+    def from_arrays(cls, metric: np.ndarray, labels: np.ndarray | None = None, *, window: int, stride: int = 1,
+                    ts: np.ndarray | None = None, step_s: float = 1.0, name: str = "",
+                    channels: list[str] | None = None, dataset: str = "adhoc") -> "WindowSet":
+        """A metric-only WindowSet from plain arrays (home-format replays, tests)."""
+        metric = np.asarray(metric, dtype=np.float32)
+        if metric.ndim == 1:
+            metric = metric[:, None]
+        T, C = metric.shape
+        channels = channels or [f"series/{i}" for i in range(C)]
+        schema = FeatureSchema(dataset=dataset, step_s=step_s, metric_channels=channels,
+                               metric_entities=[c.split("/")[0] for c in channels], edges=[],
+                               edge_features=["latency", "count", "error_rate"], services=[], log_columns=[],
+                               templates=[])
+        labels = np.zeros(T, np.int8) if labels is None else np.asarray(labels, dtype=np.int8)
+        ts = np.arange(T, dtype=np.int64) * int(step_s * 1_000_000) if ts is None else np.asarray(ts, np.int64)
+        return cls(schema=schema, ts=ts, metric=metric, trace=np.zeros((T, 0, 3), np.float32),
+                   log=np.zeros((T, 0), np.float32), labels=labels, kinds=np.where(labels > 0, "anomaly", ""),
+                   log_events=np.zeros((0, 3), np.int64), window=window, stride=stride, name=name)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.ts)
+
+    def batches(self, batch_size: int, shuffle: bool = False, rng: np.random.Generator | None = None
+                ) -> Iterator[np.ndarray]:
+        """Yield arrays of window start indices."""
+        order = self.starts.copy()
+        if shuffle:
+            (rng or np.random.default_rng(0)).shuffle(order)
+        for i in range(0, len(order), batch_size):
+            yield order[i:i + batch_size]
+
+    def take(self, array: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Stack windows of ``array`` (time on axis 0) → (B, window, ...)."""
+        idx = starts[:, None] + np.arange(self.window)[None, :]
+        return array[idx]
+
+    def window_labels(self, starts: np.ndarray | None = None) -> np.ndarray:
+        """1 when any step of the window is anomalous (for few-shot labelled methods)."""
+        starts = self.starts if starts is None else starts
+        return self.take(self.labels, starts).max(axis=1)
+
+    def steps_from_windows(self, window_scores: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+        """Map per-window, per-step scores (W, window) to one score per grid step.
+
+        A step takes its score from the latest-ending window that covers it, i.e. each window
+        scores its newest ``stride`` steps (what an online detector would know at that time).
+        Steps before the first window's tail are NaN and are excluded from evaluation.
+        """
+        starts = self.starts if starts is None else starts
+        window_scores = np.asarray(window_scores, dtype=np.float64)
+        if window_scores.ndim == 1:
+            window_scores = np.repeat(window_scores[:, None], self.window, axis=1)
+        out = np.full(self.n_steps, np.nan)
+        tail = min(self.stride, self.window)
+        for s, row in zip(starts, window_scores):
+            e = s + self.window
+            out[e - tail:e] = row[self.window - tail:]
+        if len(starts):  # steps after the last window end (stride remainder) take its last score
+            last_end = starts[-1] + self.window
+            out[last_end:] = window_scores[-1, -1]
+        return out
+
+
+def windows_dir(dataset: str, root: str | Path = "data/windows") -> Path:
+    return Path(root) / dataset
+
+
+def load_schema(wdir: Path) -> FeatureSchema:
+    schema = FeatureSchema.from_json(read_json(Path(wdir) / "schema.json"))
+    emb = Path(wdir) / "template_embeddings.npy"
+    if emb.exists():
+        schema.template_embeddings = np.load(emb)
+    return schema
+
+
+def load_split(wdir: str | Path, split: str, word_pca: np.ndarray | None = None) -> WindowSet:
+    """Load split ``train``, ``fewshot``, ``val`` or ``test`` of a windows directory."""
+    wdir = Path(wdir)
+    meta = read_json(wdir / "splits.json")
+    if split not in meta["ranges"]:
+        raise KeyError(f"{wdir}/splits.json has no split {split!r}; has {sorted(meta['ranges'])}")
+    a, b = meta["ranges"][split]
+    schema = load_schema(wdir)
+    schema.word_pca = word_pca
+    with np.load(wdir / "grid.npz", allow_pickle=False) as z:
+        ev = z["log_events"]
+        sel = (ev[:, 0] >= a) & (ev[:, 0] < b)
+        events = ev[sel].copy()
+        events[:, 0] -= a
+        return WindowSet(
+            schema=schema,
+            ts=z["ts"][a:b],
+            metric=z["metric"][a:b],
+            trace=z["trace"][a:b],
+            log=z["log"][a:b],
+            labels=z["labels"][a:b],
+            kinds=np.asarray(z["kinds"][a:b]).astype(str),
+            log_events=events,
+            window=int(meta["window"]),
+            stride=int(meta["stride"]),
+            name=split,
+        )

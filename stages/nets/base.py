@@ -1,0 +1,237 @@
+"""The detector interface (DESIGN §6): typed config, ``fit`` / ``score`` / ``save`` / ``load``.
+
+Scores are per grid step (higher = more anomalous); thresholds are not the detector's business
+(``stages.core.evaluation`` chooses them without test labels).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from stages.core.device import autocast, pick_device, seed_everything
+from stages.core.io import atomic_dir, dumps_json
+from stages.core.params import LLMParams, build
+from stages.core.windowset import FeatureSchema, WindowSet
+
+log = logging.getLogger(__name__)
+
+
+class Detector(abc.ABC):
+    """Base of every detector. Subclasses set ``name`` and ``Config`` (a dataclass)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
+        self.config = config
+        self.schema = schema
+        self.llm = llm or LLMParams()
+        self.seed = seed
+
+    @classmethod
+    def from_params(cls, raw: dict | None, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
+        return cls(build(cls.Config, raw or {}, where=cls.name), schema, llm, seed)
+
+    def source_datasets(self, target: str, available: list[str]) -> list[str]:
+        """Other datasets whose *training* splits this detector learns from (pre-training,
+        meta-learning source systems). The train stage loads them and passes them to ``fit``."""
+        return []
+
+    @abc.abstractmethod
+    def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
+            ) -> dict[str, list[float]]:
+        """Train on ``train`` (early-stop on ``val``); return per-epoch curves (train_loss, val_loss, ...).
+
+        ``sources`` maps dataset name → that dataset's full training split (see ``source_datasets``).
+        Labels of ``train`` may be used only by methods that are few-shot *supervised* by design.
+        """
+
+    @abc.abstractmethod
+    def score(self, windows: WindowSet) -> np.ndarray:
+        """Anomaly score per grid step of ``windows`` (shape ``(windows.n_steps,)``, NaN = unscored)."""
+
+    def explain(self, windows: WindowSet) -> dict[str, Any]:
+        """Optional extra outputs (fusion weights, per-metric contributions)."""
+        return {}
+
+    # -- persistence: JSON config + state; subclasses override state()/load_state()
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def save(self, directory: str | Path) -> None:
+        with atomic_dir(directory) as tmp:
+            meta = {"detector": self.name, "config": dataclasses.asdict(self.config), "seed": self.seed,
+                    "llm": dataclasses.asdict(self.llm)}
+            (tmp / "config.json").write_text(dumps_json(meta))
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state().items()}
+            save_file(state, str(tmp / "model.safetensors"))
+
+    @classmethod
+    def load(cls, directory: str | Path, schema: FeatureSchema) -> "Detector":
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        det = cls(build(cls.Config, meta["config"], where=cls.name), schema,
+                  build(LLMParams, meta["llm"], where="llm"), meta["seed"])
+        det.load_state(load_file(str(directory / "model.safetensors")))
+        return det
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Knobs of the shared torch training loop; embedded in each torch detector's config."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 3  # early stopping on validation loss
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA
+    max_train_windows: int = 0  # 0 = all; otherwise a deterministic subsample per epoch
+    grad_clip: float = 1.0
+
+
+class TorchDetector(Detector):
+    """Shared training loop: seeding, device, AMP, early stopping, checkpoint resume, curves.
+
+    Subclasses implement :meth:`build_module`, :meth:`make_batch`, :meth:`loss` and
+    :meth:`window_scores`; ``self.config.train`` must be a :class:`TrainConfig`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.device = pick_device(self.config.train.device)
+        seed_everything(self.seed)
+        self.module: torch.nn.Module = self.build_module().to(self.device)
+        self.checkpoint_dir: Path | None = None  # set by the train stage to enable resume
+
+    @abc.abstractmethod
+    def build_module(self) -> torch.nn.Module: ...
+
+    @abc.abstractmethod
+    def make_batch(self, ws: WindowSet, starts: np.ndarray) -> dict[str, torch.Tensor]:
+        """Tensors for windows starting at ``starts`` (on ``self.device``)."""
+
+    @abc.abstractmethod
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def window_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, window) per-step anomaly scores of each window."""
+
+    def parameters_to_train(self):
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def _to(self, arr: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _epoch_starts(self, ws: WindowSet, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng(self.seed * 1000 + epoch)
+        starts = ws.starts.copy()
+        rng.shuffle(starts)
+        cap = self.config.train.max_train_windows
+        return starts[:cap] if cap else starts
+
+    def _eval_loss(self, ws: WindowSet) -> float:
+        self.module.eval()
+        tc = self.config.train
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for starts in ws.batches(tc.batch_size):
+                with autocast(self.device, tc.amp):
+                    loss = self.loss(self.make_batch(ws, starts))
+                total += float(loss) * len(starts)
+                n += len(starts)
+        return total / max(n, 1)
+
+    def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
+            ) -> dict[str, list[float]]:
+        tc = self.config.train
+        if len(train) == 0:
+            raise ValueError(f"{self.name}: the training split has no complete window")
+        opt = torch.optim.AdamW(self.parameters_to_train(), lr=tc.lr, weight_decay=tc.weight_decay)
+        history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
+        best, best_state, bad, start_epoch = float("inf"), None, 0, 0
+        ckpt = self.checkpoint_dir / "last.pt" if self.checkpoint_dir else None
+        if ckpt is not None and ckpt.exists():
+            saved = torch.load(ckpt, map_location=self.device, weights_only=False)
+            self.module.load_state_dict(saved["module"])
+            opt.load_state_dict(saved["opt"])
+            history, best, bad, start_epoch = saved["history"], saved["best"], saved["bad"], saved["epoch"] + 1
+            best_state = saved["best_state"]
+            log.info("%s: resumed from %s at epoch %d", self.name, ckpt, start_epoch)
+        for epoch in range(start_epoch, tc.epochs):
+            t0 = time.perf_counter()
+            self.module.train()
+            total, n = 0.0, 0
+            starts_all = self._epoch_starts(train, epoch)
+            bar = tqdm(range(0, len(starts_all), tc.batch_size), desc=f"{self.name} epoch {epoch + 1}/{tc.epochs}",
+                       leave=False, disable=None)
+            for i in bar:
+                starts = starts_all[i:i + tc.batch_size]
+                with autocast(self.device, tc.amp):
+                    loss = self.loss(self.make_batch(train, starts))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.parameters_to_train(), tc.grad_clip)
+                opt.step()
+                total += float(loss) * len(starts)
+                n += len(starts)
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+            val_loss = self._eval_loss(val) if len(val) else total / max(n, 1)
+            history["epoch"].append(epoch + 1)
+            history["train_loss"].append(total / max(n, 1))
+            history["val_loss"].append(val_loss)
+            history["seconds"].append(time.perf_counter() - t0)
+            log.info("%s epoch %d: train %.5f val %.5f", self.name, epoch + 1, history["train_loss"][-1], val_loss)
+            if val_loss < best - 1e-6:
+                best, bad = val_loss, 0
+                best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+            else:
+                bad += 1
+            if ckpt is not None:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"module": self.module.state_dict(), "opt": opt.state_dict(), "history": history,
+                            "best": best, "bad": bad, "epoch": epoch, "best_state": best_state}, ckpt)
+            if bad >= tc.patience:
+                log.info("%s: early stop at epoch %d (best val %.5f)", self.name, epoch + 1, best)
+                break
+        if best_state is not None:
+            self.module.load_state_dict(best_state)
+        return history
+
+    def score(self, windows: WindowSet) -> np.ndarray:
+        self.module.eval()
+        tc = self.config.train
+        rows = []
+        with torch.no_grad():
+            for starts in windows.batches(tc.batch_size):
+                with autocast(self.device, tc.amp):
+                    rows.append(self.window_scores(self.make_batch(windows, starts)).float().cpu().numpy())
+        if not rows:
+            return np.full(windows.n_steps, np.nan)
+        return windows.steps_from_windows(np.concatenate(rows))
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return dict(self.module.state_dict())
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
