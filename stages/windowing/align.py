@@ -1,0 +1,183 @@
+"""Put the per-modality feature tables of one dataset on one time grid and split it honestly.
+
+Why a separate library: the windows stage is the only place where the modalities meet, so the
+common grid, the chronological splits with their purge gaps, and the leakage check against the
+normalisation statistics all live here, where they can be tested without DVC.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from stages.core.errors import InputError
+from stages.core.params import SplitParams
+
+log = logging.getLogger(__name__)
+EDGE_FEATURES = ("latency", "count", "error_rate")
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    """Sliding windows over the common grid (lengths in grid steps)."""
+
+    length: int = 32
+    stride: int = 4
+    modalities: tuple[str, ...] = ("metrics", "traces", "logs")
+    grid: str = "intersection"  # 'intersection' of the modalities' spans, or 'union' (gaps → training mean)
+
+    def validate(self) -> None:
+        if self.length < 2 or self.stride < 1:
+            raise InputError("params.yaml", "windows", "length >= 2 and stride >= 1", (self.length, self.stride))
+        bad = set(self.modalities) - {"metrics", "traces", "logs"}
+        if bad:
+            raise InputError("params.yaml", "windows.modalities", "a subset of metrics, traces, logs", sorted(bad))
+        if self.grid not in ("intersection", "union"):
+            raise InputError("params.yaml", "windows.grid", "'intersection' or 'union'", self.grid)
+
+
+@dataclass
+class Aligned:
+    ts: np.ndarray
+    metric: np.ndarray
+    metric_channels: list[str]
+    trace: np.ndarray
+    edges: list[tuple[str, str]]
+    log: np.ndarray
+    log_columns: list[tuple[str, int]]
+    labels: np.ndarray
+    kinds: np.ndarray
+    spans: dict[str, tuple[int, int] | None]  # modality → (first ts, last ts) before alignment
+
+
+def _span(df: pl.DataFrame | None) -> tuple[int, int] | None:
+    if df is None or df.height == 0:
+        return None
+    return int(df["ts"].min()), int(df["ts"].max())
+
+
+def common_grid(spans: dict[str, tuple[int, int] | None], step_us: int, how: str) -> np.ndarray:
+    present = [s for s in spans.values() if s is not None]
+    if not present:
+        raise InputError(None, "windows", "at least one modality with data (metrics, traces or logs)")
+    if how == "intersection":
+        lo, hi = max(s[0] for s in present), min(s[1] for s in present)
+        if hi <= lo:
+            detail = ", ".join(f"{m}: {s}" for m, s in spans.items() if s)
+            raise InputError(None, "datasets.<name>.offsets",
+                             f"modalities that overlap in time after the clock offsets (spans in µs: {detail})")
+    else:
+        lo, hi = min(s[0] for s in present), max(s[1] for s in present)
+    return np.arange(lo, hi + step_us, step_us, dtype=np.int64)
+
+
+def overlap_report(spans: dict[str, tuple[int, int] | None]) -> dict[str, float | None]:
+    """Seconds each pair of modalities overlaps, and the fraction of their union."""
+    out: dict[str, float | None] = {}
+    names = [m for m, s in spans.items() if s is not None]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (a0, a1), (b0, b1) = spans[a], spans[b]
+            inter = max(0, min(a1, b1) - max(a0, b0))
+            union = max(a1, b1) - min(a0, b0)
+            out[f"{a}~{b}_overlap_s"] = inter / 1e6
+            out[f"{a}~{b}_overlap_fraction"] = inter / union if union else 0.0
+    return out
+
+
+def _reindex(df: pl.DataFrame, grid_ts: np.ndarray, columns: list[str], fill: float = 0.0) -> np.ndarray:
+    g = pl.DataFrame({"ts": grid_ts})
+    joined = g.join(df.select(["ts", *columns]), on="ts", how="left").sort("ts")
+    return joined.select(columns).fill_null(fill).fill_nan(fill).to_numpy().astype(np.float32, copy=False)
+
+
+def align(features: Path, step_s: float, params: WindowParams) -> Aligned:
+    """Load the feature tables of ``features`` and put them on the common grid."""
+    step_us = int(round(step_s * 1e6))
+    use = set(params.modalities)
+    metrics = pl.read_parquet(features / "metrics.parquet") if "metrics" in use else None
+    traces = pl.read_parquet(features / "trace_series.parquet") if "traces" in use else None
+    logs = pl.read_parquet(features / "log_counts.parquet") if "logs" in use else None
+    metric_cols = [c for c in metrics.columns if c != "ts"] if metrics is not None else []
+    log_cols = [c for c in logs.columns if c != "ts"] if logs is not None else []
+    graph = json.loads((features / "call_graph.json").read_text()) if traces is not None else {"edges": []}
+    edges = [tuple(e) for e in graph.get("edges", [])]
+    trace_cols = [f"{a}->{b}/{f}" for a, b in edges for f in EDGE_FEATURES]
+    if traces is not None:
+        missing = [c for c in trace_cols if c not in traces.columns]
+        if missing:
+            raise InputError(features / "trace_series.parquet", f"column {missing[0]}",
+                             "one latency/count/error_rate column per call-graph edge")
+    spans = {
+        "metrics": _span(metrics) if metric_cols else None,
+        "traces": _span(traces) if trace_cols else None,
+        "logs": _span(logs) if log_cols else None,
+    }
+    grid_ts = common_grid(spans, step_us, params.grid)
+    T = len(grid_ts)
+    metric = _reindex(metrics, grid_ts, metric_cols) if metric_cols else np.zeros((T, 0), np.float32)
+    trace = (_reindex(traces, grid_ts, trace_cols).reshape(T, len(edges), len(EDGE_FEATURES))
+             if trace_cols else np.zeros((T, 0, len(EDGE_FEATURES)), np.float32))
+    log_arr = np.log1p(_reindex(logs, grid_ts, log_cols)) if log_cols else np.zeros((T, 0), np.float32)
+    log_columns = [(c.rsplit("/", 1)[0], int(c.rsplit("/", 1)[1])) for c in log_cols]
+
+    labels_df = pl.read_parquet(features / "labels.parquet")
+    g = pl.DataFrame({"ts": grid_ts})
+    lab = g.join(labels_df.select("ts", "label", "kind"), on="ts", how="left").sort("ts")
+    labels = lab["label"].fill_null(0).to_numpy().astype(np.int8)
+    kinds = lab["kind"].fill_null("").to_numpy().astype(str)
+    return Aligned(grid_ts, metric, metric_cols, trace.astype(np.float32), edges, log_arr.astype(np.float32),
+                   log_columns, labels, kinds, spans)
+
+
+def split_ranges(n_steps: int, window: int, split: SplitParams) -> dict[str, list[int]]:
+    """Chronological [start, end) step ranges with a purge gap of ``purge_windows`` windows between them."""
+    purge = split.purge_windows * window
+    a = int(n_steps * split.train)
+    b = int(n_steps * (split.train + split.val))
+    ranges = {
+        "train": [0, a],
+        "val": [min(a + purge, b), b],
+        "test": [min(b + purge, n_steps), n_steps],
+    }
+    fewshot_end = max(window, math.ceil(a * split.fewshot_percent / 100.0))
+    ranges["fewshot"] = [0, min(fewshot_end, a)]
+    for name, (s, e) in ranges.items():
+        if e - s < window:
+            raise InputError("params.yaml", f"split / windows.length",
+                             f"split '{name}' to hold at least one window of {window} steps "
+                             f"(it has {e - s} of {n_steps} grid steps): use a longer dump, a shorter window "
+                             "or other split fractions")
+    return ranges
+
+
+def check_split_labels(labels: np.ndarray, ranges: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+    """Counts per split; refuse a split with no normal step (nothing to learn or calibrate from)."""
+    out = {}
+    for name, (s, e) in ranges.items():
+        lab = labels[s:e]
+        normal = int((lab == 0).sum())
+        if normal == 0:
+            raise InputError("params.yaml", f"split.{name}",
+                             f"split '{name}' to contain normal (label 0) steps; all {e - s} are anomalous")
+        out[name] = {"steps": e - s, "anomalous_steps": int(lab.sum()), "normal_steps": normal}
+    return out
+
+
+def check_no_leak(features: Path, grid_ts: np.ndarray, ranges: dict[str, list[int]]) -> None:
+    """Normalisation statistics must not have seen the test span (they are fitted per table)."""
+    test_start = int(grid_ts[ranges["test"][0]])
+    for name in ("metrics_stats.json", "trace_stats.json"):
+        path = features / name
+        if not path.exists():
+            continue
+        fit_until = json.loads(path.read_text()).get("fit_until_ts")
+        if fit_until is not None and int(fit_until) > test_start:
+            raise InputError(path, "fit_until_ts",
+                             f"normalisation fitted before the test span starts (≤ {test_start} µs) — "
+                             "the modalities' time ranges differ too much; check datasets.<name>.offsets", fit_until)

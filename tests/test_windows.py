@@ -1,0 +1,101 @@
+"""The windows stage: common grid, honest splits, refusal of unusable splits, leakage check."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from stages.core.errors import InputError
+from stages.core.params import SplitParams
+from stages.core.windowset import load_split
+from stages.windowing.align import WindowParams, split_ranges
+from stages import windows as windows_stage
+
+STEP = 10_000_000  # 10 s in µs
+
+
+def write_features(root: Path, n: int = 400, metric_offset: int = 0, fault=(360, 390), stats_until=None) -> Path:
+    f = root / "data/features/ds"
+    f.mkdir(parents=True)
+    ts = (np.arange(n) + metric_offset) * STEP
+    rng = np.random.default_rng(0)
+    pl.DataFrame({"ts": ts, "svc-a/cpu": rng.normal(size=n).astype(np.float32),
+                  "svc-b/mem": rng.normal(size=n).astype(np.float32)}).write_parquet(f / "metrics.parquet")
+    (f / "metrics_stats.json").write_text(json.dumps({"fit_until_ts": stats_until if stats_until else int(ts[200])}))
+    ts2 = np.arange(n) * STEP
+    pl.DataFrame({"ts": ts2, "a->b/latency": np.ones(n, np.float32), "a->b/count": np.zeros(n, np.float32),
+                  "a->b/error_rate": np.zeros(n, np.float32)}).write_parquet(f / "trace_series.parquet")
+    (f / "trace_stats.json").write_text(json.dumps({"fit_until_ts": int(ts2[200])}))
+    (f / "call_graph.json").write_text(json.dumps({"services": ["a", "b"], "edges": [["a", "b"]]}))
+    pl.DataFrame({"ts": ts2, "a/0": np.full(n, 2.0, np.float32), "b/1": np.zeros(n, np.float32)}
+                 ).write_parquet(f / "log_counts.parquet")
+    pl.DataFrame({"template_id": [0, 1], "template": ["login <*>", "error <*>"], "service": ["a", "b"],
+                  "count": [2 * n, 0], "first_ts": [0, 0]}).write_parquet(f / "log_templates.parquet")
+    pl.DataFrame({"ts": ts2, "step_ts": ts2, "service": ["a"] * n, "template_id": [0] * n, "level": ["INFO"] * n}
+                 ).write_parquet(f / "log_events.parquet")
+    lab = np.zeros(n, np.int8)
+    lab[fault[0]:fault[1]] = 1
+    pl.DataFrame({"ts": ts2, "label": lab, "kind": np.where(lab > 0, "cpu_hog", ""),
+                  "entity": np.where(lab > 0, "svc-a", "")}).write_parquet(f / "labels.parquet")
+    np.save(f / "template_embeddings.npy", np.ones((2, 4), np.float32))
+    return f
+
+
+RAW = {"datasets": {"ds": {"format": "eadro", "raw": "x", "step_s": 10}},
+       "split": {"train": 0.6, "val": 0.2, "test": 0.2, "purge_windows": 1, "fewshot_percent": 10},
+       "windows": {"length": 16, "stride": 4}}
+
+
+def test_split_ranges_are_chronological_with_purge_gap():
+    r = split_ranges(1000, 20, SplitParams(purge_windows=2))
+    assert r["train"] == [0, 600] and r["val"] == [640, 800] and r["test"] == [840, 1000]
+    assert r["fewshot"] == [0, 60]
+
+
+def test_split_too_short_is_refused():
+    with pytest.raises(InputError, match="to hold at least one window"):
+        split_ranges(100, 32, SplitParams())
+
+
+def test_windows_stage_aligns_and_loads(tmp_path):
+    f = write_features(tmp_path, metric_offset=5)  # metrics start 5 steps later: intersection grid
+    summary = windows_stage.run("ds", RAW, features_root=tmp_path / "data/features",
+                                out_root=tmp_path / "data/windows", metrics_root=tmp_path / "metrics")
+    assert summary["steps"] == 395
+    assert summary["overlap"]["metrics~traces_overlap_s"] == pytest.approx(394 * 10)
+    test = load_split(tmp_path / "data/windows/ds", "test")
+    assert test.metric.shape[1] == 2 and test.trace.shape[1:] == (1, 3) and test.log.shape[1] == 2
+    assert np.allclose(test.log[:, 0], np.log1p(2.0))
+    assert test.labels.sum() == 30 and set(test.kinds[test.labels > 0]) == {"cpu_hog"}
+    assert test.schema.template_embeddings.shape == (2, 4)
+    assert test.log_events[:, 0].min() == 0 and test.log_events[:, 1].max() == 0
+    few = load_split(tmp_path / "data/windows/ds", "fewshot")
+    assert few.n_steps == max(16, int(np.ceil(0.1 * int(395 * 0.6))))
+    assert json.loads((tmp_path / "metrics/data/ds.json").read_text())["splits"]["test"]["anomalous_steps"] == 30
+
+
+def test_split_without_normal_steps_is_refused(tmp_path):
+    write_features(tmp_path, fault=(0, 400))
+    with pytest.raises(InputError, match="normal"):
+        windows_stage.run("ds", RAW, features_root=tmp_path / "data/features",
+                          out_root=tmp_path / "data/windows", metrics_root=tmp_path / "metrics")
+    assert not (tmp_path / "data/windows/ds").exists()
+
+
+def test_statistics_fitted_on_test_span_are_refused(tmp_path):
+    write_features(tmp_path, stats_until=399 * STEP)
+    with pytest.raises(InputError, match="fit_until_ts"):
+        windows_stage.run("ds", RAW, features_root=tmp_path / "data/features",
+                          out_root=tmp_path / "data/windows", metrics_root=tmp_path / "metrics")
+
+
+def test_bad_window_params():
+    from stages.core.params import build
+
+    with pytest.raises(InputError, match="windows.modalities"):
+        build(WindowParams, {"modalities": ["metrics", "video"]}, where="windows")
+    with pytest.raises(InputError, match="windows.lenght"):
+        build(WindowParams, {"lenght": 3}, where="windows")
