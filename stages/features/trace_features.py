@@ -1,0 +1,201 @@
+"""Spans → per-trace aggregates, the call graph, and per-edge latency/count/error series on the grid.
+
+The call graph is discovered from parent→child spans whose services differ; nothing is listed
+in code. Series are normalised with training-span statistics only (the same helpers as the
+metric matrix).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from stages.core.errors import InputError
+from stages.core.frames import conform
+from stages.core.params import SplitParams
+from stages.core.splits import grid, train_cutoff_us
+from stages.features.metric_matrix import (
+    empty_table, fit_train_stats, forward_fill, is_constant, scatter_on_grid, step_us, zscore,
+)
+
+log = logging.getLogger(__name__)
+
+EDGE_FEATURES = ("latency", "count", "error_rate")
+UNKNOWN_SERVICE = "unknown"
+TRACE_GAP_FILL = (
+    "per step and edge: latency = mean duration of the callee spans starting in [ts, ts+step), count = calls, "
+    "error_rate = erroneous calls / calls; steps without calls: count 0, error_rate 0, latency forward-filled from "
+    "the last step with calls, leading gaps the training mean; count is log1p-transformed before z-scoring; "
+    "columns constant on the training span (or without training calls) are only centred (std 1) so every edge "
+    "keeps its three columns"
+)
+AGGREGATE_SCHEMA = {
+    "trace_id": pl.Utf8, "root_service": pl.Utf8, "root_operation": pl.Utf8, "start_ts": pl.Int64,
+    "duration_s": pl.Float64, "span_count": pl.Int64, "error_count": pl.Int64, "is_error": pl.Boolean,
+    "n_services": pl.Int64,
+}
+
+
+def clean_spans(spans: pl.DataFrame, source: str | Path | None = None) -> pl.DataFrame:
+    """Canonical spans with ids checked, empty services named, exact duplicates (trace, span) dropped."""
+    df = conform(spans, "traces").with_row_index("_row")
+    for col in ("trace_id", "span_id", "start_ts"):
+        bad = df.filter(pl.col(col).is_null() | (pl.col(col).cast(pl.Utf8) == ""))
+        if bad.height:
+            raise InputError(source, f"span row {int(bad['_row'][0])} column {col}", f"a non-empty {col}", None)
+    bad = df.filter(pl.col("duration_s") < 0)
+    if bad.height:
+        raise InputError(source, f"span {bad['span_id'][0]} of trace {bad['trace_id'][0]} duration_s",
+                         "a non-negative duration", float(bad["duration_s"][0]))
+    df = df.with_columns(
+        pl.when(pl.col("service").is_null() | (pl.col("service").str.strip_chars() == ""))
+        .then(pl.lit(UNKNOWN_SERVICE)).otherwise(pl.col("service")).alias("service"),
+        pl.col("operation").fill_null(""),
+        pl.col("parent_id").replace("", None),
+        pl.col("duration_s").fill_null(0.0),
+        pl.col("is_error").fill_null(False),
+    )
+    unique = df.sort(["trace_id", "span_id", "start_ts", "_row"]).unique(["trace_id", "span_id"], keep="first",
+                                                                          maintain_order=True)
+    if unique.height < df.height:
+        log.info("dropped %d duplicate spans (same trace_id and span_id)", df.height - unique.height)
+    return unique.sort(["start_ts", "trace_id", "span_id"]).drop("_row")
+
+
+def drop_stray_spans(spans: pl.DataFrame, max_gap_s: float) -> tuple[pl.DataFrame, int]:
+    """Keep the largest body of spans whose consecutive start times are at most ``max_gap_s`` apart."""
+    if spans.height == 0:
+        return spans, 0
+    gap = int(round(max_gap_s * 1_000_000))
+    seg = (spans.sort("start_ts", maintain_order=True)
+           .with_columns((pl.col("start_ts").diff().fill_null(0) > gap).cum_sum().alias("_segment")))
+    sizes = seg.group_by("_segment").len().sort(["len", "_segment"], descending=[True, False])
+    main = sizes["_segment"][0]
+    kept = seg.filter(pl.col("_segment") == main).drop("_segment")
+    dropped = spans.height - kept.height
+    if dropped:
+        log.warning("dropped %d stray spans separated from the main body (%d spans) by gaps over %.0f s",
+                    dropped, kept.height, max_gap_s)
+    return kept.sort(["start_ts", "trace_id", "span_id"]), dropped
+
+
+def _with_parent_service(spans: pl.DataFrame) -> pl.DataFrame:
+    parents = spans.select("trace_id", pl.col("span_id").alias("parent_id"), pl.col("service").alias("caller"))
+    return spans.join(parents, on=["trace_id", "parent_id"], how="left")
+
+
+def trace_aggregates(spans: pl.DataFrame) -> pl.DataFrame:
+    """One row per trace; the root is the earliest span whose parent is null or not in the trace."""
+    if spans.height == 0:
+        return pl.DataFrame(schema=AGGREGATE_SCHEMA)
+    linked = _with_parent_service(spans).with_columns(pl.col("caller").is_null().alias("_root"))
+    root = (linked.sort(["trace_id", "_root", "start_ts", "span_id"], descending=[False, True, False, False])
+            .group_by("trace_id", maintain_order=True).first()
+            .select("trace_id", pl.col("service").alias("root_service"), pl.col("operation").alias("root_operation")))
+    end = pl.col("start_ts") + (pl.col("duration_s") * 1_000_000).round().cast(pl.Int64)
+    agg = spans.group_by("trace_id").agg(
+        pl.col("start_ts").min().alias("start_ts"),
+        ((end.max() - pl.col("start_ts").min()) / 1_000_000).cast(pl.Float64).alias("duration_s"),
+        pl.len().cast(pl.Int64).alias("span_count"),
+        pl.col("is_error").cast(pl.Int64).sum().alias("error_count"),
+        pl.col("service").n_unique().cast(pl.Int64).alias("n_services"),
+    )
+    out = agg.join(root, on="trace_id", how="left").with_columns((pl.col("error_count") > 0).alias("is_error"))
+    return out.select(list(AGGREGATE_SCHEMA)).sort(["start_ts", "trace_id"])
+
+
+def service_calls(spans: pl.DataFrame) -> pl.DataFrame:
+    """One row per parent→child span pair across two services: (ts, caller, callee, latency_s, is_error)."""
+    linked = _with_parent_service(spans).filter(pl.col("caller").is_not_null() & (pl.col("caller") != pl.col("service")))
+    return linked.select(pl.col("start_ts").alias("ts"), "caller", pl.col("service").alias("callee"),
+                         pl.col("duration_s").alias("latency_s"), "is_error").sort(["ts", "caller", "callee"])
+
+
+def call_graph(spans: pl.DataFrame, calls: pl.DataFrame, min_edge_count: int = 1) -> dict:
+    """``{services, edges, edge_counts}``: edges with at least ``min_edge_count`` calls, sorted."""
+    counts = calls.group_by(["caller", "callee"]).len().sort(["caller", "callee"])
+    kept = counts.filter(pl.col("len") >= min_edge_count)
+    if kept.height < counts.height:
+        log.info("call graph: %d of %d edges have fewer than %d calls and are left out",
+                 counts.height - kept.height, counts.height, min_edge_count)
+    edges = [[a, b] for a, b in zip(kept["caller"].to_list(), kept["callee"].to_list())]
+    return {
+        "services": sorted(spans["service"].unique().to_list()) if spans.height else [],
+        "edges": edges,
+        "edge_counts": {f"{a}->{b}": int(n) for a, b, n in zip(kept["caller"], kept["callee"], kept["len"])},
+    }
+
+
+def _edge_stats(name: str, mean: float, std: float, missing: float) -> tuple[str, dict]:
+    return name, {"mean": float(mean), "std": float(std), "missing_fraction": float(missing)}
+
+
+def trace_series(calls: pl.DataFrame, graph: dict, ts_min: int, ts_max: int, step_s: float,
+                 split: SplitParams) -> tuple[pl.DataFrame, dict]:
+    """Per-edge latency / count / error_rate on the grid over [ts_min, ts_max], z-scored on the training span."""
+    step = step_us(step_s)
+    g = grid(ts_min, ts_max, step_s)
+    cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
+    edges = [f"{a}->{b}" for a, b in graph["edges"]]
+    stats: dict = {"fit_until_ts": cutoff, "step_s": step_s, "columns": {}, "dropped": [], "centred_only": [],
+                   "gap_fill": TRACE_GAP_FILL, "transforms": {"count": "log1p", "latency": "seconds",
+                                                              "error_rate": "fraction"}}
+    T, E = len(g), len(edges)
+    per_step = (calls.with_columns((pl.col("caller") + "->" + pl.col("callee")).alias("edge"),
+                                   ((pl.col("ts") // step) * step).alias("step_ts"))
+                .filter(pl.col("edge").is_in(edges))
+                .group_by(["step_ts", "edge"])
+                .agg(pl.len().alias("n"), pl.col("latency_s").mean().alias("lat"),
+                     pl.col("is_error").cast(pl.Int64).sum().alias("err"))
+                .with_columns(((pl.col("step_ts") - int(g[0])) // step).alias("t"),
+                              pl.col("edge").replace_strict({e: i for i, e in enumerate(edges)},
+                                                            return_dtype=pl.Int64).alias("c")))
+    t, c = per_step["t"].to_numpy(), per_step["c"].to_numpy()
+    count = scatter_on_grid(t, c, per_step["n"].to_numpy(), (T, E), fill=0.0)
+    errors = scatter_on_grid(t, c, per_step["err"].to_numpy(), (T, E), fill=0.0)
+    latency = scatter_on_grid(t, c, per_step["lat"].to_numpy(), (T, E))
+    error_rate = np.divide(errors, count, out=np.zeros_like(errors), where=count > 0)
+    train_rows = g < cutoff
+    features = {"latency": latency, "count": np.log1p(count), "error_rate": error_rate}
+    missing = fit_train_stats(latency, train_rows).missing_fraction  # share of training steps without calls
+    z = {}
+    for feat, x in features.items():
+        fit = fit_train_stats(x, train_rows)
+        mean, std = fit.mean.copy(), fit.std.copy()
+        weak = np.isnan(mean) | is_constant(fit)
+        for j in np.flatnonzero(weak):
+            stats["centred_only"].append(f"{edges[j]}/{feat}")
+        mean = np.where(np.isnan(mean), 0.0, mean)
+        std = np.where(weak, 1.0, std)
+        if feat == "latency":
+            x = forward_fill(x, None)
+        z[feat] = zscore(x, mean, std)
+        stats["columns"].update(_edge_stats(f"{e}/{feat}", m, s, mf) for e, m, s, mf in zip(edges, mean, std, missing))
+    stats["columns"] = dict(sorted(stats["columns"].items()))
+    stats["centred_only"].sort()
+    series = [pl.Series("ts", g, dtype=pl.Int64)]
+    for j, e in enumerate(edges):
+        series += [pl.Series(f"{e}/{feat}", z[feat][:, j], dtype=pl.Float32) for feat in EDGE_FEATURES]
+    return pl.DataFrame(series), stats
+
+
+def trace_features(spans: pl.DataFrame, step_s: float, split: SplitParams, max_gap_s: float = 3600.0,
+                   min_edge_count: int = 1, source: str | Path | None = None) -> dict:
+    """Everything the traces stage writes: aggregates, call graph, series, stats (plus counts for the summary)."""
+    clean = clean_spans(spans, source)
+    body, stray = drop_stray_spans(clean, max_gap_s)
+    calls = service_calls(body)
+    graph = call_graph(body, calls, min_edge_count)
+    if body.height == 0:
+        log.warning("no spans: empty trace tables")
+        series = empty_table()
+        stats = {"fit_until_ts": None, "step_s": step_s, "columns": {}, "dropped": [], "centred_only": [],
+                 "gap_fill": TRACE_GAP_FILL}
+    else:
+        series, stats = trace_series(calls, graph, int(body["start_ts"].min()), int(body["start_ts"].max()),
+                                     step_s, split)
+    stats["stray_spans_dropped"] = stray
+    return {"aggregates": trace_aggregates(body), "graph": graph, "series": series, "stats": stats,
+            "spans": body.height, "stray_spans": stray, "calls": calls.height}

@@ -1,0 +1,140 @@
+"""Trace features: aggregates, call graph from spans, stray spans, per-edge series and their statistics."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from stages.core.errors import InputError
+from stages.core.params import SplitParams, build
+from stages.features.params import TracesParams
+from stages.features.trace_features import (
+    call_graph, clean_spans, drop_stray_spans, service_calls, trace_aggregates, trace_features,
+)
+
+S = 1_000_000
+SPLIT = SplitParams(train=0.5, val=0.25, test=0.25)
+SCHEMA = {"trace_id": pl.Utf8, "span_id": pl.Utf8, "parent_id": pl.Utf8, "service": pl.Utf8, "operation": pl.Utf8,
+          "start_ts": pl.Int64, "duration_s": pl.Float64, "is_error": pl.Boolean}
+
+# (trace, span, parent, service, start s, duration s, error)
+ROWS = [
+    ("t0", "s0", None, "fe", -10_000.0, 1.0, False),  # stray leftovers far before the main body
+    ("t0", "s1", "s0", "be", -9_999.5, 0.2, False),
+    ("t1", "a", None, "fe", 0.0, 5.0, False),
+    ("t1", "b", "a", "be", 1.0, 2.0, True),
+    ("t1", "c", "b", "be", 2.0, 1.0, False),  # be → be: a service calling itself is no edge
+    ("t1", "d", "c", "db", 3.0, 0.5, False),
+    ("t2", "x", "gone", "fe", 12.0, 3.0, False),  # parent not in the trace → root
+    ("t2", "y", "x", "be", 13.0, 4.0, False),
+    ("t3", "z", None, "fe", 25.0, 1.0, False),
+    ("t3", "w", "z", "be", 25.5, 1.0, True),
+    ("t3", "v", "z", "be", 26.0, 3.0, False),
+    ("t4", "q", None, "fe", 45.0, 1.0, False),
+    ("t4", "r", "q", "be", 45.0, 2.0, False),
+]
+
+
+def spans(rows=ROWS) -> pl.DataFrame:
+    return pl.DataFrame(
+        [(t, s, p, svc, f"op-{s}", int(round(st * S)), d, e) for t, s, p, svc, st, d, e in rows],
+        schema=SCHEMA, orient="row")
+
+
+def raw(series: pl.DataFrame, stats: dict, col: str) -> np.ndarray:
+    c = stats["columns"][col]
+    return series[col].to_numpy().astype(np.float64) * c["std"] + c["mean"]
+
+
+def test_stray_spans_far_from_the_main_body_are_dropped(caplog):
+    with caplog.at_level("WARNING"):
+        body, dropped = drop_stray_spans(clean_spans(spans()), max_gap_s=3600)
+    assert dropped == 2
+    assert "t0" not in body["trace_id"].to_list() and body.height == len(ROWS) - 2
+    assert "dropped 2 stray spans" in caplog.text
+    _, none = drop_stray_spans(clean_spans(spans()), max_gap_s=20_000)
+    assert none == 0
+
+
+def test_trace_aggregates_hand_checked():
+    body, _ = drop_stray_spans(clean_spans(spans()), 3600)
+    agg = trace_aggregates(body)
+    assert agg["trace_id"].to_list() == ["t1", "t2", "t3", "t4"]
+    rows = {r["trace_id"]: r for r in agg.iter_rows(named=True)}
+    assert rows["t1"] == {"trace_id": "t1", "root_service": "fe", "root_operation": "op-a", "start_ts": 0,
+                          "duration_s": 5.0, "span_count": 4, "error_count": 1, "is_error": True, "n_services": 3}
+    assert rows["t2"]["root_operation"] == "op-x" and rows["t2"]["duration_s"] == pytest.approx(5.0)
+    assert rows["t3"]["duration_s"] == pytest.approx(4.0) and rows["t3"]["error_count"] == 1
+    assert rows["t4"]["is_error"] is False and rows["t4"]["n_services"] == 2
+
+
+def test_call_graph_comes_from_spans_and_ignores_self_calls():
+    body, _ = drop_stray_spans(clean_spans(spans()), 3600)
+    calls = service_calls(body)
+    graph = call_graph(body, calls)
+    assert graph == {"services": ["be", "db", "fe"], "edges": [["be", "db"], ["fe", "be"]],
+                     "edge_counts": {"be->db": 1, "fe->be": 5}}
+    assert call_graph(body, calls, min_edge_count=2)["edges"] == [["fe", "be"]]
+
+
+def test_edge_series_hand_checked():
+    out = trace_features(spans(), 10, SPLIT, max_gap_s=3600)
+    series, stats = out["series"], out["stats"]
+    assert series["ts"].to_list() == [0, 10 * S, 20 * S, 30 * S, 40 * S]
+    assert series.columns[1:4] == ["be->db/latency", "be->db/count", "be->db/error_rate"]
+    assert series.columns[4:] == ["fe->be/latency", "fe->be/count", "fe->be/error_rate"]
+    assert all(series.schema[c] == pl.Float32 for c in series.columns[1:])
+    assert stats["fit_until_ts"] == 20 * S and stats["stray_spans_dropped"] == 2
+    # fe→be: step 0 one erroneous 2 s call; step 10 one 4 s call; step 20 two calls (1 s error, 3 s);
+    # step 30 none (latency forward-filled); step 40 one 2 s call
+    np.testing.assert_allclose(raw(series, stats, "fe->be/latency"), [2, 4, 2, 2, 2], rtol=1e-6)
+    np.testing.assert_allclose(raw(series, stats, "fe->be/count"), np.log1p([1, 1, 2, 0, 1]), atol=1e-6)
+    np.testing.assert_allclose(raw(series, stats, "fe->be/error_rate"), [1, 0, 0.5, 0, 0], atol=1e-6)
+    assert stats["columns"]["fe->be/latency"] == {"mean": 3.0, "std": 1.0, "missing_fraction": 0.0}
+    assert stats["columns"]["fe->be/error_rate"]["mean"] == pytest.approx(0.5)
+    # a column constant on the training span is only centred (std 1) and keeps its place
+    assert "fe->be/count" in stats["centred_only"] and stats["columns"]["fe->be/count"]["std"] == 1.0
+    np.testing.assert_allclose(series["be->db/latency"].to_numpy(), 0.0)
+    assert stats["transforms"]["count"] == "log1p"
+
+
+def test_series_statistics_ignore_the_test_span():
+    changed = [r if r[1] != "r" else (*r[:5], 100.0, True) for r in ROWS]  # the step-40 call only
+    a = trace_features(spans(), 10, SPLIT)
+    b = trace_features(spans(changed), 10, SPLIT)
+    assert a["stats"] == b["stats"]
+    train = pl.col("ts") < a["stats"]["fit_until_ts"]
+    assert a["series"].filter(train).equals(b["series"].filter(train))
+    assert not a["series"].equals(b["series"])
+
+
+def test_duplicate_spans_and_input_order_do_not_change_anything():
+    a = trace_features(spans(), 10, SPLIT)
+    b = trace_features(spans(ROWS[::-1] + ROWS[3:6]), 10, SPLIT)
+    assert a["series"].equals(b["series"]) and a["aggregates"].equals(b["aggregates"]) and a["graph"] == b["graph"]
+
+
+def test_blank_service_and_null_error_flag_are_handled():
+    rows = [("t", "a", None, "fe", 0.0, 1.0, None), ("t", "b", "a", "", 0.5, 0.2, None)]
+    out = trace_features(spans(rows), 10, SPLIT)
+    assert out["graph"]["edges"] == [["fe", "unknown"]]
+    assert out["aggregates"]["error_count"].to_list() == [0]
+
+
+def test_bad_spans_name_the_row():
+    rows = list(ROWS)
+    rows[4] = (None, *rows[4][1:])
+    with pytest.raises(InputError, match=r"dump/spans: span row 4 column trace_id: expected a non-empty trace_id"):
+        trace_features(spans(rows), 10, SPLIT, source="dump/spans")
+    rows = list(ROWS)
+    rows[3] = (*rows[3][:5], -1.0, False)
+    with pytest.raises(InputError, match="non-negative duration"):
+        trace_features(spans(rows), 10, SPLIT)
+    with pytest.raises(InputError, match="traces.max_gap_s"):
+        build(TracesParams, {"max_gap_s": 0}, where="traces")
+
+
+def test_no_spans_give_empty_tables():
+    out = trace_features(spans([]), 10, SPLIT)
+    assert out["series"].height == 0 and out["aggregates"].height == 0
+    assert out["graph"] == {"services": [], "edges": [], "edge_counts": {}}
