@@ -1,0 +1,281 @@
+"""Parsing helpers every raw-dump reader shares: finding files, decoding, CSV headers, numbers, times.
+
+Each helper raises :class:`InputError` naming the file, the row/key and what was expected, so a
+reader never has to translate a library exception into a readable message itself.
+
+Non-UTF-8 policy (DESIGN §9): bytes that are not UTF-8 are *replaced* (U+FFFD) in log files,
+where they only damage free text and a whole day of logs should not be lost to one bad byte
+(a warning says how many were replaced); in every other file (metrics, traces, faults) they are
+an error, because a mangled number, id or time would silently corrupt the data.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+
+from stages.core.errors import InputError
+from stages.core.frames import US, conform, empty
+
+log = logging.getLogger(__name__)
+
+# Time-zone abbreviations seen in real dumps (Glances writes the local zone name).
+TZ_OFFSETS_S = {"UTC": 0, "GMT": 0, "Z": 0, "CET": 3600, "CEST": 7200, "CST": 8 * 3600, "BST": 3600}
+_NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+_LEVEL_ALIASES = {"WARN": "WARNING", "ERR": "ERROR"}
+
+
+# ------------------------------------------------------------------ files
+
+
+def find(root: Path, *patterns: str, exclude: Iterable[str] = ()) -> list[Path]:
+    """Files under ``root`` (recursively) matching any glob pattern; sorted, hidden/macOS junk skipped."""
+    root = Path(root)
+    out: set[Path] = set()
+    for pattern in patterns:
+        for p in root.rglob(pattern):
+            rel = p.relative_to(root).parts
+            if p.is_file() and not any(part.startswith((".", "__MACOSX")) for part in rel):
+                out.add(p)
+    skip = tuple(exclude)
+    return sorted(p for p in out if not (skip and any(p.match(x) for x in skip)))
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(path, None, "a readable file", str(exc)) from None
+
+
+def decode(data: bytes, path: Path, *, lossy: bool) -> str:
+    """UTF-8 text; ``lossy`` replaces bad bytes (log files) instead of failing (structural files)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        if not lossy:
+            raise InputError(path, f"line {line} (byte {exc.start})", "UTF-8 text",
+                             data[max(0, exc.start - 10):exc.start + 10]) from None
+        text = data.decode("utf-8", errors="replace")
+        log.warning("%s: replaced %d non-UTF-8 byte sequence(s) (first on line %d) with U+FFFD",
+                    path, text.count("\ufffd"), line)
+        return text
+
+
+def load_json_bytes(data: bytes, path: Path | str, *, lossy: bool = False) -> Any:
+    """Parse JSON with an error that names the file, line and column (truncation included)."""
+    text = decode(data, Path(path), lossy=lossy)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"line {exc.lineno} column {exc.colno}", f"valid JSON ({exc.msg})") from None
+
+
+def load_json(path: Path, *, lossy: bool = False) -> Any:
+    return load_json_bytes(read_bytes(path), path, lossy=lossy)
+
+
+def expect_key(obj: Any, key: str, path: Path | str, where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise InputError(path, f"{where}.{key}".lstrip("."), f"key '{key}'",
+                         sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__)
+    return obj[key]
+
+
+# ------------------------------------------------------------------ CSV
+
+
+def csv_header(path: Path) -> list[str]:
+    """Column names of a CSV (first line only), without reading the file."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+    except OSError as exc:
+        raise InputError(path, None, "a readable file", str(exc)) from None
+    return [c.strip().strip('"') for c in first.decode("utf-8", errors="replace").rstrip("\r\n").split(",")]
+
+
+def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer: bool = False) -> pl.DataFrame:
+    """Whole CSV (quoted newlines allowed), after checking the required columns exist.
+
+    Columns are read as text (or, with ``infer``, typed by polars with a fall-back to text when
+    inference fails), so typing errors are reported with their row number by :func:`to_float` /
+    :func:`parse_times` instead of failing inside the CSV parser.
+    """
+    data = read_bytes(path)
+    text = decode(data, path, lossy=lossy)
+    if not text.strip():
+        raise InputError(path, "header", f"a CSV with columns {list(required)}", "an empty file")
+    if "\ufffd" in text:
+        data = text.encode("utf-8")
+    df = None
+    if infer:
+        try:
+            df = pl.read_csv(io.BytesIO(data), infer_schema_length=10_000, quote_char='"')
+        except pl.exceptions.PolarsError:
+            df = None  # a cell that does not fit the inferred type: re-read as text to name it
+    try:
+        df = df if df is not None else pl.read_csv(io.BytesIO(data), infer_schema=False, quote_char='"')
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(path, None, "a well-formed CSV", str(exc).splitlines()[0]) from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(path, "header", f"columns {list(required)} (missing {missing})", df.columns)
+    return df
+
+
+def row_of(index: int) -> str:
+    """Human number of a 0-based data row: 'row 1' is the first record after the header.
+
+    Records, not lines: quoted fields may hold newlines (GAIA messages do)."""
+    return f"row {index + 1}"
+
+
+def to_float(col: pl.Series, path: Path, column: str) -> pl.Series:
+    """Text column → Float64; empty/'nan' become missing; anything else non-numeric is an error."""
+    s = col.cast(pl.Utf8).str.strip_chars()
+    out = s.cast(pl.Float64, strict=False)
+    bad = out.is_null() & s.is_not_null() & (s != "") & ~s.str.to_lowercase().is_in(["nan", "null", "none", "na"])
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise InputError(path, f"{row_of(i)} column '{column}'", "a number", s[i])
+    return out
+
+
+def is_numeric_column(col: pl.Series) -> bool:
+    """True when the column holds at least one number: a metric (bad cells then are errors)."""
+    s = col.cast(pl.Utf8).str.strip_chars()
+    return bool(s.str.contains(_NUMBER).fill_null(False).any())
+
+
+# ------------------------------------------------------------------ time
+
+
+def epoch_to_us(values: pl.Series) -> pl.Series:
+    """Epoch numbers in s, ms, µs or ns (decided per value by magnitude) → Int64 µs."""
+    v = values.cast(pl.Float64)
+    a = v.abs()
+    scale = (
+        pl.when(a < 1e11).then(pl.lit(1e6))
+        .when(a < 1e14).then(pl.lit(1e3))
+        .when(a < 1e17).then(pl.lit(1.0))
+        .otherwise(pl.lit(1e-3))
+    )
+    return pl.select((pl.lit(v) * scale).round(0).cast(pl.Int64)).to_series().rename(values.name)
+
+
+_DT_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y/%m/%d %H:%M:%S%.f", "%b %d, %Y @ %H:%M:%S%.f", "%Y-%m-%d")
+
+
+def parse_times(col: pl.Series, path: Path | str, column: str, *, tz_offset_s: float = 0.0,
+                row_label=row_of) -> pl.Series:
+    """Text or numeric time column → Int64 epoch µs UTC.
+
+    Accepts epoch numbers (unit by magnitude), ISO-like strings with ``T`` or space, ``,`` or ``.``
+    before fractions, a trailing ``Z``, ``+HH:MM`` offset or a zone abbreviation (``CEST``...),
+    and Kibana's ``Nov 19, 2019 @ 18:38:55.384``. Naive strings are taken as UTC + ``tz_offset_s``
+    (the wall-clock zone the dump was written in), i.e. ``tz_offset_s`` is *subtracted*.
+    """
+    if col.dtype.is_numeric():
+        return epoch_to_us(col)
+    s = col.cast(pl.Utf8).str.strip_chars()
+    nonnull = s.is_not_null() & (s != "")
+    if bool(s.filter(nonnull).str.contains(_NUMBER).all()) and int(nonnull.sum()) > 0:
+        return epoch_to_us(s.cast(pl.Float64, strict=False))
+    frame = pl.DataFrame({"s": s})
+    frame = frame.with_columns(
+        pl.col("s").str.extract(r"\s([A-Za-z]{2,5})$", 1).alias("abbr"),
+        pl.col("s").str.extract(r"(?:\d)([+-]\d\d:?\d\d)$", 1).alias("num"),
+    )
+    unknown = frame.filter(pl.col("abbr").is_not_null() & ~pl.col("abbr").str.to_uppercase().is_in(list(TZ_OFFSETS_S)))
+    if unknown.height:
+        raise InputError(path, f"column '{column}'", f"a time zone among {sorted(TZ_OFFSETS_S)}", unknown["s"][0])
+    sign = pl.when(pl.col("num").str.slice(0, 1) == "-").then(-1).otherwise(1)
+    digits = pl.col("num").str.replace(":", "").str.slice(1)
+    frame = frame.with_columns(
+        pl.when(pl.col("abbr").is_not_null())
+        .then(pl.col("abbr").str.to_uppercase().replace_strict(TZ_OFFSETS_S, default=0, return_dtype=pl.Int64))
+        .when(pl.col("num").is_not_null())
+        .then(sign * (digits.str.slice(0, 2).cast(pl.Int64) * 3600 + digits.str.slice(2, 2).cast(pl.Int64) * 60))
+        .otherwise(None)
+        .alias("zone_s"),
+        pl.col("s")
+        .str.replace(r"\s[A-Za-z]{2,5}$", "")
+        .str.replace(r"(\d)[+-]\d\d:?\d\d$", "$1")
+        .str.replace(r"Z$", "")
+        .str.replace("T", " ", literal=True)
+        .str.replace(r"(\d\d:\d\d:\d\d),(\d)", "$1.$2")
+        .alias("clean"),
+    )
+    parsed = None
+    for fmt in _DT_FORMATS:
+        p = frame["clean"].str.to_datetime(fmt, strict=False, time_unit="us")
+        parsed = p if parsed is None else parsed.fill_null(p)
+    numeric = s.str.contains(_NUMBER).fill_null(False)
+    if numeric.any():  # a column mixing epoch numbers and date strings
+        epoch = epoch_to_us(s.cast(pl.Float64, strict=False))
+        parsed = pl.select(pl.when(pl.lit(numeric)).then(pl.lit(epoch).cast(pl.Datetime("us")))
+                           .otherwise(pl.lit(parsed))).to_series()
+    bad = parsed.is_null() & nonnull
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise InputError(path, f"{row_label(i)} column '{column}'", "a date-time or epoch number", s[i])
+    naive_shift = int(round(tz_offset_s * US))
+    zone_us = frame["zone_s"].cast(pl.Int64) * US
+    out = parsed.dt.epoch("us") - zone_us.fill_null(naive_shift)
+    return out.rename(col.name)
+
+
+def shift(df: pl.DataFrame, columns: Iterable[str], offset_s: float) -> pl.DataFrame:
+    """Add a clock offset (seconds) to the given µs columns."""
+    delta = int(round(offset_s * US))
+    if delta == 0:
+        return df
+    return df.with_columns([(pl.col(c) + delta).alias(c) for c in columns])
+
+
+def normalise_level(col: pl.Expr) -> pl.Expr:
+    """Upper-case log levels and fold common aliases (WARN→WARNING); missing → UNKNOWN."""
+    up = col.str.strip_chars().str.to_uppercase()
+    return up.replace(_LEVEL_ALIASES).fill_null("UNKNOWN").replace("", "UNKNOWN")
+
+
+# ------------------------------------------------------------------ frames
+
+
+def finish(frames: list[pl.DataFrame], modality: str, sort_by: list[str], *, maintain_order: bool = True) -> pl.DataFrame:
+    """Concatenate, conform to the canonical schema and sort deterministically."""
+    if not frames:
+        return empty(modality)
+    df = conform(pl.concat([conform(f, modality) for f in frames], how="vertical"), modality)
+    return df.sort(sort_by, maintain_order=maintain_order, nulls_last=True)
+
+
+def melt_metrics(df: pl.DataFrame, ts: pl.Series, entity: str, path: Path, skip: Iterable[str]) -> pl.DataFrame:
+    """Wide per-entity table → long metric points; non-numeric columns skipped, bad cells named."""
+    skip = set(skip)
+    cols = {}
+    for c in df.columns:
+        if c in skip or c == "" or c.startswith("Unnamed"):
+            continue
+        if df[c].dtype.is_numeric():
+            cols[c] = df[c].cast(pl.Float64)
+        elif is_numeric_column(df[c]):
+            cols[c] = to_float(df[c], path, c)
+        else:
+            log.info("%s: column '%s' holds no numbers, not a metric: skipped", path, c)
+    if not cols:
+        return pl.DataFrame(schema={"ts": pl.Int64, "entity": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64})
+    wide = pl.DataFrame({"ts": ts, **cols})
+    long = wide.unpivot(index="ts", variable_name="metric", value_name="value")
+    dropped = long.filter(pl.col("value").is_null() | pl.col("value").is_nan()).height
+    if dropped:
+        log.info("%s: %d missing/NaN metric values dropped (gap filling happens in the metrics stage)", path, dropped)
+    return long.filter(pl.col("value").is_not_null() & pl.col("value").is_not_nan()).with_columns(
+        pl.lit(entity).alias("entity")
+    )

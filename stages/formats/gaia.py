@@ -1,0 +1,254 @@
+"""GAIA MicroSS (CloudWise) raw layout → canonical frames.
+
+Files are found by name anywhere under the root:
+
+- metrics ``<instance>_<ip>_<metric>_<from>_<to>.csv`` (``timestamp,value``, epoch ms); the metric
+  name may contain underscores, so the name is split on the dotted IP and the two trailing dates;
+- traces ``trace_table_<instance>_<month>.csv``; times may be epoch numbers or date-time strings;
+  an empty / ``None`` parent is a root; operation = url; error = status_code >= 400 or a
+  message containing "error";
+- business logs ``business_table_<instance>_<month>.csv`` (``datetime,service,message``); time and
+  level come from the message ``time | LEVEL | ip | ip | instance | [trace id |] text``; lines
+  without that header (continuations) inherit the previous line's time and level;
+- faults ``run_table_<month>.csv`` (with or without the leading unnamed index column).
+
+Fault messages in the run tables and what they become (kind; start; end). All start/end times
+are parsed from the text; the entity is the ``service`` column (the instance, e.g. dbservice1):
+
+=====================================================================  =================  =======================================
+message pattern                                                        kind               window
+=====================================================================  =================  =======================================
+``[memory_anomalies] ... start at T and lasts N seconds ...``          memory_anomaly     [T, T+N]
+``[cpu_anomalies] ... start at T and lasts N seconds``                 cpu_anomaly        [T, T+N]
+``trigger the file moving program, start with T, last for N seconds``  file_moving        [T, T+N]
+``trigger an access permission denied exception, will lasts an hour``  access_denied      [logged time, +3600 s]
+``wait for N seconds ... login failure of the QR code expired``        login_failure      [logged time, +N s]
+=====================================================================  =================  =======================================
+
+Windows longer than a day are logging errors (some August ``cpu_anomalies`` rows claim ~30
+days); they are clipped to the median duration of their kind, with a warning.
+
+Skipped (not injections): ``[normal ... label]`` lines, uploads of logs, redis requests and
+``write success`` lines, service lists / downstream calls, ``exception injection failed``
+errors (the injection did not happen), SQL error continuation rows and empty messages.
+
+Clocks: the public samples hold only run tables, so the relation between the naive date-time
+strings and the epoch-ms metric/trace numbers cannot be checked here; strings are read as UTC
+and every offset defaults to 0 (set ``datasets.<name>.offsets`` if a dump shows otherwise).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import polars as pl
+from tqdm import tqdm
+
+from stages.core.errors import InputError
+from stages.core.frames import US
+from stages.core.params import ClockOffsets
+from stages.formats import _common as c
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OFFSETS = ClockOffsets()
+MAX_FAULT_S = 86_400  # longer injection windows are logging errors (see clip_implausible)
+
+METRIC_NAME = re.compile(
+    r"^(?P<instance>.+?)_(?P<ip>\d{1,3}(?:\.\d{1,3}){3})_(?P<metric>.+)_(?P<start>\d{4}-\d\d-\d\d)_(?P<end>\d{4}-\d\d-\d\d)\.csv$"
+)
+TRACE_COLUMNS = ["service_name", "trace_id", "span_id", "parent_id", "start_time", "end_time", "url", "status_code", "message"]
+# "2021-07-01 11:54:27,616 | WARNING | 0.0.0.4 | 172.17.0.3 | dbservice1 | [trace |] text"
+_HEADER = r"^\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)?) \| (\w+) \| [^|]* \| [^|]* \| ([^|]*?) \| (.*)$"
+_TRACE_PREFIX = r"^[0-9a-fA-F]{16,32} \| "
+_TIME = r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?)"
+_SECONDS = r"([0-9]+(?:\.[0-9]+)?)"
+
+# (kind, regex on the text, group holding the start time or None = logged time, duration: group or constant)
+FAULT_PATTERNS: tuple[tuple[str, str, bool, float | None], ...] = (
+    ("memory_anomaly", rf"\[memory_anomalies\].*?start at {_TIME} and lasts {_SECONDS} seconds", True, None),
+    ("cpu_anomaly", rf"\[cpu_anomalies\].*?start at {_TIME} and lasts {_SECONDS} seconds", True, None),
+    ("file_moving", rf"file moving program, start with {_TIME}, last for {_SECONDS} seconds", True, None),
+    ("access_denied", r"trigger an access permission denied exception()()", False, 3600.0),
+    ("login_failure", rf"()wait for {_SECONDS} seconds.*login failure", False, None),
+)
+
+
+# ------------------------------------------------------------------ files
+
+
+def list_files(root: Path) -> dict[str, list[Path]]:
+    root = Path(root)
+    csvs = c.find(root, "*.csv")
+    return {
+        "metrics": [p for p in csvs if METRIC_NAME.match(p.name)],
+        "traces": [p for p in csvs if p.name.startswith("trace_table_")],
+        "logs": [p for p in csvs if p.name.startswith("business_table_")],
+        "faults": [p for p in csvs if p.name.startswith("run_table_")],
+    }
+
+
+def _drop_index(df: pl.DataFrame) -> pl.DataFrame:
+    """August run tables carry pandas' unnamed index column; July ones do not."""
+    unnamed = [col for col in df.columns if col == "" or col.startswith("Unnamed") or col.startswith("_duplicated")]
+    return df.drop(unnamed)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _read_metric_file(path: Path) -> pl.DataFrame:
+    m = METRIC_NAME.match(path.name)
+    df = c.read_csv(path, ["timestamp", "value"], infer=True)
+    ts = c.parse_times(df["timestamp"], path, "timestamp")
+    keep = ts.is_not_null()
+    value = df["value"].cast(pl.Float64) if df["value"].dtype.is_numeric() else c.to_float(df["value"], path, "value")
+    out = pl.DataFrame({"ts": ts, "value": value}).filter(keep & value.is_not_null() & value.is_not_nan())
+    return out.with_columns(pl.lit(m["instance"]).alias("entity"), pl.lit(m["metric"]).alias("metric"))
+
+
+def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["metrics"]
+    if not files:
+        return None
+    frames = [_read_metric_file(p) for p in tqdm(files, desc="gaia metrics", disable=len(files) < 50)]
+    return c.shift(c.finish(frames, "metrics", ["ts", "entity", "metric"]), ["ts"], offset_s)
+
+
+# ------------------------------------------------------------------ traces
+
+
+def _read_trace_file(path: Path) -> pl.DataFrame:
+    df = c.read_csv(path, TRACE_COLUMNS)
+    start = c.parse_times(df["start_time"], path, "start_time")
+    end = c.parse_times(df["end_time"], path, "end_time")
+    for name, series in (("start_time", start), ("end_time", end)):
+        if series.is_null().any():
+            i = int(series.is_null().arg_true()[0])
+            raise InputError(path, f"{c.row_of(i)} column '{name}'", "a time", df[name][i])
+    status = c.to_float(df["status_code"], path, "status_code")
+    parent = pl.col("parent_id").str.strip_chars()
+    return df.with_columns(
+        pl.Series("start_ts", start),
+        ((end - start) / US).alias("duration_s"),
+        pl.when(parent.is_null() | parent.str.to_lowercase().is_in(["", "none", "null", "nan", "0"]))
+        .then(None).otherwise(parent).alias("parent_id"),
+        pl.col("service_name").alias("service"),
+        pl.col("url").fill_null("").alias("operation"),
+        ((pl.Series(status).fill_null(0) >= 400)
+         | pl.col("message").fill_null("").str.to_lowercase().str.contains("error")).alias("is_error"),
+    )
+
+
+def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["traces"]
+    if not files:
+        return None
+    spans = pl.concat([c.conform(_read_trace_file(p), "traces") for p in files])
+    spans = spans.unique(subset=["trace_id", "span_id"], keep="first", maintain_order=True)
+    return c.shift(c.finish([spans], "traces", ["start_ts", "trace_id", "span_id"]), ["start_ts"], offset_s)
+
+
+# ------------------------------------------------------------------ message parsing
+
+
+def split_messages(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Add time (µs), level, instance and text parsed from the ``message`` header."""
+    g = df.with_row_index("_row").with_columns(pl.col("message").fill_null("").str.strip_chars().alias("_m"))
+    g = g.with_columns(pl.col("_m").str.extract_groups(_HEADER).alias("_g")).unnest("_g")
+    g = g.rename({"1": "_time", "2": "_level", "3": "_instance", "4": "_text"})
+    times = c.parse_times(g["_time"], path, "message time")
+    return g.with_columns(
+        pl.Series("_ts", times),
+        pl.col("_text").str.replace(_TRACE_PREFIX, "").alias("_text"),
+    )
+
+
+# ------------------------------------------------------------------ logs
+
+
+def _read_log_file(path: Path) -> pl.DataFrame:
+    df = c.read_csv(path, ["service", "message"], lossy=True)
+    g = split_messages(_drop_index(df), path)
+    head = pl.col("_time").is_not_null()
+    out = g.filter(pl.col("_m") != "").with_columns(
+        pl.col("_ts").forward_fill().alias("ts"),
+        pl.when(head).then(c.normalise_level(pl.col("_level"))).otherwise(None).forward_fill().alias("level"),
+        pl.when(head).then(pl.col("_text")).otherwise(pl.col("_m")).alias("message"),
+        pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance")).alias("service"),
+    )
+    orphans = out["ts"].is_null().sum()
+    if orphans:
+        log.warning("%s: %d line(s) before the first timestamped line dropped", path, orphans)
+    return out.filter(pl.col("ts").is_not_null())
+
+
+def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["logs"]
+    if not files:
+        return None
+    frames = [_read_log_file(p) for p in tqdm(files, desc="gaia logs", disable=len(files) < 20)]
+    return c.shift(c.finish(frames, "logs", ["ts", "service"]), ["ts"], offset_s)
+
+
+# ------------------------------------------------------------------ faults
+
+
+def _faults_of(g: pl.DataFrame, path: Path) -> pl.DataFrame:
+    frames = []
+    entity = pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance").str.strip_chars())
+    for kind, pattern, has_start, constant in FAULT_PATTERNS:
+        hit = g.filter(pl.col("_text").str.contains(pattern)).with_columns(
+            pl.col("_text").str.extract_groups(pattern).alias("_f")
+        ).unnest("_f")
+        if hit.height == 0:
+            continue
+        if has_start:
+            rows = hit["_row"]
+            start = c.parse_times(hit["1"], path, f"message start time ({kind})",
+                                  row_label=lambda i: c.row_of(int(rows[i])))
+        else:
+            start = hit["_ts"]
+        dur = pl.Series([constant] * hit.height, dtype=pl.Float64) if constant is not None else hit["2"].cast(pl.Float64)
+        frames.append(hit.select(entity.alias("entity")).with_columns(
+            pl.Series("start_ts", start),
+            (pl.Series(start) + (dur * US).round(0).cast(pl.Int64)).alias("end_ts"),
+            pl.lit(kind).alias("kind"),
+        ))
+    return pl.concat(frames) if frames else pl.DataFrame(schema={"entity": pl.Utf8, "start_ts": pl.Int64,
+                                                                  "end_ts": pl.Int64, "kind": pl.Utf8})
+
+
+def _read_run_table(path: Path) -> pl.DataFrame:
+    df = _drop_index(c.read_csv(path, ["service", "message"]))
+    g = split_messages(df, path).filter(pl.col("_time").is_not_null())
+    return _faults_of(g, path)
+
+
+def clip_implausible(df: pl.DataFrame) -> pl.DataFrame:
+    """Windows longer than MAX_FAULT_S are mis-logged (real August run table: 'cpu_anomalies ... lasts
+    2654764.7 seconds' for a sort that runs ~3 s); they get the median plausible duration of their kind."""
+    dur = pl.col("end_ts") - pl.col("start_ts")
+    bad = dur > MAX_FAULT_S * US
+    n = df.filter(bad).height
+    if n == 0:
+        return df
+    typical = df.filter(~bad).group_by("kind").agg(dur.median().round(0).cast(pl.Int64).alias("_typ"))
+    out = df.join(typical, on="kind", how="left", maintain_order="left")
+    log.warning("gaia faults: %d window(s) longer than %d s clipped to their kind's median duration", n, MAX_FAULT_S)
+    out = out.with_columns(pl.when(bad).then(pl.col("start_ts") + pl.col("_typ")).otherwise(pl.col("end_ts")).alias("end_ts"))
+    return out.filter(pl.col("end_ts").is_not_null()).drop("_typ")
+
+
+def read_faults(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["faults"]
+    if not files:
+        return None
+    df = c.finish([_read_run_table(p) for p in files], "faults", ["start_ts", "entity", "kind"])
+    df = clip_implausible(df)
+    n = df.height
+    df = df.unique(maintain_order=True)
+    if n != df.height:
+        log.info("gaia faults: %d duplicate fault rows (same window, entity, kind) merged", n - df.height)
+    return c.shift(df, ["start_ts", "end_ts"], offset_s)

@@ -1,0 +1,297 @@
+"""MSDS (multi-source observability dataset, OpenStack) raw layout → canonical frames.
+
+Files under the root are classified by content, not by folder, so the Zenodo layout, the
+public repository samples and the synthetic dump all work:
+
+- metrics: any CSV whose header has Glances' ``now`` column (``wally1NN_metrics*.csv``,
+  ``glances_out.csv``). ``now`` carries a zone name (``2019-10-11 21:11:16 CEST`` = UTC+2,
+  ``CET`` = UTC+1). Entity = the ``wally1NN`` node named in the file name, else the file stem.
+  Every other column holding numbers is a metric; repeated seconds are kept as points (the
+  metrics stage aggregates them onto its grid).
+- logs: any CSV whose header has ``@timestamp`` (Elasticsearch/Kibana export). **service =
+  programname** (the OpenStack service that wrote the line, e.g. ``nova-compute``; the same
+  vocabulary as trace services), falling back to Hostname when empty. level = log_level.
+- traces: OSProfiler JSON, one trace per file (nested ``children``). trace_id = the profiler
+  ``base_id``; span_id = a node's ``trace_id`` and parent_id its ``parent_id`` (null when it is
+  the base id: a top-level call). start_ts = ``meta.raw_payload.<name>-start.timestamp``
+  (OSProfiler writes UTC), duration = (``finished`` - ``started``) ms. **service = info.project**
+  (keystone, glance, nova, ...; falls back to info.service), operation = ``<name> <METHOD> <path>``
+  with ids masked. Error = an exception recorded in ``info``/the stop payload.
+- faults: Rally report JSON hooks (``tasks[].subtasks[].workloads[].hooks[].results[]``): window =
+  [started_at, finished_at] (epoch s), kind = ``container_restart``, entity = the containers the
+  hook's script restarted (bare names it printed, e.g. ``nova_compute``), else the script name.
+  Hooks that exited non-zero are kept: the restart happened on some nodes (the third-party
+  labels include them). Only when a root holds no Rally hook at all are third-party
+  ``anomaly_label_*.csv`` files read instead (their epoch columns, kind = anomaly_type,
+  entity = node_name or ``openstack``), so the two never double-count one injection.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import polars as pl
+from tqdm import tqdm
+
+from stages.core.errors import InputError
+from stages.core.frames import US
+from stages.core.params import ClockOffsets
+from stages.formats import _common as c
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OFFSETS = ClockOffsets()
+
+_NODE = re.compile(r"(wally\d+)")
+_ID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\b[0-9a-fA-F]{32}\b|\b\d+\b"
+_CONTAINER_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+LABEL_COLUMNS = ["anomaly_type", "start_timestamp", "end_timestamp"]
+
+
+# ------------------------------------------------------------------ files
+
+
+def _json_kind(path: Path) -> str | None:
+    """'rally' | 'osprofiler' | None, from the first 64 KiB (both formats name their keys early)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise InputError(path, None, "a readable file", str(exc)) from None
+    if '"rally_version"' in head or '"tasks"' in head:
+        return "rally"
+    if '"children"' in head or '"meta.raw_payload.' in head:
+        return "osprofiler"
+    return None
+
+
+def list_files(root: Path) -> dict[str, list[Path]]:
+    root = Path(root)
+    out: dict[str, list[Path]] = {"metrics": [], "traces": [], "logs": [], "faults": []}
+    for p in c.find(root, "*.csv"):
+        header = c.csv_header(p)
+        if "now" in header:
+            out["metrics"].append(p)
+        elif "@timestamp" in header:
+            out["logs"].append(p)
+    rally, labels = [], [p for p in c.find(root, "anomaly_label_*.csv")]
+    for p in c.find(root, "*.json"):
+        kind = _json_kind(p)
+        if kind == "rally":
+            rally.append(p)
+        elif kind == "osprofiler":
+            out["traces"].append(p)
+    out["faults"] = rally if any(_rally_hook_count(p) for p in rally) else labels
+    return out
+
+
+def _rally_hook_count(path: Path) -> int:
+    return sum(len(h.get("results") or []) for _, h in _rally_hooks(c.load_json(path), path))
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _read_metric_file(path: Path) -> pl.DataFrame:
+    df = c.read_csv(path, ["now"], infer=True)
+    ts = c.parse_times(df["now"], path, "now")
+    keep = ts.is_not_null()
+    if not keep.all():
+        log.warning("%s: %d row(s) without a time dropped", path, int((~keep).sum()))
+        df, ts = df.filter(keep), ts.filter(keep)
+    m = _NODE.search(path.name)
+    return c.melt_metrics(df, ts, m.group(1) if m else path.stem, path, skip=["now"])
+
+
+def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["metrics"]
+    if not files:
+        return None
+    frames = [_read_metric_file(p) for p in tqdm(files, desc="msds metrics", disable=len(files) < 20)]
+    return c.shift(c.finish(frames, "metrics", ["ts", "entity", "metric"]), ["ts"], offset_s)
+
+
+# ------------------------------------------------------------------ logs
+
+
+def _read_log_file(path: Path) -> pl.DataFrame:
+    df = c.read_csv(path, ["@timestamp", "Payload"], lossy=True)
+    ts = c.parse_times(df["@timestamp"], path, "@timestamp")
+    blank = pl.lit(None, dtype=pl.Utf8)
+    prog = pl.col("programname").str.strip_chars().replace("", None) if "programname" in df.columns else blank
+    host = pl.col("Hostname").str.strip_chars().replace("", None) if "Hostname" in df.columns else blank
+    level = pl.col("log_level") if "log_level" in df.columns else blank
+    out = df.with_columns(
+        pl.Series("ts", ts),
+        pl.coalesce(prog, host, pl.lit("unknown")).alias("service"),
+        c.normalise_level(level).alias("level"),
+        pl.col("Payload").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars().alias("message"),
+    )
+    missing = out["ts"].is_null().sum()
+    if missing:
+        log.warning("%s: %d row(s) without @timestamp dropped", path, missing)
+    return out.filter(pl.col("ts").is_not_null())
+
+
+def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["logs"]
+    if not files:
+        return None
+    return c.shift(c.finish([_read_log_file(p) for p in files], "logs", ["ts", "service"]), ["ts"], offset_s)
+
+
+# ------------------------------------------------------------------ traces
+
+
+def _payloads(info: dict) -> tuple[dict | None, dict | None]:
+    start = stop = None
+    for key, val in info.items():
+        if key.startswith("meta.raw_payload.") and isinstance(val, dict):
+            if key.endswith("-start"):
+                start = val
+            elif key.endswith("-stop"):
+                stop = val
+    return start, stop
+
+
+def _operation(info: dict, start: dict | None) -> str:
+    name = str(info.get("name", ""))
+    req = ((start or {}).get("info") or {}).get("request") or {}
+    if isinstance(req, dict) and req.get("path") is not None:
+        path = re.sub(_ID, "<id>", str(req.get("path")))
+        return f"{name} {req.get('method', '')} {path}".strip()
+    db = ((start or {}).get("info") or {}).get("db") or {}
+    if isinstance(db, dict) and db.get("statement"):
+        return f"{name} {str(db['statement']).split(' ', 1)[0].upper()}"
+    fn = ((start or {}).get("info") or {}).get("function") or {}
+    if isinstance(fn, dict) and fn.get("name"):
+        return f"{name} {fn['name']}"
+    return name
+
+
+def _is_error(info: dict, stop: dict | None) -> bool:
+    exc = info.get("exception")
+    if exc not in (None, "", "None"):
+        return True
+    stop_info = (stop or {}).get("info") or {}
+    return isinstance(stop_info, dict) and ("etype" in stop_info or "error" in stop_info)
+
+
+def _read_trace_file(path: Path) -> pl.DataFrame:
+    data = c.load_json(path)
+    c.expect_key(data, "children", path, "")
+    rows: dict[str, list] = {k: [] for k in ("trace_id", "span_id", "parent_id", "service", "operation",
+                                             "abs_us", "started_ms", "finished_ms", "is_error")}
+    stack = [(child, f"children[{i}]") for i, child in reversed(list(enumerate(data["children"])))]
+    while stack:
+        node, where = stack.pop()
+        info = c.expect_key(node, "info", path, where)
+        span_id = c.expect_key(node, "trace_id", path, where)
+        for key in ("started", "finished"):
+            if not isinstance(info.get(key), (int, float)):
+                raise InputError(path, f"{where}.info.{key}", "a number of milliseconds", info.get(key))
+        start, stop = _payloads(info)
+        base = (start or stop or {}).get("base_id")
+        rows["trace_id"].append(base)
+        rows["span_id"].append(str(span_id))
+        parent = node.get("parent_id")
+        rows["parent_id"].append(None if parent in (None, "", base) else str(parent))
+        rows["service"].append(str(info.get("project") or info.get("service") or "unknown"))
+        rows["operation"].append(_operation(info, start))
+        rows["abs_us"].append((start or {}).get("timestamp"))
+        rows["started_ms"].append(float(info["started"]))
+        rows["finished_ms"].append(float(info["finished"]))
+        rows["is_error"].append(_is_error(info, stop))
+        stack.extend((ch, f"{where}.children[{i}]") for i, ch in reversed(list(enumerate(node.get("children") or []))))
+    df = pl.DataFrame(rows, schema_overrides={"abs_us": pl.Utf8, "trace_id": pl.Utf8})
+    if df.height == 0:
+        return df
+    abs_us = c.parse_times(df["abs_us"], path, "meta.raw_payload.*-start.timestamp",
+                           row_label=lambda i: f"span {i}")
+    # Nodes without a start payload are placed from the trace's anchor (absolute - relative start).
+    anchor = (abs_us - (df["started_ms"] * 1000).round(0).cast(pl.Int64)).drop_nulls()
+    if anchor.len() == 0:
+        raise InputError(path, "meta.raw_payload.*-start", "at least one span with an absolute start timestamp")
+    base_ids = df["trace_id"].drop_nulls()
+    trace_id = base_ids[0] if base_ids.len() else path.stem
+    return df.with_columns(
+        pl.lit(trace_id).alias("trace_id"),
+        abs_us.fill_null((df["started_ms"] * 1000).round(0).cast(pl.Int64) + int(anchor.min())).alias("start_ts"),
+        ((pl.col("finished_ms") - pl.col("started_ms")) / 1000.0).alias("duration_s"),
+    )
+
+
+def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["traces"]
+    if not files:
+        return None
+    frames = [_read_trace_file(p) for p in tqdm(files, desc="msds traces", disable=len(files) < 100)]
+    spans = c.finish([f for f in frames if f.height], "traces", ["start_ts", "trace_id", "span_id"])
+    spans = spans.unique(subset=["trace_id", "span_id"], keep="first", maintain_order=True)
+    return c.shift(spans, ["start_ts"], offset_s)
+
+
+# ------------------------------------------------------------------ faults
+
+
+def _rally_hooks(data, path: Path):
+    """(where, hook) for every hook of every workload in a Rally JSON report."""
+    tasks = c.expect_key(data, "tasks", path, "")
+    for ti, task in enumerate(tasks or []):
+        for si, sub in enumerate(c.expect_key(task, "subtasks", path, f"tasks[{ti}]") or []):
+            where = f"tasks[{ti}].subtasks[{si}]"
+            for wi, work in enumerate(c.expect_key(sub, "workloads", path, where) or []):
+                for hi, hook in enumerate(work.get("hooks") or []):
+                    yield f"{where}.workloads[{wi}].hooks[{hi}]", hook
+
+
+def _restarted(hook: dict, result: dict) -> str:
+    names: list[str] = []
+    for item in ((result.get("output") or {}).get("complete") or []):
+        for text in item.get("data") or []:
+            if isinstance(text, str) and text.startswith("StdOut:"):
+                for line in text[len("StdOut:"):].splitlines():
+                    line = line.strip()
+                    if _CONTAINER_LINE.match(line) and "_" in line and line not in names:
+                        names.append(line)
+    if names:
+        return ",".join(sorted(names))
+    call = str(((hook.get("config") or {}).get("action") or {}).get("sys_call", "hook"))
+    stem = Path(call.split()[-1]).stem
+    return re.sub(r"^restart_|_(containers?|nodes?)$", "", stem) or stem
+
+
+def _read_rally(path: Path) -> pl.DataFrame:
+    rows = {"start_ts": [], "end_ts": [], "entity": [], "kind": []}
+    for where, hook in _rally_hooks(c.load_json(path), path):
+        for ri, res in enumerate(hook.get("results") or []):
+            start, end = res.get("started_at"), res.get("finished_at")
+            if start is None:
+                start = end
+            if not isinstance(start, (int, float)) or not isinstance(end, (int, float)) or end < start:
+                raise InputError(path, f"{where}.results[{ri}].started_at/finished_at",
+                                 "epoch seconds with finished_at >= started_at", (start, end))
+            rows["start_ts"].append(int(round(start * US)))
+            rows["end_ts"].append(int(round(end * US)))
+            rows["entity"].append(_restarted(hook, res))
+            rows["kind"].append("container_restart")
+    return pl.DataFrame(rows, schema={"start_ts": pl.Int64, "end_ts": pl.Int64, "entity": pl.Utf8, "kind": pl.Utf8})
+
+
+def _read_labels(path: Path) -> pl.DataFrame:
+    df = c.read_csv(path, LABEL_COLUMNS)
+    start = c.parse_times(df["start_timestamp"], path, "start_timestamp")
+    end = c.parse_times(df["end_timestamp"], path, "end_timestamp")
+    entity = pl.col("node_name") if "node_name" in df.columns else pl.lit("openstack")
+    return df.with_columns(pl.Series("start_ts", start), pl.Series("end_ts", end), entity.alias("entity"),
+                           pl.col("anomaly_type").alias("kind"))
+
+
+def read_faults(root: Path, offset_s: float) -> pl.DataFrame | None:
+    files = list_files(root)["faults"]
+    if not files:
+        return None
+    frames = [_read_rally(p) if p.suffix == ".json" else _read_labels(p) for p in files]
+    df = c.finish(frames, "faults", ["start_ts", "entity", "kind"]).unique(maintain_order=True)
+    return c.shift(df, ["start_ts", "end_ts"], offset_s)

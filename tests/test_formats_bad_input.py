@@ -1,0 +1,134 @@
+"""Bad input stops a reader with an InputError that names the file and the row/key (DESIGN §9).
+
+Non-UTF-8 policy: replaced (with a warning) in log files, an error in structural files.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from stages.core.errors import InputError
+from stages.formats import check_root, eadro, gaia, msds, read_dump, reader
+
+
+def _chunk(root: Path) -> Path:
+    chunk = root / "TT.aDb"
+    (chunk / "metrics").mkdir(parents=True)
+    return chunk
+
+
+def test_truncated_logs_json(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    (chunk / "logs.json").write_text('{"svc": ["2022-04-18 16:00:00.000  INFO 1 --- [m] a : x", ')
+    with pytest.raises(InputError, match=r"logs\.json: line 1 column \d+: expected valid JSON"):
+        eadro.read_logs(tmp_path, 0)
+
+
+def test_truncated_spans_json_and_zip(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    (chunk / "spans.json").write_text('[{"traceID": "t", "spans": [{"traceID": "t",\n "spanID"')
+    with pytest.raises(InputError, match=r"spans\.json: line 2 column \d+: expected valid JSON"):
+        eadro.read_traces(tmp_path, 0)
+    (chunk / "spans.json").unlink()
+    with zipfile.ZipFile(chunk / "spans.json.zip", "w") as zf:
+        zf.writestr("spans.json", '[{"traceID": "t", "spans": [')
+    with pytest.raises(InputError, match=r"spans\.json\.zip!spans\.json: line 1"):
+        eadro.read_traces(tmp_path, 0)
+
+
+def test_span_missing_key_is_named(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    span = {"traceID": "t", "spanID": "s", "startTime": 1, "processID": "p1", "references": []}
+    (chunk / "spans.json").write_text(json.dumps([{"traceID": "t", "processes": {"p1": {"serviceName": "a"}},
+                                                   "spans": [span]}]))
+    with pytest.raises(InputError, match=r"spans\.json: trace\[0\]\.spans\[0\]\.duration: expected key 'duration'"):
+        eadro.read_traces(tmp_path, 0)
+
+
+def test_truncated_and_malformed_fault_json(tmp_path: Path):
+    _chunk(tmp_path)
+    fault = tmp_path / "TT.fault-aDb.json"
+    fault.write_text('{"faults": [{"name": "p_svc_1", "fault": "cpu_load", "start": 1')
+    with pytest.raises(InputError, match=r"TT\.fault-aDb\.json: line 1 column \d+: expected valid JSON"):
+        eadro.read_faults(tmp_path, 0)
+    fault.write_text(json.dumps({"faults": [{"name": "p_svc_1", "fault": "cpu_load", "start": 1}]}))
+    with pytest.raises(InputError, match=r"TT\.fault-aDb\.json: faults\[0\]\.duration: expected key 'duration'"):
+        eadro.read_faults(tmp_path, 0)
+
+
+def test_csv_missing_or_misspelt_column(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    (chunk / "metrics" / "svc.csv").write_text("timestamps,cpu\n1,2\n")
+    with pytest.raises(InputError, match=r"svc\.csv: header: expected columns \['timestamp'\]"):
+        eadro.read_metrics(tmp_path, 0)
+    (tmp_path / "trace_table_a_2021-07.csv").write_text("trace_id,span_id\nt,s\n")
+    with pytest.raises(InputError, match=r"trace_table_a_2021-07\.csv: header: expected columns .*missing"):
+        gaia.read_traces(tmp_path, 0)
+    (tmp_path / "run_table_2021-07.csv").write_text("datetime,servce,message\n")
+    with pytest.raises(InputError, match=r"run_table_2021-07\.csv: header: .*'service'"):
+        gaia.read_faults(tmp_path, 0)
+
+
+def test_non_numeric_metric_value_names_the_row(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    rows = "".join(f"{i},{i}.5\n" for i in range(20_000)) + "20000,oops\n"  # past polars' inference window
+    (chunk / "metrics" / "svc.csv").write_text("timestamp,cpu\n" + rows)
+    with pytest.raises(InputError, match=r"svc\.csv: row 20001 column 'cpu': expected a number, got 'oops'"):
+        eadro.read_metrics(tmp_path, 0)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "db1_0.0.0.1_cpu_2021-07-01_2021-07-31.csv").write_text("timestamp,value\n1,2\n2,x1\n")
+    with pytest.raises(InputError, match=r"cpu_2021-07-01_2021-07-31\.csv: row 2 column 'value'"):
+        gaia.read_metrics(tmp_path / "m", 0)
+
+
+def test_bad_time_names_the_row(tmp_path: Path):
+    (tmp_path / "wally101_metrics.csv").write_text("now,cpu\n2019-10-11 21:11:16 CEST,1\n2019-13-11 21:11:17 CEST,2\n")
+    with pytest.raises(InputError, match=r"wally101_metrics\.csv: row 2 column 'now': expected a date-time"):
+        msds.read_metrics(tmp_path, 0)
+    (tmp_path / "wally101_metrics.csv").write_text("now,cpu\n2019-10-11 21:11:16 XYZT,1\n")
+    with pytest.raises(InputError, match=r"column 'now': expected a time zone"):
+        msds.read_metrics(tmp_path, 0)
+
+
+def test_non_utf8_replaced_in_logs_error_in_metrics(tmp_path: Path, caplog):
+    chunk = _chunk(tmp_path)
+    (chunk / "logs.json").write_bytes(b'{"svc": ["2022-04-18 16:00:00.000  INFO 1 --- [m] a : caf\xe9 \xff"]}')
+    with caplog.at_level(logging.WARNING):
+        lg = eadro.read_logs(tmp_path, 0)
+    assert lg["message"][0] == "a : caf\ufffd \ufffd"
+    assert "replaced 2 non-UTF-8" in caplog.text and "logs.json" in caplog.text
+    (chunk / "metrics" / "svc.csv").write_bytes(b"timestamp,cpu\n1,2\n2,3\xff\n")
+    with pytest.raises(InputError, match=r"svc\.csv: line 3 \(byte \d+\): expected UTF-8 text"):
+        eadro.read_metrics(tmp_path, 0)
+
+
+def test_empty_and_missing_folder(tmp_path: Path):
+    with pytest.raises(InputError, match="expected a non-empty raw dump folder"):
+        read_dump("eadro", tmp_path)
+    with pytest.raises(InputError, match="expected an existing raw dump folder"):
+        check_root(tmp_path / "nope")
+
+
+def test_wrong_format_name():
+    with pytest.raises(InputError, match=r"--format.*expected one of msds, gaia, eadro, got 'foo'"):
+        reader("foo")
+
+
+def test_logs_json_wrong_shape(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    (chunk / "logs.json").write_text(json.dumps({"svc": "not a list"}))
+    with pytest.raises(InputError, match=r"logs\.json: key 'svc': expected a list of log-line strings"):
+        eadro.read_logs(tmp_path, 0)
+
+
+def test_rally_hook_with_bad_times(tmp_path: Path):
+    report = {"info": {"rally_version": "x"}, "tasks": [{"subtasks": [{"workloads": [{"hooks": [
+        {"config": {"action": {"sys_call": "sh ./restart_glance_container.sh"}},
+         "results": [{"started_at": 10.0, "finished_at": 5.0}]}]}]}]}]}
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    with pytest.raises(InputError, match=r"r\.json: tasks\[0\]\.subtasks\[0\]\.workloads\[0\]\.hooks\[0\]\.results\[0\]"):
+        msds.read_faults(tmp_path, 0)
