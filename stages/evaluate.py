@@ -1,0 +1,217 @@
+"""DVC stage ``evaluate@<ds>-<detector>``: score val and test, threshold on val scores, measure test.
+
+Reads ``data/windows/<ds>`` (splits ``val``, ``test``), ``models/<ds>/<detector>/detector/`` and
+its ``train.json``. The threshold comes from *validation scores only* (no label is read before
+the test metrics are computed). Writes ``metrics/eval/<ds>/<detector>.json`` and plot data in
+``metrics/eval/<ds>/<detector>/``: ``scores.csv`` (t, ts, score, label, alarm), ``pr.csv``
+(recall, precision, threshold) and, when the detector explains per-step weights (FuseGuard's
+fusion weights), ``fusion.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from stages.core.cli import run_stage
+from stages.core.errors import InputError
+from stages.core.evaluation import (
+    ThresholdParams,
+    choose_threshold,
+    evaluate,
+    pr_curve,
+    score_series,
+    write_metrics_json,
+)
+from stages.core.io import atomic_dir, read_json
+from stages.core.params import build, load_raw
+from stages.core.windowset import WindowSet, load_split, windows_dir
+
+log = logging.getLogger("stages.evaluate")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """``evaluate:`` section of params.yaml."""
+
+    threshold: ThresholdParams = field(default_factory=ThresholdParams)
+    series_points: int = 2000  # rows of scores.csv / fusion.csv (max-score bucketing keeps spikes)
+    pr_points: int = 200  # rows of pr.csv
+
+    def validate(self) -> None:
+        if self.series_points < 10:
+            raise InputError("params.yaml", "evaluate.series_points", "at least 10", self.series_points)
+        if self.pr_points < 2:
+            raise InputError("params.yaml", "evaluate.pr_points", "at least 2", self.pr_points)
+
+
+def scoring_peak_memory_mb(device: Any) -> float:
+    """Peak RSS of this process (KiB on Linux), or CUDA max allocated when scoring on a GPU."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return max(rss, torch.cuda.max_memory_allocated(device) / 2**20)
+    return rss
+
+
+def explained_series(explain: dict[str, Any], n_steps: int) -> dict[str, np.ndarray]:
+    """Per-step series among ``detector.explain`` outputs: ``key`` → 1-D array, ``key/sub`` for dicts.
+
+    Anything that is not a length-``n_steps`` vector (scalars, per-channel tables) is left out.
+    """
+    out: dict[str, np.ndarray] = {}
+
+    def keep(name: str, value: Any) -> None:
+        arr = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+        if arr is not None and arr.ndim == 1 and len(arr) == n_steps and np.issubdtype(arr.dtype, np.number):
+            out[name] = arr.astype(np.float64)
+
+    for key, value in explain.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                keep(f"{key}/{sub}", v)
+        else:
+            keep(str(key), value)
+    return out
+
+
+def explained_scalars(explain: dict[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in explain.items()
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
+
+
+def fusion_frame(ts: np.ndarray, series: dict[str, np.ndarray], max_points: int) -> pl.DataFrame:
+    """Bucket means of each series over equal step buckets (ts = first step of the bucket)."""
+    n = len(ts)
+    bounds = np.unique(np.linspace(0, n, min(n, max_points) + 1).round().astype(np.int64))
+    starts = bounds[:-1]
+    cols: dict[str, Any] = {
+        "t": starts,
+        "ts": np.datetime_as_string(ts[starts].astype("datetime64[us]"), unit="auto", timezone="UTC"),
+    }
+    for name, arr in series.items():
+        finite = np.isfinite(arr)
+        sums = np.add.reduceat(np.where(finite, arr, 0.0), starts)
+        counts = np.add.reduceat(finite.astype(np.int64), starts)
+        cols[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return pl.DataFrame(cols)
+
+
+def _csv(df: pl.DataFrame, path: Path) -> None:
+    df.write_csv(path, float_precision=6, null_value="")
+
+
+def load_detector(models_root: Path, ds: str, detector: str, schema) -> tuple[Any, dict]:
+    from stages.nets.registry import detector_class
+
+    mdir = Path(models_root) / ds / detector
+    det_dir = mdir / "detector"
+    if not (det_dir / "config.json").exists():
+        raise InputError(det_dir / "config.json", None, f"a detector saved by `python -m stages.train {ds} {detector}`")
+    train_info = read_json(mdir / "train.json")
+    if not isinstance(train_info, dict):
+        raise InputError(mdir / "train.json", None, "a JSON object", type(train_info).__name__)
+    return detector_class(detector).load(det_dir, schema), train_info
+
+
+def _num(info: dict, key: str, path: Path) -> float | None:
+    v = info.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InputError(path, key, "a number", v)
+    return float(v)
+
+
+def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Path("data/windows"),
+        models_root: Path = Path("models"), metrics_root: Path = Path("metrics/eval"),
+        word_pca_root: Path = Path("models/word_pca")) -> dict:
+    from stages.embed_pca import load_word_pca
+
+    raw = load_raw() if raw is None else raw
+    params = build(EvaluateParams, raw.get("evaluate"), where="evaluate")
+    wdir = windows_dir(ds, windows_root)
+    word_pca = load_word_pca(word_pca_root)
+    val: WindowSet = load_split(wdir, "val", word_pca)
+    test: WindowSet = load_split(wdir, "test", word_pca)
+    det, train_info = load_detector(models_root, ds, detector, test.schema)
+    train_json = Path(models_root) / ds / detector / "train.json"
+
+    # 1. threshold from validation *scores*; val.labels is never read
+    val_scores = det.score(val)
+    threshold = choose_threshold(val_scores, params.threshold)
+    log.info("%s/%s: %s threshold %.6g from %d validation steps", ds, detector, params.threshold.method,
+             threshold, int(np.isfinite(val_scores).sum()))
+
+    # 2. score the test span, timed
+    t0 = time.perf_counter()
+    test_scores = det.score(test)
+    score_seconds = time.perf_counter() - t0
+    if test_scores.shape != (test.n_steps,):
+        raise ValueError(f"{detector}.score returned shape {test_scores.shape}, expected ({test.n_steps},)")
+    explain = det.explain(test) or {}
+    device = getattr(det, "device", "cpu")
+
+    # 3. metrics (test labels are read only here)
+    metrics: dict[str, Any] = evaluate(test_scores, test.labels, threshold, step_s=test.schema.step_s)
+    train_peak = _num(train_info, "peak_memory_mb", train_json)
+    score_peak = scoring_peak_memory_mb(device)
+    metrics.update(
+        dataset=ds, detector=detector, threshold_method=params.threshold.method,
+        n_test_windows=len(test), n_val_windows=len(val), n_train_windows=train_info.get("n_train_windows"),
+        train_seconds=_num(train_info, "train_seconds", train_json),
+        score_seconds=score_seconds,
+        score_windows_per_s=len(test) / score_seconds if score_seconds > 0 else None,
+        peak_memory_mb=max(score_peak, train_peak or 0.0), score_peak_memory_mb=score_peak,
+        device=str(train_info.get("device", device)),
+    )
+    scalars = explained_scalars(explain)
+    if scalars:
+        metrics["explain"] = scalars
+
+    # 4. plot data, all computed before anything is written
+    series = score_series(test.ts, test_scores, test.labels, threshold, params.series_points)
+    scores_df = pl.DataFrame(series, schema={"t": pl.Int64, "ts": pl.String, "score": pl.Float64,
+                                             "label": pl.Int64, "alarm": pl.Int64}, orient="row") \
+        if series else pl.DataFrame(schema={"t": pl.Int64, "ts": pl.String, "score": pl.Float64,
+                                            "label": pl.Int64, "alarm": pl.Int64})
+    pr_df = pl.DataFrame(pr_curve(test_scores, test.labels, params.pr_points),
+                         schema={"recall": pl.Float64, "precision": pl.Float64, "threshold": pl.Float64})
+    weights = explained_series(explain, test.n_steps)
+    fusion_df = fusion_frame(test.ts, weights, params.series_points) if weights else None
+
+    out_dir = Path(metrics_root) / ds / detector
+    with atomic_dir(out_dir) as tmp:
+        _csv(scores_df, tmp / "scores.csv")
+        _csv(pr_df, tmp / "pr.csv")
+        if fusion_df is not None:
+            _csv(fusion_df, tmp / "fusion.csv")
+    write_metrics_json(Path(metrics_root) / ds / f"{detector}.json", metrics)
+    log.info("%s/%s: AUC-PR %s, F1 %s at threshold, event recall %s, %.0f windows/s", ds, detector,
+             _fmt(metrics["auc_pr"]), _fmt(metrics["f1"]), _fmt(metrics["event_recall"]),
+             metrics["score_windows_per_s"] or 0.0)
+    return metrics
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
+    ap.add_argument("dataset")
+    ap.add_argument("detector")
+    args = ap.parse_args(argv)
+    return run_stage(lambda: run(args.dataset, args.detector))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
