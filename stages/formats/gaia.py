@@ -73,6 +73,10 @@ FAULT_PATTERNS: tuple[tuple[str, str, bool, float | None], ...] = (
     ("access_denied", r"trigger an access permission denied exception()()", False, 3600.0),
     ("login_failure", rf"()wait for {_SECONDS} seconds.*login failure", False, None),
 )
+# Any other injection written in the same style ("[<kind>] trigger ..., start at T and lasts N seconds");
+# the kind is the bracketed tag. Tags already covered above are excluded so no fault counts twice.
+GENERIC_FAULT = rf"\[(\w+)\] trigger .*?, start at {_TIME} and lasts {_SECONDS} seconds"
+SPECIFIC_TAGS = ("memory_anomalies", "cpu_anomalies")
 
 
 # ------------------------------------------------------------------ files
@@ -215,6 +219,19 @@ def _faults_of(g: pl.DataFrame, path: Path) -> pl.DataFrame:
             pl.Series("start_ts", start),
             (pl.Series(start) + (dur * US).round(0).cast(pl.Int64)).alias("end_ts"),
             pl.lit(kind).alias("kind"),
+        ))
+    generic = g.filter(pl.col("_text").str.contains(GENERIC_FAULT)).with_columns(
+        pl.col("_text").str.extract_groups(GENERIC_FAULT).alias("_f")
+    ).unnest("_f").filter(~pl.col("1").is_in(SPECIFIC_TAGS))
+    if generic.height:
+        rows = generic["_row"]
+        start = c.parse_times(generic["2"], path, "message start time",
+                              row_label=lambda i: c.row_of(int(rows[i])))
+        dur = generic["3"].cast(pl.Float64)
+        frames.append(generic.select(entity.alias("entity")).with_columns(
+            pl.Series("start_ts", start),
+            (pl.Series(start) + (dur * US).round(0).cast(pl.Int64)).alias("end_ts"),
+            generic["1"].alias("kind"),
         ))
     return pl.concat(frames) if frames else pl.DataFrame(schema={"entity": pl.Utf8, "start_ts": pl.Int64,
                                                                   "end_ts": pl.Int64, "kind": pl.Utf8})

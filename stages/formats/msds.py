@@ -262,6 +262,13 @@ def _restarted(hook: dict, result: dict) -> str:
     return re.sub(r"^restart_|_(containers?|nodes?)$", "", stem) or stem
 
 
+def _hook_kind(hook: dict) -> str:
+    """Real MSDS hooks restart containers; a hook script named ``inject_<kind>.sh`` names its kind."""
+    call = str(((hook.get("config") or {}).get("action") or {}).get("sys_call", ""))
+    m = re.search(r"inject_(\w+)\.sh", call)
+    return m.group(1) if m else "container_restart"
+
+
 def _read_rally(path: Path) -> pl.DataFrame:
     rows = {"start_ts": [], "end_ts": [], "entity": [], "kind": []}
     for where, hook in _rally_hooks(c.load_json(path), path):
@@ -275,7 +282,7 @@ def _read_rally(path: Path) -> pl.DataFrame:
             rows["start_ts"].append(int(round(start * US)))
             rows["end_ts"].append(int(round(end * US)))
             rows["entity"].append(_restarted(hook, res))
-            rows["kind"].append("container_restart")
+            rows["kind"].append(_hook_kind(hook))
     return pl.DataFrame(rows, schema={"start_ts": pl.Int64, "end_ts": pl.Int64, "entity": pl.Utf8, "kind": pl.Utf8})
 
 

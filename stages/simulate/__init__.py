@@ -1,0 +1,1 @@
+"""Deterministic synthetic microservice telemetry written in the native raw formats (msds, gaia, eadro)."""

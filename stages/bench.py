@@ -1,0 +1,194 @@
+"""Benchmarks, one command each (speed is measured here, never asserted in tests).
+
+    python -m stages.bench ingest [--hours 24] [--format eadro] [--requests-per-s 2]
+        generate a large synthetic dump, then time each reader + feature step in a fresh process:
+        metric rows/s, spans/s, log lines/s through Drain3, peak RSS per modality.
+    python -m stages.bench train [--detector fuseguard] [--profile default|paper] [--windows 512]
+        training and scoring windows/s on synthetic windows, on CUDA when present (bf16 and fp32)
+        else on the CPU; peak memory.
+
+Results are printed as JSON and written to ``bench/<name>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from stages.core.io import write_json
+from stages.core.logs import setup_logging
+
+log = logging.getLogger("stages.bench")
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _ingest_one(fmt: str, root: str, modality: str, step_s: float) -> dict:
+    """Read one modality and build its features; runs in a fresh process for an honest peak RSS."""
+    from stages.core.params import SplitParams
+    from stages.features.params import LogsParams, MetricsParams
+    from stages.formats import read_modality
+
+    t0 = time.perf_counter()
+    frame = read_modality(fmt, Path(root), modality)
+    t_read = time.perf_counter() - t0
+    rows = 0 if frame is None else frame.height
+    t1 = time.perf_counter()
+    if frame is not None:
+        if modality == "metrics":
+            from stages.features.metric_matrix import metric_matrix
+
+            metric_matrix(frame, step_s, SplitParams(), MetricsParams())
+        elif modality == "traces":
+            from stages.features.trace_features import trace_features
+
+            trace_features(frame, step_s, SplitParams())
+        elif modality == "logs":
+            from stages.features.log_templates import mine_templates
+
+            mine_templates(frame, LogsParams(), step_s)
+    t_feat = time.perf_counter() - t1
+    total = t_read + t_feat
+    return {"modality": modality, "rows": rows, "read_s": round(t_read, 3), "features_s": round(t_feat, 3),
+            "rows_per_s": round(rows / total, 1) if total else None, "peak_rss_mb": round(_rss_mb(), 1)}
+
+
+def bench_ingest(args: argparse.Namespace) -> dict:
+    from stages.simulate.generate import generate
+    from stages.simulate.params import SynthParams
+
+    params = dataclasses.replace(SynthParams(), hours=args.hours, requests_per_s=args.requests_per_s)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
+    root = work / f"bench_{args.format}"
+    t0 = time.perf_counter()
+    summary = generate(f"bench_{args.format}", args.format, root, params, seed=0)
+    gen_s = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    log.info("generated %.1f MB in %.1f s at %s", size / 2**20, gen_s, root)
+    results = {"format": args.format, "hours": args.hours, "requests_per_s": args.requests_per_s,
+               "dump_mb": round(size / 2**20, 1), "generate_s": round(gen_s, 1), "summary": summary,
+               "modalities": {}}
+    for modality in ("metrics", "traces", "logs"):
+        with ProcessPoolExecutor(max_workers=1) as pool:
+            r = pool.submit(_ingest_one, args.format, str(root), modality, args.step_s).result()
+        results["modalities"][modality] = r
+        log.info("%s", r)
+    return results
+
+
+def _synthetic_windows(n_windows: int, window: int, stride: int, channels: int, edges: int, log_cols: int,
+                       hidden: int, seed: int = 0):
+    from stages.core.windowset import FeatureSchema, WindowSet
+
+    T = n_windows * stride + window
+    rng = np.random.default_rng(seed)
+    services = [f"svc{i}" for i in range(max(2, edges))]
+    schema = FeatureSchema(
+        dataset="bench", step_s=10.0, metric_channels=[f"svc{i % len(services)}/m{i}" for i in range(channels)],
+        metric_entities=[f"svc{i % len(services)}" for i in range(channels)],
+        edges=[(services[i], services[(i + 1) % len(services)]) for i in range(edges)],
+        edge_features=["latency", "count", "error_rate"], services=services,
+        log_columns=[(services[i % len(services)], i) for i in range(log_cols)],
+        templates=[f"template {i} <*>" for i in range(log_cols)],
+        template_embeddings=rng.normal(size=(log_cols, hidden)).astype(np.float32),
+        word_pca=rng.normal(size=(64, hidden)).astype(np.float32))
+    labels = np.zeros(T, np.int8)
+    return WindowSet(schema=schema, ts=np.arange(T, dtype=np.int64) * 10_000_000,
+                     metric=rng.normal(size=(T, channels)).astype(np.float32),
+                     trace=rng.normal(size=(T, edges, 3)).astype(np.float32),
+                     log=np.log1p(rng.poisson(1.0, size=(T, log_cols))).astype(np.float32),
+                     labels=labels, kinds=np.full(T, "", dtype="U1"),
+                     log_events=np.zeros((0, 3), np.int64), window=window, stride=stride)
+
+
+PROFILES = {
+    # CPU-friendly default (what `dvc repro` runs) and the published setting for a GPU.
+    "default": {"llm": {"backbone": "minilm", "layers": 2}, "window": 32, "config": {}},
+    "paper": {"llm": {"backbone": "gpt2", "layers": 6}, "window": 96,
+              "config": {"d_model": 768, "lora_r": 8, "lora_alpha": 32}},
+}
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    import torch
+
+    from stages.core.llm import hidden_size, load_backbone
+    from stages.core.params import LLMParams, build
+    from stages.nets.registry import detector_class
+
+    prof = PROFILES[args.profile]
+    llm = build(LLMParams, prof["llm"], where="llm")
+    hidden = hidden_size(load_backbone(llm.backbone)[1]) if args.detector == "fuseguard" else 8
+    ws = _synthetic_windows(args.windows, prof["window"], args.stride, args.channels, args.edges, args.log_columns,
+                            hidden)
+    cls = detector_class(args.detector)
+    amp_modes = [True, False] if torch.cuda.is_available() else [False]
+    runs = []
+    for amp in amp_modes:
+        raw = dict(prof["config"]) if args.detector == "fuseguard" else {}
+        if hasattr(cls.Config, "__dataclass_fields__") and "train" in cls.Config.__dataclass_fields__:
+            raw["train"] = {"epochs": args.epochs, "batch_size": args.batch_size, "amp": amp, "patience": 99}
+        det = cls.from_params(raw, ws.schema, llm, seed=0)
+        device = getattr(det, "device", torch.device("cpu"))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        history = det.fit(ws, ws)
+        fit_s = time.perf_counter() - t0
+        epochs = len(history.get("epoch", [])) or 1
+        t1 = time.perf_counter()
+        det.score(ws)
+        score_s = time.perf_counter() - t1
+        run = {"device": str(device), "amp_bf16": amp and device.type == "cuda", "epochs": epochs,
+               "train_windows_per_s": round(len(ws) * epochs / fit_s, 1),
+               "score_windows_per_s": round(len(ws) / score_s, 1), "peak_rss_mb": round(_rss_mb(), 1)}
+        if device.type == "cuda":
+            run["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        runs.append(run)
+        log.info("%s", run)
+    return {"detector": args.detector, "profile": args.profile, "windows": len(ws), "window": prof["window"],
+            "channels": args.channels, "edges": args.edges, "log_columns": args.log_columns,
+            "threads": torch.get_num_threads(), "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("ingest")
+    a.add_argument("--format", default="eadro", choices=["eadro", "gaia", "msds"])
+    a.add_argument("--hours", type=float, default=24.0)
+    a.add_argument("--requests-per-s", type=float, default=2.0)
+    a.add_argument("--step-s", type=float, default=10.0)
+    a.add_argument("--workdir", default=None)
+    t = sub.add_parser("train")
+    t.add_argument("--detector", default="fuseguard")
+    t.add_argument("--profile", default="default", choices=sorted(PROFILES))
+    t.add_argument("--windows", type=int, default=256)
+    t.add_argument("--stride", type=int, default=4)
+    t.add_argument("--channels", type=int, default=50)
+    t.add_argument("--edges", type=int, default=20)
+    t.add_argument("--log-columns", type=int, default=100)
+    t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args(argv)
+    setup_logging()
+    result = bench_ingest(args) if args.what == "ingest" else bench_train(args)
+    name = f"{args.what}_{getattr(args, 'format', None) or args.detector}_{getattr(args, 'profile', '')}".rstrip("_")
+    write_json(result, Path("bench") / f"{name}.json")
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
