@@ -16,7 +16,7 @@ import logging
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,13 +34,24 @@ log = logging.getLogger("stages.train")
 
 @dataclass(frozen=True)
 class TrainStageParams:
-    """Which split trains the detectors: the few-shot subset (default) or the whole training span."""
+    """Which split trains the detectors: the few-shot subset (default) or the whole training span.
+
+    Label-supervised log methods (MetaLog, the xLSTM detector) are few-shot in *labels*, not in
+    data: the papers give them the target's training span with few labelled anomalies, so they
+    may name another split here.
+    """
 
     split: str = "fewshot"
+    split_by_detector: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.split not in ("fewshot", "train"):
-            raise InputError("params.yaml", "train.split", "'fewshot' or 'train'", self.split)
+        for key, value in {"train.split": self.split, **{f"train.split_by_detector.{k}": v
+                                                       for k, v in self.split_by_detector.items()}}.items():
+            if value not in ("fewshot", "train"):
+                raise InputError("params.yaml", key, "'fewshot' or 'train'", value)
+
+    def split_for(self, detector: str) -> str:
+        return self.split_by_detector.get(detector, self.split)
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -70,7 +81,8 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     cls = detector_class(detector)
     wdir = windows_dir(ds, windows_root)
     word_pca = load_word_pca(word_pca_root)
-    train = load_split(wdir, tp.split, word_pca)
+    split = tp.split_for(detector)
+    train = load_split(wdir, split, word_pca)
     val = load_split(wdir, "val", word_pca)
     det = cls.from_params(raw.get(detector), train.schema, llm, seed)
     available = list(raw.get("pipeline", {}).get("datasets", []))
@@ -79,13 +91,13 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
 
     fingerprint = hashlib.sha256(json.dumps(
         {"ds": ds, "det": detector, "cfg": raw.get(detector), "llm": raw.get("llm"), "seed": seed,
-         "split": tp.split, "grid": (wdir / "splits.json").read_text()}, sort_keys=True, default=str).encode()
+         "split": split, "grid": (wdir / "splits.json").read_text()}, sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
     ckpt_root = models_root / ".checkpoints" / ds / detector / fingerprint
     if hasattr(det, "checkpoint_dir"):
         det.checkpoint_dir = ckpt_root
     device = getattr(det, "device", torch.device("cpu"))
-    log.info("%s/%s: training on %d %s windows (val %d, sources %s) on %s", ds, detector, len(train), tp.split,
+    log.info("%s/%s: training on %d %s windows (val %d, sources %s) on %s", ds, detector, len(train), split,
              len(val), sorted(sources) or "none", device)
     t0 = time.perf_counter()
     history = det.fit(train, val, sources or None)
@@ -93,7 +105,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     info = {
         "dataset": ds, "detector": detector, "train_seconds": seconds, "device": str(device),
         "peak_memory_mb": peak_memory_mb(device), "n_train_windows": len(train), "n_val_windows": len(val),
-        "train_split": tp.split, "train_windows_per_s": len(train) * max(1, len(history.get("epoch", [1]))) / seconds
+        "train_split": split, "train_windows_per_s": len(train) * max(1, len(history.get("epoch", [1]))) / seconds
         if seconds > 0 else None, "sources": sorted(sources), "history": history,
     }
     out = models_root / ds / detector

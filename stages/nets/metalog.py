@@ -1,0 +1,390 @@
+"""MetaLog: cross-system log anomaly detection by meta-learning over a source and a target system.
+
+Templates of every system are embedded in one word-vector space (TF-IDF weighted word vectors,
+IDF fitted on training templates only), and kept in ONE vocabulary keyed by template text — so
+the same template in two systems is one row, and no system's ids are shifted by a hard-coded
+offset. A bidirectional GRU with attention (a learned context vector guides which events
+matter) maps a template sequence to an anomaly probability.
+
+Training modes (``metalog.mode``):
+
+* ``meta`` with a source system: first-order MAML — an inner SGD step on a source batch gives
+  fast weights θ'; the outer update minimises ``L_src(θ) + β·L_tgt(θ')`` (the target batch holds
+  the few labelled target anomalies and known normals). Without a source (source = target) it
+  falls back to plain supervised training on the target's labelled training windows.
+* ``zero_shot``: trained on the source system only; no target label is read.
+
+The operating threshold is the classifier's own 0.5 in the replay; the pipeline's evaluation
+chooses its threshold from unlabelled validation scores. Validation labels are never read:
+training runs a fixed number of epochs (no label-based early stopping).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from tqdm.auto import tqdm
+
+from stages.core.device import pick_device, seed_everything
+from stages.core.errors import InputError
+from stages.core.io import atomic_dir, dumps_json
+from stages.core.params import LLMParams, build
+from stages.core.windowset import FeatureSchema, WindowSet
+from stages.features.log_windows import LogSequences, from_windowset, require_logs, steps_from_units
+from stages.features.word_vectors import Idf, fit_idf, load_word_vectors, template_embeddings
+from stages.nets.base import Detector, TrainConfig
+
+log = logging.getLogger(__name__)
+PAD_ID, EMPTY_ID, RESERVED = 0, 1, 2  # vocabulary rows: padding, "window without any log line", templates
+MIN_STEPS = 10  # optimiser steps per epoch on tiny few-shot sets
+
+
+@dataclass(frozen=True)
+class MetaLogConfig:
+    source: str = "synth_gaia"  # source system (dataset name); ignored when equal to the target
+    mode: Literal["meta", "zero_shot"] = "meta"
+    word_vectors: str = "backbone"  # 'backbone' (LLM input embeddings, offline) or a GloVe text file
+    per_service: bool = False  # one sequence per (window, service); a window scores its worst service
+    max_len: int = 64  # most recent events kept per sequence
+    hidden: int = 64  # GRU units per direction
+    attention: int = 32  # size of the attention projection / context vector
+    dropout: float = 0.1
+    inner_lr: float = 0.05  # α of the inner (meta-train) SGD step
+    meta_weight: float = 1.0  # β: weight of the target (meta-test) loss
+    anomaly_share: float = 0.3  # share of anomalous sequences in each sampled batch
+    labelled_anomaly_percent: float = 100.0  # of the target's training anomalies (at least one) kept labelled
+    cpu_threads: int = 1  # torch threads on the CPU while fitting/scoring (small RNNs: 1 is fastest); 0 = as is
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=32, lr=2e-3,
+                                                                  max_train_windows=2048))
+
+    def validate(self) -> None:
+        if not 0 < self.labelled_anomaly_percent <= 100:
+            raise InputError("params.yaml", "metalog.labelled_anomaly_percent", "a percentage in (0, 100]",
+                             self.labelled_anomaly_percent)
+        if not 0 < self.anomaly_share < 1:
+            raise InputError("params.yaml", "metalog.anomaly_share", "a fraction in (0, 1)", self.anomaly_share)
+        if self.max_len < 1 or self.hidden < 1 or self.attention < 1:
+            raise InputError("params.yaml", "metalog", "positive max_len, hidden and attention",
+                             (self.max_len, self.hidden, self.attention))
+
+
+@contextlib.contextmanager
+def limited_threads(n: int, device: torch.device):
+    """Run a block with ``n`` torch intra-op threads on the CPU.
+
+    Small recurrent nets spend their time in many tiny per-step kernels; on a busy machine extra
+    threads only add scheduling waits (measured: BiGRU step 60x slower with 2 threads under load).
+    """
+    if n <= 0 or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Vocabulary:
+    """One template vocabulary for all systems, keyed by template text (rows after the reserved ones)."""
+
+    def __init__(self, templates: list[str] | None = None):
+        self.templates: list[str] = []
+        self._index: dict[str, int] = {}
+        self.add(templates or [])
+
+    def add(self, templates: list[str]) -> np.ndarray:
+        """Vocabulary id of each text (new texts appended); the map from a system's local index."""
+        ids = np.empty(len(templates), np.int64)
+        for i, text in enumerate(templates):
+            vid = self._index.get(text)
+            if vid is None:
+                vid = self._index[text] = RESERVED + len(self.templates)
+                self.templates.append(text)
+            ids[i] = vid
+        return ids
+
+    def __len__(self) -> int:
+        return RESERVED + len(self.templates)
+
+
+def to_vocab(seqs: LogSequences, local_to_vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local template ids → vocabulary ids; an empty unit becomes the single EMPTY token."""
+    lengths = seqs.lengths.copy()
+    valid = (seqs.ids >= 0) & (np.arange(seqs.ids.shape[1])[None, :] < lengths[:, None])
+    ids = np.where(valid, local_to_vocab[np.maximum(seqs.ids, 0)], PAD_ID)
+    empty = lengths == 0
+    ids[empty, 0] = EMPTY_ID
+    lengths[empty] = 1
+    return ids, lengths
+
+
+class AttentionGRU(nn.Module):
+    """BiGRU over template embeddings; attention pooled with a learned context (guide) vector → logit."""
+
+    def __init__(self, dim: int, hidden: int, attention: int, dropout: float):
+        super().__init__()
+        self.gru = nn.GRU(dim, hidden, batch_first=True, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden, attention)
+        self.context = nn.Parameter(torch.randn(attention) / math.sqrt(attention))
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * hidden, 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=L)
+        energy = torch.tanh(self.proj(out)) @ self.context  # (B, L)
+        mask = torch.arange(L, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        alpha = torch.softmax(energy.masked_fill(~mask, float("-inf")), dim=1)
+        pooled = (alpha.unsqueeze(-1) * out).sum(1)
+        return self.head(self.drop(pooled)).squeeze(-1)
+
+
+def meta_step(module: nn.Module, opt: torch.optim.Optimizer, src: tuple, tgt: tuple, inner_lr: float,
+              meta_weight: float, pos_weight: tuple[float, float] = (1.0, 1.0), grad_clip: float = 0.0
+              ) -> tuple[float, float]:
+    """One first-order MAML update; ``src``/``tgt`` = (embedded x, lengths, labels).
+
+    θ' = θ − α∇L_src(θ) (gradient detached: first order); update θ with ∇[L_src(θ) + β·L_tgt(θ')].
+    """
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    loss_fn = nn.functional.binary_cross_entropy_with_logits
+    loss_src = loss_fn(module(src[0], src[1]), src[2], pos_weight=torch.tensor(pos_weight[0]))
+    grads = torch.autograd.grad(loss_src, list(params.values()), retain_graph=True, allow_unused=True)
+    fast = {n: (p - inner_lr * g.detach()) if g is not None else p for (n, p), g in zip(params.items(), grads)}
+    loss_tgt = loss_fn(functional_call(module, fast, (tgt[0], tgt[1])), tgt[2], pos_weight=torch.tensor(pos_weight[1]))
+    opt.zero_grad(set_to_none=True)
+    (loss_src + meta_weight * loss_tgt).backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(list(params.values()), grad_clip)
+    opt.step()
+    return float(loss_src.detach()), float(loss_tgt.detach())
+
+
+def balanced_batch(labels: np.ndarray, size: int, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one batch with about ``share`` anomalies (drawn with replacement when they are few)."""
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        return rng.choice(len(labels), size=min(size, len(labels)), replace=False)
+    n_pos = max(1, int(round(size * share)))
+    n_neg = size - n_pos
+    return np.concatenate([rng.choice(pos, n_pos, replace=n_pos > len(pos)),
+                           rng.choice(neg, n_neg, replace=n_neg > len(neg))])
+
+
+class MetaLog(Detector):
+    name = "metalog"
+    Config = MetaLogConfig
+
+    def __init__(self, config: MetaLogConfig, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
+        super().__init__(config, schema, llm, seed)
+        self.device = pick_device(config.train.device)
+        seed_everything(seed)
+        self.vocab = Vocabulary()
+        self.idf: Idf | None = None
+        self.embeddings = torch.zeros(RESERVED, 0)  # (V, dim) rows of the vocabulary
+        self.module: AttentionGRU | None = None
+        self._vectors = None
+
+    # ------------------------------------------------------------ vocabulary and embeddings
+    def _word_vectors(self):
+        if self._vectors is None:
+            self._vectors = load_word_vectors(self.config.word_vectors, self.llm.backbone)
+        return self._vectors
+
+    def _extend(self, templates: list[str]) -> np.ndarray:
+        """Map a system's templates into the vocabulary, embedding the texts it has not seen yet."""
+        before = len(self.vocab)
+        ids = self.vocab.add(templates)
+        if len(self.vocab) > before:
+            new = template_embeddings(self.vocab.templates[before - RESERVED:], self._word_vectors(), self.idf)
+            self.embeddings = torch.cat([self.embeddings, torch.from_numpy(new)])
+        return ids
+
+    def _embed(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embeddings[torch.from_numpy(ids)].to(self.device)
+        return x, torch.from_numpy(lengths)
+
+    def _build(self, dim: int) -> None:
+        c = self.config
+        self.module = AttentionGRU(dim, c.hidden, c.attention, c.dropout).to(self.device)
+
+    # ------------------------------------------------------------ training on log sequences
+    def _labelled_target(self, target: LogSequences) -> LogSequences:
+        """Keep all known normals and ``labelled_anomaly_percent`` of the anomalies (≥ 1), chosen by seed."""
+        pct = self.config.labelled_anomaly_percent
+        if pct >= 100:
+            return target
+        pos = np.flatnonzero(target.labels == 1)
+        rng = np.random.default_rng(self.seed)
+        keep_pos = rng.choice(pos, max(1, int(round(len(pos) * pct / 100))), replace=False) if len(pos) else pos
+        keep = np.sort(np.concatenate([np.flatnonzero(target.labels == 0), keep_pos]))
+        log.info("metalog: target keeps %d of %d labelled anomalies and %d normals", len(keep_pos), len(pos),
+                 int((target.labels == 0).sum()))
+        return target.subset(keep, renumber=False)
+
+    def fit_sequences(self, target: LogSequences | None, sources: list[LogSequences]) -> dict[str, list[float]]:
+        """Train on labelled sequences; see the module docstring for what each mode reads."""
+        with limited_threads(self.config.cpu_threads, self.device):
+            return self._fit_sequences(target, sources)
+
+    def _fit_sequences(self, target: LogSequences | None, sources: list[LogSequences]) -> dict[str, list[float]]:
+        c, tc = self.config, self.config.train
+        seed_everything(self.seed)
+        if c.mode == "zero_shot":
+            if not sources:
+                raise InputError("params.yaml", "metalog.source",
+                                 "a source dataset different from the target in zero_shot mode", c.source)
+            systems, meta = list(sources), False
+        elif sources:
+            if target is None:
+                raise ValueError("metalog: meta mode needs target sequences")
+            systems, meta = [*sources, self._labelled_target(target)], True
+        else:
+            log.info("metalog: no source system (source == target): supervised training on the target only")
+            systems, meta = [self._labelled_target(target)], False
+        # IDF over the templates that occur in the training sequences of the systems trained on
+        seen = sorted({s.templates[k] for s in systems for k in np.unique(s.counts.indices)})
+        self.idf = fit_idf(seen)
+        self.vocab, self.embeddings = Vocabulary(), torch.zeros(RESERVED, self._word_vectors().dim)
+        encoded = []
+        for s in systems:
+            ids, lengths = to_vocab(s, self._extend(s.templates))
+            encoded.append((ids, lengths, s.labels.astype(np.float32)))
+        if target is not None:
+            self._extend(target.templates)  # target test-only templates share the vocabulary too
+        self._build(self.embeddings.shape[1])
+        for s in systems:
+            if not (s.labels == 1).any():
+                log.warning("metalog: training system %r has no labelled anomaly", s.name)
+        opt = torch.optim.AdamW(self.module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        rng = np.random.default_rng(self.seed)
+        n_max = max(len(e[2]) for e in encoded)
+        # one pass over the largest system per epoch (capped by max_train_windows), at least MIN_STEPS steps
+        n_batches = max(MIN_STEPS, math.ceil((min(n_max, tc.max_train_windows) if tc.max_train_windows else n_max)
+                                             / tc.batch_size))
+        history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "seconds": []}
+        if meta:
+            history["target_loss"] = []
+        self.module.train()
+        for epoch in range(tc.epochs):
+            t0 = time.perf_counter()
+            src_total = tgt_total = 0.0
+            for _ in tqdm(range(n_batches), desc=f"metalog epoch {epoch + 1}/{tc.epochs}", leave=False,
+                          disable=None):
+                if meta:
+                    src_e = encoded[rng.integers(len(encoded) - 1)]
+                    batches = [self._batch(e, rng) for e in (src_e, encoded[-1])]
+                    ls, lt = meta_step(self.module, opt, batches[0], batches[1], c.inner_lr, c.meta_weight,
+                                       grad_clip=tc.grad_clip)
+                else:
+                    x, lengths, y = self._batch(encoded[rng.integers(len(encoded))], rng)
+                    loss = nn.functional.binary_cross_entropy_with_logits(self.module(x, lengths), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if tc.grad_clip:
+                        nn.utils.clip_grad_norm_(self.module.parameters(), tc.grad_clip)
+                    opt.step()
+                    ls, lt = float(loss.detach()), float("nan")
+                src_total += ls
+                tgt_total += lt
+            history["epoch"].append(epoch + 1)
+            history["train_loss"].append(src_total / n_batches)
+            if meta:
+                history["target_loss"].append(tgt_total / n_batches)
+            history["seconds"].append(time.perf_counter() - t0)
+            log.info("metalog epoch %d: source/train loss %.4f target loss %.4f", epoch + 1,
+                     history["train_loss"][-1], tgt_total / n_batches)
+        return history
+
+    def _batch(self, encoded: tuple, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, lengths, y = encoded
+        idx = balanced_batch(y, self.config.train.batch_size, self.config.anomaly_share, rng)
+        x, lens = self._embed(ids[idx], lengths[idx])
+        return x, lens, torch.from_numpy(y[idx]).to(self.device)
+
+    @torch.no_grad()
+    def score_sequences(self, seqs: LogSequences) -> np.ndarray:
+        """Anomaly probability of each sequence."""
+        if self.module is None:
+            raise RuntimeError("metalog: fit (or load) before scoring")
+        ids, lengths = to_vocab(seqs, self._extend(seqs.templates))
+        self.module.eval()
+        out = []
+        with limited_threads(self.config.cpu_threads, self.device):
+            for i in range(0, len(ids), 256):
+                x, lens = self._embed(ids[i:i + 256], lengths[i:i + 256])
+                out.append(torch.sigmoid(self.module(x, lens)).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    # ------------------------------------------------------------ pipeline interface
+    def source_datasets(self, target: str, available: list[str]) -> list[str]:
+        src = self.config.source
+        if not src or src == target:
+            return []
+        if src not in available:
+            raise InputError("params.yaml", "metalog.source", f"one of the pipeline's datasets {sorted(available)}",
+                             src)
+        return [src]
+
+    def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
+            ) -> dict[str, list[float]]:
+        require_logs(train, self.name)
+        c = self.config
+        src = []
+        for name, ws in (sources or {}).items():
+            require_logs(ws, self.name)
+            src.append(from_windowset(ws, c.max_len, c.per_service))
+            src[-1].name = name
+        target = from_windowset(train, c.max_len, c.per_service)
+        target.name = train.schema.dataset
+        return self.fit_sequences(target, src)
+
+    def score(self, windows: WindowSet) -> np.ndarray:
+        require_logs(windows, self.name)
+        seqs = from_windowset(windows, self.config.max_len, self.config.per_service)
+        return steps_from_units(windows, seqs, self.score_sequences(seqs))
+
+    # ------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> None:
+        if self.module is None:
+            raise RuntimeError("metalog: nothing to save before fit")
+        with atomic_dir(directory) as tmp:
+            meta = {"detector": self.name, "config": dataclasses.asdict(self.config), "seed": self.seed,
+                    "llm": dataclasses.asdict(self.llm)}
+            (tmp / "config.json").write_text(dumps_json(meta))
+            (tmp / "vocabulary.json").write_text(dumps_json({"templates": self.vocab.templates,
+                                                             "idf": self.idf.to_json()}))
+            state = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+            state["embeddings"] = self.embeddings.contiguous()
+            save_file(state, str(tmp / "model.safetensors"))
+
+    @classmethod
+    def load(cls, directory: str | Path, schema: FeatureSchema) -> "MetaLog":
+        directory = Path(directory)
+        meta = json.loads((directory / "config.json").read_text())
+        det = cls(build(cls.Config, meta["config"], where=cls.name), schema,
+                  build(LLMParams, meta["llm"], where="llm"), meta["seed"])
+        vocab = json.loads((directory / "vocabulary.json").read_text())
+        det.vocab = Vocabulary(vocab["templates"])
+        det.idf = Idf.from_json(vocab["idf"])
+        state = load_file(str(directory / "model.safetensors"))
+        det.embeddings = state.pop("embeddings")
+        det._build(det.embeddings.shape[1])
+        det.module.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        return det
