@@ -157,7 +157,7 @@ class TorchDetector(Detector):
             for starts in ws.batches(tc.batch_size):
                 with autocast(self.device, tc.amp):
                     loss = self.loss(self.make_batch(ws, starts))
-                total += float(loss) * len(starts)
+                total += float(loss.detach()) * len(starts)
                 n += len(starts)
         return total / max(n, 1)
 
@@ -193,7 +193,7 @@ class TorchDetector(Detector):
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.parameters_to_train(), tc.grad_clip)
                 opt.step()
-                total += float(loss) * len(starts)
+                total += float(loss.detach()) * len(starts)
                 n += len(starts)
                 bar.set_postfix(loss=f"{float(loss):.4f}")
             val_loss = self._eval_loss(val) if len(val) else total / max(n, 1)
