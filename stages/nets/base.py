@@ -195,7 +195,7 @@ class TorchDetector(Detector):
                 opt.step()
                 total += float(loss.detach()) * len(starts)
                 n += len(starts)
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             val_loss = self._eval_loss(val) if len(val) else total / max(n, 1)
             history["epoch"].append(epoch + 1)
             history["train_loss"].append(total / max(n, 1))
