@@ -82,7 +82,7 @@ def test_real_tt_faults_line_up_with_metrics(tt):
 
 def test_chunk_folder_as_root_finds_sibling_fault_file(shared_data: Path):
     files = eadro.list_files(shared_data / "tt-eadro" / CHUNK)
-    assert [p.name for p in files["faults"]] == [f"TT.fault-2022-04-19T001753D2022-04-19T020534.json"]
+    assert [p.name for p in files["faults"]] == ["TT.fault-2022-04-19T001753D2022-04-19T020534.json"]
 
 
 # ------------------------------------------------------------------ synthetic layout quirks
@@ -125,7 +125,7 @@ def write_chunk(root: Path, sys_: str, start_s: int, *, zipped: bool) -> Path:
     else:
         (chunk / "spans.json").write_text(payload)
     (root / f"{sys_}.fault-{start_s}D{start_s + 60}.json").write_text(json.dumps(
-        {"faults": [{"name": f"socialnetwork_social-graph_1", "fault": "cpu_load", "start": start_s + 1.5, "duration": 10}]}))
+        {"faults": [{"name": "socialnetwork_social-graph_1", "fault": "cpu_load", "start": start_s + 1.5, "duration": 10}]}))
     return chunk
 
 

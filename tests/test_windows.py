@@ -61,7 +61,7 @@ def test_split_too_short_is_refused():
 
 
 def test_windows_stage_aligns_and_loads(tmp_path):
-    f = write_features(tmp_path, metric_offset=5)  # metrics start 5 steps later: intersection grid
+    write_features(tmp_path, metric_offset=5)  # metrics start 5 steps later: intersection grid
     summary = windows_stage.run("ds", RAW, features_root=tmp_path / "data/features",
                                 out_root=tmp_path / "data/windows", metrics_root=tmp_path / "metrics")
     assert summary["steps"] == 395

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,7 +59,7 @@ def _coerce(tp: Any, value: Any, where: str, source: str) -> Any:
         return build(tp, value, where=where, source=source)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise InputError(source, where, f"a list", value)
+            raise InputError(source, where, "a list", value)
         inner = args[0] if args else Any
         items = [_coerce(inner, v, f"{where}[{i}]", source) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

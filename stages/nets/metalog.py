@@ -20,7 +20,6 @@ training runs a fixed number of epochs (no label-based early stopping).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -38,7 +37,7 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
-from stages.core.device import pick_device, seed_everything
+from stages.core.device import limited_threads, pick_device, seed_everything
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.params import LLMParams, build
@@ -79,24 +78,6 @@ class MetaLogConfig:
         if self.max_len < 1 or self.hidden < 1 or self.attention < 1:
             raise InputError("params.yaml", "metalog", "positive max_len, hidden and attention",
                              (self.max_len, self.hidden, self.attention))
-
-
-@contextlib.contextmanager
-def limited_threads(n: int, device: torch.device):
-    """Run a block with ``n`` torch intra-op threads on the CPU.
-
-    Small recurrent nets spend their time in many tiny per-step kernels; on a busy machine extra
-    threads only add scheduling waits (measured: BiGRU step 60x slower with 2 threads under load).
-    """
-    if n <= 0 or device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class Vocabulary:

@@ -38,7 +38,7 @@ from stages.core.params import LLMParams
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.features.log_windows import LogSequences, from_windowset, require_logs, steps_from_units
 from stages.nets.base import Detector, TrainConfig
-from stages.nets.metalog import limited_threads
+from stages.core.device import limited_threads
 
 log = logging.getLogger(__name__)
 Z_CLIP = (-5.0, 20.0)  # keeps one exotic block from dominating the logistic fit
@@ -53,7 +53,7 @@ class XLSTMLogADConfig:
     slstm_at: list[int] = field(default_factory=lambda: [1])  # sLSTM block positions; [] = mLSTM only
     num_heads: int = 4
     container_max: int = 20000  # most recent labelled training blocks kept as neighbours
-    cpu_threads: int = 1  # torch threads on the CPU while fitting/scoring (see metalog.limited_threads); 0 = as is
+    cpu_threads: int = 1  # torch threads on the CPU while fitting/scoring (see core.device.limited_threads); 0 = as is
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=32, lr=3e-3, patience=2,
                                                                   max_train_windows=1024))
 

@@ -32,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from stages.core.errors import InputError
-from stages.core.evaluation import ThresholdParams, choose_threshold, evaluate, write_metrics_json
+from stages.core.evaluation import ThresholdParams, choose_threshold, evaluate
 from stages.core.params import build
 from stages.core.windowset import WindowSet
 from stages.formats.kpi import KPISeries, read_kpi_dir
-from stages.replays.metalog import parse_overrides
+from stages.replays.common import finish, parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,5 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    write_metrics_json(args.out, metrics)
-    keys = ("auc_pr", "auc_roc", "precision", "recall", "f1", "train_seconds")
-    sys.stdout.write(" ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float))
-                     + f"  → {args.out}\n")
+    finish(metrics, args.out, ("auc_pr", "auc_roc", "precision", "recall", "f1", "train_seconds"))
     return 0

@@ -23,14 +23,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from stages.core.errors import InputError
 from stages.core.params import LLMParams, build
 from stages.core.windowset import FeatureSchema
 from stages.features.log_windows import LogSequences, chronological_split, load_loghub
+from stages.replays.common import finish, merge, parse_overrides
 
 log = logging.getLogger(__name__)
 DECISION_THRESHOLD = 0.5
@@ -66,28 +64,6 @@ def common_args(parser: argparse.ArgumentParser) -> None:
                         help="detector config override, dotted keys (e.g. -S train.epochs=3); repeatable")
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(None, "-S", "KEY=VALUE", pair)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_system(args: argparse.Namespace, dest: str, max_len: int) -> LogSequences:
     return load_loghub(getattr(args, dest), getattr(args, f"{dest}_labels"), getattr(args, f"{dest}_style"),
                        args.window, args.by_node, max_len, getattr(args, f"{dest}_node_column"))
@@ -99,16 +75,6 @@ def loghub_schema(seqs: LogSequences, name: str) -> FeatureSchema:
                          edge_features=[], services=["all"],
                          log_columns=[("all", k) for k in range(len(seqs.templates))],
                          templates=list(seqs.templates))
-
-
-def finish(metrics: dict[str, Any], out: str) -> None:
-    """Write the pipeline's metrics JSON and print the headline numbers (the CLI's product)."""
-    from stages.core.evaluation import write_metrics_json
-
-    write_metrics_json(out, metrics)
-    keys = ("auc_pr", "auc_roc", "precision", "recall", "f1", "threshold", "train_seconds")
-    sys.stdout.write(" ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float)) +
-                     f"  → {out}\n")
 
 
 def split_counts(name: str, seqs: LogSequences) -> dict[str, int]:

@@ -22,8 +22,8 @@ from pathlib import Path
 from stages.core.errors import InputError
 from stages.core.params import LLMParams, build
 from stages.features.log_windows import chronological_split
-from stages.replays.metalog import (add_system_args, common_args, finish, load_system, loghub_schema,
-                                    parse_overrides, split_counts)
+from stages.replays.common import finish, parse_overrides
+from stages.replays.metalog import add_system_args, common_args, load_system, loghub_schema, split_counts
 
 
 def main(argv: list[str] | None = None) -> int:

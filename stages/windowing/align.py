@@ -149,7 +149,7 @@ def split_ranges(n_steps: int, window: int, split: SplitParams) -> dict[str, lis
     ranges["fewshot"] = [0, min(fewshot_end, a)]
     for name, (s, e) in ranges.items():
         if e - s < window:
-            raise InputError("params.yaml", f"split / windows.length",
+            raise InputError("params.yaml", "split / windows.length",
                              f"split '{name}' to hold at least one window of {window} steps "
                              f"(it has {e - s} of {n_steps} grid steps): use a longer dump, a shorter window "
                              "or other split fractions")
