@@ -26,6 +26,7 @@ from stages.core.evaluation import (
     ThresholdParams,
     choose_threshold,
     evaluate,
+    evaluate_by_kind,
     pr_curve,
     score_series,
     write_metrics_json,
@@ -162,6 +163,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
 
     # 3. metrics (test labels are read only here)
     metrics: dict[str, Any] = evaluate(test_scores, test.labels, threshold, step_s=test.schema.step_s)
+    metrics["by_kind"] = evaluate_by_kind(test_scores, test.labels, test.kinds, threshold, test.schema.step_s)
     train_peak = _num(train_info, "peak_memory_mb", train_json)
     score_peak = scoring_peak_memory_mb(device)
     metrics.update(

@@ -14,6 +14,7 @@ from stages.core.evaluation import (
     ThresholdParams,
     choose_threshold,
     evaluate,
+    evaluate_by_kind,
     fit_gpd,
     point_adjust,
     pr_curve,
@@ -216,3 +217,13 @@ def test_write_metrics_json_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(TypeError):
         write_metrics_json(path, {"a": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_by_kind_judges_each_fault_kind_against_normal_steps_only():
+    labels = np.array([0, 1, 1, 0, 0, 1, 1, 0, 0])
+    kinds = np.array(["", "logs", "logs", "", "", "cpu", "cpu", "", ""])
+    scores = np.array([0.1, 0.9, 0.8, 0.2, 0.1, 0.15, 0.12, 0.3, 0.0])  # sees the log fault, misses cpu
+    by = evaluate_by_kind(scores, labels, kinds, threshold=0.5)
+    assert set(by) == {"logs", "cpu"}
+    assert by["logs"]["auc_pr"] == pytest.approx(1.0) and by["logs"]["event_recall"] == 1.0
+    assert by["cpu"]["event_recall"] == 0.0 and by["cpu"]["n_events"] == 1 and by["cpu"]["auc_pr"] < 1.0

@@ -256,6 +256,24 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, step_s: f
     return out
 
 
+def evaluate_by_kind(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold: float,
+                     step_s: float = 1.0) -> dict[str, dict[str, float]]:
+    """Per fault kind: the metrics on the normal steps plus that kind's anomalous steps only.
+
+    This is how a single-modality fault (e.g. a log-only error burst) is judged without the other
+    kinds diluting it; the threshold is the same one chosen for the whole span.
+    """
+    kinds = np.asarray(kinds).astype(str)
+    labels = np.asarray(labels)
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted(set(kinds[labels > 0].tolist()) - {""}):
+        keep = (labels == 0) | (kinds == kind)
+        m = evaluate(np.asarray(scores)[keep], labels[keep], threshold, step_s)
+        out[kind] = {k: m[k] for k in ("auc_pr", "auc_roc", "recall", "event_recall", "mean_delay_s", "n_events",
+                                       "n_anomalous")}
+    return out
+
+
 # ------------------------------------------------------------------ plot data
 
 
