@@ -10,6 +10,7 @@ fusion weights), ``fusion.csv``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import resource
 import time
@@ -146,7 +147,14 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     det, train_info = load_detector(models_root, ds, detector, test.schema)
     train_json = Path(models_root) / ds / detector / "train.json"
 
-    # 1. threshold from validation *scores*; val.labels is never read
+    # 1. threshold from validation *scores*; val.labels is never read. The contamination rule may
+    #    use the labels of the few-shot training span (training labels, not evaluation labels).
+    if params.threshold.method == "contamination" and params.threshold.contamination is None:
+        fewshot_labels = load_split(wdir, "fewshot", word_pca).labels
+        params = dataclasses.replace(params, threshold=dataclasses.replace(
+            params.threshold, contamination=float(fewshot_labels.mean())))
+        log.info("%s/%s: contamination %.3f estimated from the labelled few-shot span", ds, detector,
+                 params.threshold.contamination)
     val_scores = det.score(val)
     threshold = choose_threshold(val_scores, params.threshold)
     log.info("%s/%s: %s threshold %.6g from %d validation steps", ds, detector, params.threshold.method,
@@ -168,6 +176,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     score_peak = scoring_peak_memory_mb(device)
     metrics.update(
         dataset=ds, detector=detector, threshold_method=params.threshold.method,
+        contamination=params.threshold.contamination,
         n_test_windows=len(test), n_val_windows=len(val), n_train_windows=train_info.get("n_train_windows"),
         train_seconds=_num(train_info, "train_seconds", train_json),
         score_seconds=score_seconds,

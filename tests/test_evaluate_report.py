@@ -176,3 +176,14 @@ def test_report_rejects_malformed_metrics(workdir):
     with pytest.raises(InputError, match="pipeline.detectors"):
         report_stage.run(raw={"pipeline": {"datasets": [DS], "detectors": "pca"}})
     assert not (workdir / "metrics" / "summary.json").exists()
+
+
+def test_contamination_threshold_is_estimated_from_fewshot_training_labels(workdir):
+    grid = workdir / "data/windows" / DS / "grid.npz"
+    z = dict(np.load(grid))
+    a, b = RANGES["fewshot"]
+    z["labels"][a:a + (b - a) // 5] = 1  # 20% of the labelled few-shot span is anomalous
+    np.savez(grid, **z)
+    m = evaluate_stage.run(DS, "pca", raw={"evaluate": {"threshold": {"method": "contamination"}}})
+    assert m["contamination"] == pytest.approx(((b - a) // 5) / (b - a))
+    assert m["threshold_method"] == "contamination"

@@ -227,3 +227,16 @@ def test_by_kind_judges_each_fault_kind_against_normal_steps_only():
     assert set(by) == {"logs", "cpu"}
     assert by["logs"]["auc_pr"] == pytest.approx(1.0) and by["logs"]["event_recall"] == 1.0
     assert by["cpu"]["event_recall"] == 0.0 and by["cpu"]["n_events"] == 1 and by["cpu"]["auc_pr"] < 1.0
+
+
+def test_contamination_rule_takes_the_matching_quantile():
+    x = np.arange(1000, dtype=float)
+    assert choose_threshold(x, ThresholdParams(method="contamination", contamination=0.1)) == pytest.approx(
+        np.quantile(x, 0.9))
+    # unknown contamination falls back to the quantile rule; absurd shares are capped
+    assert choose_threshold(x, ThresholdParams(method="contamination", quantile=0.99)) == pytest.approx(
+        np.quantile(x, 0.99))
+    assert choose_threshold(x, ThresholdParams(method="contamination", contamination=0.9)) == pytest.approx(
+        np.quantile(x, 0.5))
+    with pytest.raises(InputError, match="contamination"):
+        build(ThresholdParams, {"method": "contamination", "contamination": 1.5}, where="evaluate.threshold")

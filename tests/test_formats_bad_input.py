@@ -132,3 +132,86 @@ def test_rally_hook_with_bad_times(tmp_path: Path):
     (tmp_path / "r.json").write_text(json.dumps(report))
     with pytest.raises(InputError, match=r"r\.json: tasks\[0\]\.subtasks\[0\]\.workloads\[0\]\.hooks\[0\]\.results\[0\]"):
         msds.read_faults(tmp_path, 0)
+
+
+# ------------------------------------------------------------------ streamed JSON (DESIGN §8)
+
+
+def _spans_text(n: int) -> str:
+    """A pretty-printed Jaeger list of ``n`` one-span traces (several lines per trace)."""
+    traces = [{"traceID": f"t{i}", "processes": {"p1": {"serviceName": "a"}},
+               "spans": [{"traceID": f"t{i}", "spanID": "s", "startTime": i, "duration": 1, "processID": "p1"}]}
+              for i in range(n)]
+    return json.dumps(traces, indent=1)
+
+
+def test_streamed_truncation_names_file_line_and_byte(tmp_path: Path, monkeypatch):
+    from stages.formats import _common
+
+    monkeypatch.setattr(_common, "JSON_READ_BYTES", 64)  # many reads: the error is not in the first block
+    chunk = _chunk(tmp_path)
+    text = _spans_text(50)
+    cut = len(text) * 2 // 3
+    (chunk / "spans.json").write_text(text[:cut])
+    line, col = text[:cut].count("\n") + 1, cut - text[:cut].rfind("\n")
+    with pytest.raises(InputError, match=rf"spans\.json: line {line} column {col}: expected valid JSON "
+                                         rf"\(.*at byte {cut}, after \d+ item\(s\)\)"):
+        eadro.read_traces(tmp_path, 0)
+    (chunk / "spans.json").unlink()
+    with zipfile.ZipFile(chunk / "spans.json.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("spans.json", text[:cut])
+    with pytest.raises(InputError, match=rf"spans\.json\.zip!spans\.json: line {line} column {col}: expected valid JSON"):
+        eadro.read_traces(tmp_path, 0)
+
+
+def test_streamed_malformed_byte_is_pinned_like_json_does(tmp_path: Path, monkeypatch):
+    from stages.formats import _common
+
+    monkeypatch.setattr(_common, "JSON_READ_BYTES", 64)
+    chunk = _chunk(tmp_path)
+    text = _spans_text(50)
+    at = text.index('"spanID":', len(text) // 2) + len('"spanID"')
+    bad = text[:at] + ";" + text[at + 1:]  # ':' → ';' deep inside the file
+    (chunk / "spans.json").write_text(bad)
+    with pytest.raises(json.JSONDecodeError) as ref:
+        json.loads(bad)
+    with pytest.raises(InputError, match=rf"line {ref.value.lineno} column {ref.value.colno}: .*at byte {at}, after"):
+        eadro.read_traces(tmp_path, 0)
+
+
+def test_non_utf8_in_streamed_spans_is_an_error(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    data = _spans_text(3).encode().replace(b'"a"', b'"caf\xe9"', 1)
+    (chunk / "spans.json").write_bytes(data)
+    start = data.index(b"\xe9")
+    line = data.count(b"\n", 0, start) + 1
+    with pytest.raises(InputError, match=rf"spans\.json: line {line} \(byte {start}\): expected UTF-8 text"):
+        eadro.read_traces(tmp_path, 0)
+
+
+def test_non_utf8_logs_replaced_across_read_blocks(tmp_path: Path, monkeypatch, caplog):
+    from stages.formats import _common
+
+    monkeypatch.setattr(_common, "JSON_READ_BYTES", 3)  # multi-byte characters split between reads
+    chunk = _chunk(tmp_path)
+    (chunk / "logs.json").write_bytes('{"svc": ["2022-04-18 16:00:00.000  INFO 1 --- [m] a : é€ ok",\n'
+                                      ' "2022-04-18 16:00:01.000  INFO 1 --- [m] a : '.encode() + b'\xff\xfe"]}')
+    with caplog.at_level(logging.WARNING):
+        lg = eadro.read_logs(tmp_path, 0)
+    assert lg["message"].to_list() == ["a : é€ ok", "a : \ufffd\ufffd"]
+    assert "replaced 2 non-UTF-8 byte sequence(s) (first on line 2)" in caplog.text
+
+
+def test_wrong_top_level_is_named(tmp_path: Path):
+    chunk = _chunk(tmp_path)
+    (chunk / "spans.json").write_text(json.dumps({"traces": []}))
+    with pytest.raises(InputError, match=r"spans\.json: top level: expected a list of Jaeger traces .*got 'dict'"):
+        eadro.read_traces(tmp_path, 0)
+    (chunk / "spans.json").write_text('"x"')
+    with pytest.raises(InputError, match=r"top level: .*got 'str'"):
+        eadro.read_traces(tmp_path, 0)
+    (chunk / "spans.json").write_text(json.dumps({"data": []}))
+    assert eadro.read_traces(tmp_path, 0).height == 0
+    (chunk / "logs.json").write_text(json.dumps([["x"]]))
+    with pytest.raises(InputError, match=r"logs\.json: top level: expected an object .*got 'list'"):
+        eadro.read_logs(tmp_path, 0)

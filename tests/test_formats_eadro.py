@@ -170,3 +170,26 @@ def test_missing_modalities_are_none(tmp_path: Path):
     assert eadro.read_logs(tmp_path, 0) is None and eadro.read_traces(tmp_path, 0) is None
     assert eadro.read_faults(tmp_path, 0) is None
     assert eadro.read_metrics(tmp_path, 2.0)["ts"].to_list() == [3 * US]
+
+
+@pytest.mark.parametrize("layout", ["list", "data", "zip"])
+def test_span_chunks_give_the_same_frame_as_one_chunk(tmp_path: Path, monkeypatch, layout: str):
+    """Traces streamed in chunks of 1 or 3 (repeats across chunks and files) equal one big chunk."""
+    traces = [_jaeger(f"t{i}", [("s1", None, "nginx", 1_650_000_000 * US + i, False),
+                                ("s2", "s1", f"svc{i % 3}", 1_650_000_000 * US + i, i % 4 == 0)]) for i in range(10)]
+    partial = dict(traces[2], spans=traces[2]["spans"][1:])  # a repeat holding only some of its spans
+    objects = traces + [traces[7], partial, traces[0]]
+    for k, part in enumerate((objects[:8], objects[8:] + traces[3:5])):
+        chunk = tmp_path / f"TT.{k}D{k + 1}"
+        chunk.mkdir()
+        payload = json.dumps(part if layout == "list" else {"data": part})
+        if layout == "zip":
+            with zipfile.ZipFile(chunk / "spans.json.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr("spans.json", payload)
+        else:
+            (chunk / "spans.json").write_text(payload)
+    whole = eadro.read_traces(tmp_path, 0.0)
+    assert whole.height == 20 and whole.select("trace_id", "span_id").is_unique().all()
+    for size in (1, 3):
+        monkeypatch.setattr(eadro, "SPAN_CHUNK_TRACES", size)
+        assert eadro.read_traces(tmp_path, 0.0).equals(whole)

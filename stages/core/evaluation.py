@@ -34,13 +34,18 @@ class ThresholdParams:
     ``pot``: Peaks Over Threshold (the SPOT initialisation step): fit a Generalised Pareto
     distribution to the excesses over the ``pot_init_level`` quantile and return the score whose
     exceedance probability is ``pot_risk``. ``val_quantile``: the ``quantile`` of validation
-    scores. ``val_max``: the largest validation score.
+    scores. ``val_max``: the largest validation score. ``contamination``: the ``1 - contamination``
+    quantile of validation scores, where ``contamination`` is the expected share of anomalous
+    steps — set it, or leave it null and the evaluate stage estimates it from the labelled
+    few-shot *training* span (the few labels a few-shot method is allowed to see).
     """
 
-    method: Literal["pot", "val_quantile", "val_max"] = "pot"
+    method: Literal["pot", "val_quantile", "val_max", "contamination"] = "pot"
     quantile: float = 0.99
     pot_init_level: float = 0.98
     pot_risk: float = 1e-3
+    contamination: float | None = None
+    max_contamination: float = 0.5
 
     def validate(self) -> None:
         if not 0.0 < self.quantile <= 1.0:
@@ -51,6 +56,9 @@ class ThresholdParams:
         if not 0.0 < self.pot_risk < 1.0 - self.pot_init_level:
             raise InputError("params.yaml", "evaluate.threshold.pot_risk",
                              "a probability in (0, 1 - pot_init_level)", self.pot_risk)
+        if self.contamination is not None and not 0.0 < self.contamination < 1.0:
+            raise InputError("params.yaml", "evaluate.threshold.contamination", "null or a share in (0, 1)",
+                             self.contamination)
 
 
 # ------------------------------------------------------------------ thresholds
@@ -134,6 +142,12 @@ def choose_threshold(val_scores: np.ndarray, params: ThresholdParams) -> float:
         raise ValueError("choose_threshold: no finite validation score (is the validation split empty?)")
     if params.method == "val_max":
         return float(s.max())
+    if params.method == "contamination":
+        if params.contamination is None:
+            log.warning("contamination unknown; using the %.4g quantile of validation scores", params.quantile)
+            return float(np.quantile(s, params.quantile))
+        share = min(max(params.contamination, 1.0 / len(s)), params.max_contamination)
+        return float(np.quantile(s, 1.0 - share))
     if params.method == "pot":
         if float(s.max()) == float(s.min()):
             log.warning("POT: validation scores are constant (%.6g); falling back to the %.4g quantile",
@@ -265,8 +279,9 @@ def evaluate_by_kind(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, 
     """
     kinds = np.asarray(kinds).astype(str)
     labels = np.asarray(labels)
+    scored = np.isfinite(np.asarray(scores, dtype=np.float64))
     out: dict[str, dict[str, float]] = {}
-    for kind in sorted(set(kinds[labels > 0].tolist()) - {""}):
+    for kind in sorted(set(kinds[(labels > 0) & scored].tolist()) - {""}):
         keep = (labels == 0) | (kinds == kind)
         m = evaluate(np.asarray(scores)[keep], labels[keep], threshold, step_s)
         out[kind] = {k: m[k] for k in ("auc_pr", "auc_roc", "recall", "event_recall", "mean_delay_s", "n_events",

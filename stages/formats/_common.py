@@ -10,12 +10,16 @@ an error, because a mangled number, id or time would silently corrupt the data.
 """
 from __future__ import annotations
 
+import codecs
+import functools
 import io
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Callable, ContextManager, Iterable, Iterator
 
+import ijson
 import polars as pl
 
 from stages.core.errors import InputError
@@ -85,6 +89,216 @@ def expect_key(obj: Any, key: str, path: Path | str, where: str) -> Any:
         raise InputError(path, f"{where}.{key}".lstrip("."), f"key '{key}'",
                          sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__)
     return obj[key]
+
+
+# ------------------------------------------------------------------ streamed JSON
+#
+# A multi-GB JSON dump is parsed item by item (DESIGN §8) instead of json.load: the bytes are
+# never held whole, and neither is the decoded object tree. An ``opener`` is a no-argument
+# callable returning a context manager over a binary stream, so a failed parse can re-read the
+# stream to say exactly where it failed.
+
+JSON_READ_BYTES = 1 << 16  # bytes per read handed to the parser
+_JSON_SPACE = b" \t\r\n"
+
+Opener = Callable[[], ContextManager[IO[bytes]]]
+
+
+@functools.lru_cache(maxsize=None)
+def json_backend():
+    """ijson's C parser (yajl2_c) when the wheel has it, several times faster than pure Python."""
+    try:
+        return ijson.get_backend("yajl2_c")
+    except ImportError:
+        log.info("ijson's yajl2_c backend is unavailable; using %s (slower)", ijson.backend)
+        return ijson
+
+
+@contextmanager
+def open_binary(path: Path) -> Iterator[IO[bytes]]:
+    """Unbuffered ``open(path, 'rb')`` whose failure is an InputError naming the file.
+
+    Unbuffered: the parser reads 64 KiB blocks, which a BufferedReader serves ~20× slower."""
+    try:
+        fh = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise InputError(path, None, "a readable file", str(exc)) from None
+    with fh:
+        yield fh
+
+
+class _Tap:
+    """Counts the bytes handed to the parser, so a parse error can be placed.
+
+    From ``trickle_from`` on it hands out one byte per read, so the parser fails on the very byte.
+    """
+
+    def __init__(self, raw: IO[bytes], trickle_from: int | None = None):
+        self.raw, self.trickle_from = raw, trickle_from
+        self.pos = 0  # bytes handed out so far
+        self.block_start = 0  # where the last non-empty read began
+        self.eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        if self.trickle_from is not None:
+            n = 1 if self.pos >= self.trickle_from else min(n if n > 0 else 1 << 30, self.trickle_from - self.pos)
+        data = self.raw.read(n)
+        if data:
+            self.block_start, self.pos = self.pos, self.pos + len(data)
+        else:
+            self.eof = True
+        return data
+
+
+class LossyUtf8:
+    """Replaces non-UTF-8 bytes by U+FFFD on the fly (log files, DESIGN §9), counting them as
+    :func:`decode` does so the warning reads the same."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw
+        self._lossy = codecs.getincrementaldecoder("utf-8")("replace")
+        self._strict = codecs.getincrementaldecoder("utf-8")("strict")
+        self.replaced = 0  # U+FFFD in the decoded text
+        self.first_bad_line: int | None = None  # None: the input was valid UTF-8
+        self._lines = 0
+        self._done = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        while not self._done:  # loop: a block ending mid-character may decode to nothing yet
+            block = self.raw.read(n)
+            self._done = not block
+            text = self._lossy.decode(block, self._done)
+            self.replaced += text.count("\ufffd")
+            if self.first_bad_line is None:
+                self._check(block)
+            if text:
+                return text.encode("utf-8")
+        return b""
+
+    def _check(self, block: bytes) -> None:
+        """Strict decoding alongside, only to learn whether (and on which line) a byte was bad."""
+        pending = self._strict.getstate()[0]
+        try:
+            self._strict.decode(block, not block)
+        except UnicodeDecodeError as exc:
+            self.first_bad_line = self._lines + (pending + block).count(b"\n", 0, exc.start) + 1
+        self._lines += block.count(b"\n")
+
+    def warn(self, path: Path | str) -> None:
+        if self.first_bad_line is not None:
+            log.warning("%s: replaced %d non-UTF-8 byte sequence(s) (first on line %d) with U+FFFD",
+                        path, self.replaced, self.first_bad_line)
+
+
+@contextmanager
+def _reopen(opener: Opener, lossy: bool) -> Iterator[IO[bytes]]:
+    with opener() as raw:
+        yield LossyUtf8(raw) if lossy else raw
+
+
+def json_first_byte(opener: Opener) -> str:
+    """First non-blank character of a JSON stream ('' when empty): tells a list from an object
+    before choosing what to stream."""
+    with opener() as raw:
+        while block := raw.read(JSON_READ_BYTES):
+            rest = block.lstrip(_JSON_SPACE)
+            if rest:
+                return chr(rest[0])
+    return ""
+
+
+def stream_json(opener: Opener, path: Path | str, prefix: str, *, kv: bool = False, lossy: bool = False,
+                progress=None) -> Iterator[Any]:
+    """Yield the values under ijson ``prefix`` one at a time ((key, value) pairs with ``kv``).
+
+    Malformed or truncated JSON raises an InputError naming the line, column and byte where it
+    failed; non-UTF-8 bytes are an error (named like :func:`decode` does) unless ``lossy``.
+    ``progress`` (a tqdm bar) advances by the bytes parsed.
+    """
+    backend = json_backend()
+    parse = backend.kvitems if kv else backend.items
+    failure, done, last_key = None, 0, None
+    with _reopen(opener, lossy) as src:
+        tap = _Tap(src)
+        try:
+            for item in parse(tap, prefix, use_float=True, buf_size=JSON_READ_BYTES):
+                yield item
+                done, last_key = done + 1, item[0] if kv else None
+                if progress is not None:
+                    progress.update(tap.pos - progress.n)
+        except ijson.JSONError as exc:
+            failure = exc
+        finally:
+            if lossy:
+                src.warn(path)
+    if failure is not None:
+        after = f", after key '{last_key}'" if kv and done else f", after {done} item(s)" if done else ""
+        raise _json_failure(opener, path, lossy, failure, tap, after)
+
+
+def _json_failure(opener: Opener, path: Path | str, lossy: bool, exc: Exception, tap: _Tap, after: str) -> InputError:
+    """The InputError for a failed parse: a bad UTF-8 byte if there is one, else the exact byte."""
+    if not lossy:
+        bad = _first_bad_utf8(opener, tap.pos)
+        if bad is not None:
+            line, start, around = bad
+            return InputError(path, f"line {line} (byte {start})", "UTF-8 text", around)
+    at = _pin_json_error(opener, lossy, tap.block_start)
+    at = tap.pos if at is None else at
+    line, col = _line_col(opener, lossy, at)
+    reason = exc.args[0] if exc.args else str(exc)
+    reason = (reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)).splitlines()[0]
+    return InputError(path, f"line {line} column {col}", f"valid JSON ({reason.strip()} at byte {at}{after})")
+
+
+def _pin_json_error(opener: Opener, lossy: bool, block_start: int) -> int | None:
+    """Re-parse, one byte at a time from the block that failed: the offset of the failing byte."""
+    with _reopen(opener, lossy) as src:
+        tap = _Tap(src, trickle_from=block_start)
+        try:
+            for _ in json_backend().basic_parse(tap, buf_size=JSON_READ_BYTES):
+                pass
+        except ijson.JSONError:
+            return tap.pos if tap.eof else tap.pos - 1
+    return None
+
+
+def _line_col(opener: Opener, lossy: bool, at: int) -> tuple[int, int]:
+    """1-based line and column of byte ``at``, counted without holding the stream."""
+    line, pos, last_nl = 1, 0, -1
+    with _reopen(opener, lossy) as src:
+        while pos < at and (block := src.read(min(1 << 20, at - pos))):
+            line += block.count(b"\n")
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                last_nl = pos + nl
+            pos += len(block)
+    return line, at - last_nl
+
+
+def _first_bad_utf8(opener: Opener, limit: int) -> tuple[int, int, bytes] | None:
+    """(line, byte, surrounding bytes) of the first non-UTF-8 byte before ``limit``, else None."""
+    dec = codecs.getincrementaldecoder("utf-8")("strict")
+    line, pos = 1, 0
+    with opener() as raw:
+        while pos <= limit:  # one read past: a sequence cut by the end of the file shows at EOF
+            block = raw.read(1 << 20)
+            pending = dec.getstate()[0]
+            try:
+                dec.decode(block, not block)
+            except UnicodeDecodeError as exc:
+                data = pending + block
+                return (line + data.count(b"\n", 0, exc.start), pos - len(pending) + exc.start,
+                        data[max(0, exc.start - 10):exc.start + 10])
+            if not block:
+                break
+            line += block.count(b"\n")
+            pos += len(block)
+    return None
 
 
 # ------------------------------------------------------------------ CSV

@@ -13,13 +13,19 @@ naively; span epochs run 8 h ahead of metrics (auth-service spans slow down exac
 injected network_delay window only with -8 h). Hence ``DEFAULT_OFFSETS`` logs = traces = -28800.
 The Jaeger export repeats trace objects and spans (1,900 trace objects, 805 unique traces,
 17,673 span records, 4,327 unique spans): spans are deduplicated on (trace_id, span_id).
+
+The JSON files are streamed (ijson): one trace object, or one service's lines, at a time, with spans
+built into frames every ``SPAN_CHUNK_TRACES`` traces, so a multi-GB export never sits in memory whole.
 """
 from __future__ import annotations
 
 import logging
 import re
 import zipfile
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 from tqdm import tqdm
@@ -112,19 +118,30 @@ def _parse_log_lines(service: str, lines: list[str], path: Path) -> pl.DataFrame
     return out.filter(pl.col("ts").is_not_null()).with_columns(pl.lit(service).alias("service"))
 
 
+def _top_level_type(opener: c.Opener, path: Path, first: str) -> str:
+    """Type name of a JSON top level that is not an object: parsed only for the error message."""
+    if first == "[":
+        return "list"
+    return type(next(c.stream_json(opener, path, ""), None)).__name__
+
+
 def _read_log_file(path: Path) -> list[pl.DataFrame]:
-    data = c.load_json(path, lossy=True)
-    if not isinstance(data, dict):
-        raise InputError(path, "top level", "an object mapping service → list of log lines", type(data).__name__)
-    frames = []
-    for service, lines in data.items():
+    """One service's lines at a time (ijson kvitems), so the file is never held whole."""
+    opener = lambda: c.open_binary(path)  # noqa: E731
+    first = c.json_first_byte(opener)
+    if first != "{":
+        raise InputError(path, "top level", "an object mapping service → list of log lines",
+                         _top_level_type(opener, path, first))
+    frames: dict[str, pl.DataFrame | None] = {}  # a repeated key replaces the earlier one, as json.load does
+    for service, lines in c.stream_json(opener, path, "", kv=True, lossy=True):
         if lines is None or lines == []:
-            continue  # a service that logged nothing in this chunk (real: 13 of 27 TT services)
+            frames[service] = None  # a service that logged nothing in this chunk (real: 13 of 27 TT services)
+            continue
         if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
             raise InputError(path, f"key '{service}'", "a list of log-line strings",
                              type(lines).__name__ if not isinstance(lines, list) else "a list with non-strings")
-        frames.append(_parse_log_lines(service, lines, path))
-    return frames
+        frames[service] = _parse_log_lines(service, lines, path)
+    return [f for f in frames.values() if f is not None]
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
@@ -138,29 +155,77 @@ def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
 # ------------------------------------------------------------------ traces
 
 
-def _load_spans_json(path: Path):
-    if path.suffix == ".zip":
-        try:
-            with zipfile.ZipFile(path) as zf:
-                members = [n for n in zf.namelist()
-                           if n.endswith(".json") and not n.startswith("__MACOSX") and "/._" not in n and not n.startswith("._")]
-                if not members:
-                    raise InputError(path, None, "a zip holding a spans .json member", zf.namelist())
-                with zf.open(members[0]) as fh:
-                    return c.load_json_bytes(fh.read(), f"{path}!{members[0]}")
-        except zipfile.BadZipFile as exc:
-            raise InputError(path, None, "a valid zip archive", str(exc)) from None
-    return c.load_json(path)
+SPAN_CHUNK_TRACES = 5_000  # traces per built frame: bounds the Python lists held at once
+_SPAN_SCHEMA = {"trace_id": pl.Utf8, "span_id": pl.Utf8, "parent_id": pl.Utf8, "service": pl.Utf8,
+                "operation": pl.Utf8, "start_us": pl.Int64, "duration_us": pl.Float64, "is_error": pl.Boolean}
+
+
+def _zip_member(path: Path) -> str:
+    """The spans member of a zip, skipping macOS resource forks."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(path, None, "a valid zip archive", str(exc)) from None
+    members = [n for n in names
+               if n.endswith(".json") and not n.startswith("__MACOSX") and "/._" not in n and not n.startswith("._")]
+    if not members:
+        raise InputError(path, None, "a zip holding a spans .json member", names)
+    return members[0]
+
+
+@contextmanager
+def _open_member(path: Path, member: str):
+    """The member as a stream, decompressed as it is read (never held whole)."""
+    with zipfile.ZipFile(path) as zf, zf.open(member) as fh:
+        yield fh
+
+
+def _span_source(path: Path) -> tuple[str, c.Opener, int]:
+    """(name for JSON errors, opener, uncompressed size) of a spans.json or spans.json.zip."""
+    if path.suffix != ".zip":
+        return str(path), lambda: c.open_binary(path), path.stat().st_size
+    member = _zip_member(path)
+    with zipfile.ZipFile(path) as zf:
+        size = zf.getinfo(member).file_size
+    return f"{path}!{member}", lambda: _open_member(path, member), size
+
+
+def _iter_traces(path: Path, label: str, opener: c.Opener, bar) -> Iterator:
+    """Trace objects one at a time from either top level: a list, or an object with 'data'."""
+    first = c.json_first_byte(opener)
+    if first == "[":
+        yield from c.stream_json(opener, label, "item", progress=bar)
+        return
+    if first != "{":
+        raise InputError(path, "top level", "a list of Jaeger traces or an object with 'data'",
+                         _top_level_type(opener, label, first))
+    n = 0
+    for n, trace in enumerate(c.stream_json(opener, label, "data.item", progress=bar), 1):
+        yield trace
+    if n == 0 and not _data_is_list(opener, label):
+        raise InputError(path, "top level", "a list of Jaeger traces or an object with 'data'", "dict")
+
+
+def _data_is_list(opener: c.Opener, label: str) -> bool:
+    """Whether an object's 'data' is a list (checked only when it yielded no trace)."""
+    with opener() as raw:
+        for prefix, event, _ in c.json_backend().parse(raw):
+            if prefix == "data":
+                return event == "start_array"
+    return False
 
 
 def _is_error(tags: list) -> bool:
     for t in tags or ():
-        key, val = t.get("key"), t.get("value")
-        if key == "error" and (val is True or str(val).lower() == "true"):
-            return True
-        if key == "http.status_code":
+        key = t.get("key")
+        if key == "error":
+            val = t.get("value")
+            if val is True or str(val).lower() == "true":
+                return True
+        elif key == "http.status_code":
             try:
-                if int(float(val)) >= 500:
+                if int(float(t.get("value"))) >= 500:
                     return True
             except (TypeError, ValueError):
                 pass
@@ -173,53 +238,69 @@ def _parent(refs: list) -> str | None:
     return by_type.get("CHILD_OF") or by_type.get("FOLLOWS_FROM")
 
 
-def _trace_rows(path: Path, traces: list) -> dict[str, list]:
-    cols: dict[str, list] = {k: [] for k in ("trace_id", "span_id", "parent_id", "service", "operation",
-                                             "start_us", "duration_us", "is_error")}
-    for ti, trace in enumerate(tqdm(traces, desc=f"spans {path.name}", disable=len(traces) < 5000)):
-        where = f"trace[{ti}]"
-        spans = c.expect_key(trace, "spans", path, where)
-        processes = trace.get("processes") or {}
-        for si, s in enumerate(spans):
-            w = f"{where}.spans[{si}]"
+def _new_columns() -> dict[str, list]:
+    return {k: [] for k in _SPAN_SCHEMA}
+
+
+def _add_trace(cols: dict[str, list], path: Path, ti: int, trace) -> None:
+    """Append one trace object's spans to the column lists, naming the span on bad input."""
+    where = f"trace[{ti}]"
+    spans = c.expect_key(trace, "spans", path, where)
+    processes = trace.get("processes") or {}
+    for si, s in enumerate(spans):
+        try:
+            tid, sid, start, dur = s["traceID"], s["spanID"], s["startTime"], s["duration"]
+        except (KeyError, TypeError, IndexError):
             for key in ("traceID", "spanID", "startTime", "duration"):
-                c.expect_key(s, key, path, w)
-            proc = processes.get(s.get("processID"), {})
-            service = proc.get("serviceName") if isinstance(proc, dict) else None
-            if not service:
-                raise InputError(path, f"{w}.processID", "a processID listed in the trace's processes with a serviceName",
-                                 s.get("processID"))
-            if not isinstance(s["startTime"], (int, float)) or not isinstance(s["duration"], (int, float)):
-                raise InputError(path, f"{w}.startTime/duration", "numbers (µs)", (s["startTime"], s["duration"]))
-            cols["trace_id"].append(s["traceID"])
-            cols["span_id"].append(s["spanID"])
-            cols["parent_id"].append(_parent(s.get("references")))
-            cols["service"].append(service)
-            cols["operation"].append(s.get("operationName") or "")
-            cols["start_us"].append(int(s["startTime"]))
-            cols["duration_us"].append(float(s["duration"]))
-            cols["is_error"].append(_is_error(s.get("tags")))
-    return cols
+                c.expect_key(s, key, path, f"{where}.spans[{si}]")
+            raise
+        proc = processes.get(s.get("processID"), {})
+        service = proc.get("serviceName") if isinstance(proc, dict) else None
+        if not service:
+            raise InputError(path, f"{where}.spans[{si}].processID",
+                             "a processID listed in the trace's processes with a serviceName", s.get("processID"))
+        if not isinstance(start, (int, float)) or not isinstance(dur, (int, float)):
+            raise InputError(path, f"{where}.spans[{si}].startTime/duration", "numbers (µs)", (start, dur))
+        cols["trace_id"].append(tid)
+        cols["span_id"].append(sid)
+        cols["parent_id"].append(_parent(s.get("references")))
+        cols["service"].append(service)
+        cols["operation"].append(s.get("operationName") or "")
+        cols["start_us"].append(int(start))
+        cols["duration_us"].append(float(dur))
+        cols["is_error"].append(_is_error(s.get("tags")))
 
 
-def _read_span_file(path: Path) -> pl.DataFrame:
-    data = _load_spans_json(path)
-    traces = data.get("data") if isinstance(data, dict) else data
-    if not isinstance(traces, list):
-        raise InputError(path, "top level", "a list of Jaeger traces or an object with 'data'", type(data).__name__)
-    cols = _trace_rows(path, traces)
-    return pl.DataFrame(cols, schema={"trace_id": pl.Utf8, "span_id": pl.Utf8, "parent_id": pl.Utf8,
-                                      "service": pl.Utf8, "operation": pl.Utf8, "start_us": pl.Int64,
-                                      "duration_us": pl.Float64, "is_error": pl.Boolean})
+def _span_chunks(path: Path) -> Iterator[pl.DataFrame]:
+    """Raw span frames of at most SPAN_CHUNK_TRACES traces each, streamed from one spans file."""
+    label, opener, size = _span_source(path)
+    cols, in_chunk = _new_columns(), 0
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"spans {path.name}", disable=size < 50_000_000) as bar:
+        try:
+            for ti, trace in enumerate(_iter_traces(path, label, opener, bar)):
+                _add_trace(cols, path, ti, trace)
+                in_chunk += 1
+                if in_chunk == SPAN_CHUNK_TRACES:
+                    yield pl.DataFrame(cols, schema=_SPAN_SCHEMA)
+                    cols, in_chunk = _new_columns(), 0
+        except (zipfile.BadZipFile, zlib.error) as exc:
+            raise InputError(path, None, "a valid zip archive", str(exc)) from None
+    if in_chunk:
+        yield pl.DataFrame(cols, schema=_SPAN_SCHEMA)
 
 
 def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
     files = list_files(root)["traces"]
     if not files:
         return None
-    raw = pl.concat([_read_span_file(p) for p in files])
-    n = raw.height
-    spans = raw.unique(subset=["trace_id", "span_id"], keep="first", maintain_order=True)
+    key = ["trace_id", "span_id"]
+    n, frames = 0, []
+    for path in files:
+        for raw in _span_chunks(path):  # dropping repeats per chunk keeps only unique spans in memory
+            n += raw.height
+            frames.append(raw.unique(subset=key, keep="first", maintain_order=True))
+    spans = pl.concat(frames) if frames else pl.DataFrame(schema=_SPAN_SCHEMA)
+    spans = spans.unique(subset=key, keep="first", maintain_order=True)  # repeats across chunks and files
     log.info("eadro traces: %d span records, %d unique spans, %d unique traces",
              n, spans.height, spans["trace_id"].n_unique())
     spans = spans.with_columns(pl.col("start_us").alias("start_ts"), (pl.col("duration_us") / US).alias("duration_s"))
