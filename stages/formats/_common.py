@@ -15,9 +15,10 @@ import functools
 import io
 import json
 import logging
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, ContextManager, Iterable, Iterator
+from typing import IO, Any
 
 import ijson
 import polars as pl
@@ -101,10 +102,10 @@ def expect_key(obj: Any, key: str, path: Path | str, where: str) -> Any:
 JSON_READ_BYTES = 1 << 16  # bytes per read handed to the parser
 _JSON_SPACE = b" \t\r\n"
 
-Opener = Callable[[], ContextManager[IO[bytes]]]
+Opener = Callable[[], AbstractContextManager[IO[bytes]]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def json_backend():
     """ijson's C parser (yajl2_c) when the wheel has it, several times faster than pure Python."""
     try:
@@ -120,7 +121,7 @@ def open_binary(path: Path) -> Iterator[IO[bytes]]:
 
     Unbuffered: the parser reads 64 KiB blocks, which a BufferedReader serves ~20× slower."""
     try:
-        fh = open(path, "rb", buffering=0)
+        fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise InputError(path, None, "a readable file", str(exc)) from None
     with fh:

@@ -23,9 +23,9 @@ import logging
 import re
 import zipfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 from tqdm import tqdm
@@ -127,7 +127,7 @@ def _top_level_type(opener: c.Opener, path: Path, first: str) -> str:
 
 def _read_log_file(path: Path) -> list[pl.DataFrame]:
     """One service's lines at a time (ijson kvitems), so the file is never held whole."""
-    opener = lambda: c.open_binary(path)  # noqa: E731
+    opener = lambda: c.open_binary(path)
     first = c.json_first_byte(opener)
     if first != "{":
         raise InputError(path, "top level", "an object mapping service → list of log lines",
@@ -203,11 +203,11 @@ def _iter_traces(path: Path, label: str, opener: c.Opener, bar) -> Iterator:
     n = 0
     for n, trace in enumerate(c.stream_json(opener, label, "data.item", progress=bar), 1):
         yield trace
-    if n == 0 and not _data_is_list(opener, label):
+    if n == 0 and not _data_is_list(opener):
         raise InputError(path, "top level", "a list of Jaeger traces or an object with 'data'", "dict")
 
 
-def _data_is_list(opener: c.Opener, label: str) -> bool:
+def _data_is_list(opener: c.Opener) -> bool:
     """Whether an object's 'data' is a list (checked only when it yielded no trace)."""
     with opener() as raw:
         for prefix, event, _ in c.json_backend().parse(raw):
