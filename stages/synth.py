@@ -28,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
             # Never overwrite a real dump that a dataset entry points at.
             raise InputError(PARAMS_FILE, f"datasets.{args.dataset}.synthetic",
                              "true for a dataset that synth generates (this one names a real dump)", ds.synthetic)
+        expected = f"data/raw/{args.dataset}"
+        if ds.raw.rstrip("/") != expected:
+            # dvc.yaml declares synth@<ds>'s output as data/raw/<ds>; anything else would go untracked.
+            raise InputError(PARAMS_FILE, f"datasets.{args.dataset}.raw", f"'{expected}' for a synthetic dataset",
+                             ds.raw)
         seed = raw.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError(PARAMS_FILE, "seed", "an integer", seed)

@@ -300,7 +300,8 @@ def test_stage_cli(tmp_path, monkeypatch, capsys):
         "seed: 5\n"
         "synth: {hours: 0.2, services: 4, requests_per_s: 0.2, fault_every_min: 5, fault_duration_min: 1}\n"
         "datasets:\n  mini: {format: gaia, raw: data/raw/mini, synthetic: true}\n"
-        "  real: {format: eadro, raw: data/real}\n")
+        "  real: {format: eadro, raw: data/real}\n"
+        "  elsewhere: {format: gaia, raw: data/other, synthetic: true}\n")
     (tmp_path / "data/real").mkdir(parents=True)
     (tmp_path / "data/real/keep.txt").write_text("a real dump")
     monkeypatch.chdir(tmp_path)
@@ -311,6 +312,8 @@ def test_stage_cli(tmp_path, monkeypatch, capsys):
     assert synth.main(["real"]) == 2
     assert "datasets.real.synthetic" in capsys.readouterr().err
     assert (tmp_path / "data/real/keep.txt").read_text() == "a real dump"
+    assert synth.main(["elsewhere"]) == 2
+    assert "datasets.elsewhere.raw" in capsys.readouterr().err and not (tmp_path / "data/other").exists()
 
 
 # ------------------------------------------------------------------ round trip through the readers
