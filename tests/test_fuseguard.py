@@ -242,6 +242,7 @@ def test_fusion_weights_sum_to_one_and_drop_for_a_corrupted_modality(trained):
     {"sparse_mask": False}, {"use_metrics": False}, {"use_traces": False}, {"use_logs": False},
     {"alignment": False}, {"use_llm": False}, {"fusion": "mean"}, {"fusion": "concat"},
     {"score_weighting": "fusion"},
+    {"score_weighting": "max"},
 ])
 def test_each_ablation_runs(tiny_bert, change):
     ws = tiny_windowset()

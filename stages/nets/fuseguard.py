@@ -59,7 +59,9 @@ class FuseGuardConfig:
     # counts the same) or "fusion" (weighted by the quality weights). A faulty modality looks
     # low-quality too, so "fusion" silences the very modality that shows the fault (measured: AUC-PR
     # 0.18 vs 0.83 on the synthetic check in the report); it stays available for ablation.
-    score_weighting: Literal["uniform", "fusion"] = "uniform"
+    # how per-modality errors (each divided by its training mean) become one step score:
+    # uniform mean, fusion-weighted mean, or max (a fault seen by one modality is not averaged away)
+    score_weighting: Literal["uniform", "fusion", "max"] = "uniform"
     # a modality's step score is the mean of its top fraction of unit errors (channel, edge
     # feature, log column), each divided by its own training error: a fault touches few units,
     # and a plain mean over fifty channels dilutes it below normal noise (AUC-PR 0.27 → 0.99 on
@@ -300,6 +302,8 @@ class FuseGuard(TorchDetector):
 
     def window_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         errs, weights = self._scored(batch)
+        if self.config.score_weighting == "max":
+            return errs.max(dim=1).values
         if self.config.fusion != "quality" or self.config.score_weighting == "uniform":
             weights = torch.full_like(weights, 1.0 / weights.shape[1])
         return (weights[:, :, None] * errs).sum(1)
