@@ -62,7 +62,8 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
 
 
 def curve_csv(history: dict[str, list[float]]) -> str:
-    keys = [k for k in history if k != "epoch" and len(history[k]) == len(history.get("epoch", []))]
+    # wall-clock columns would make the git-tracked plot file differ on every run
+    keys = [k for k in history if k not in ("epoch", "seconds") and len(history[k]) == len(history.get("epoch", []))]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["epoch", *keys])
