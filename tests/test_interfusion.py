@@ -22,13 +22,7 @@ TINY = {"z1_dim": 4, "z2_dim": 4, "hidden": 16, "pretrain_epochs": 1, "mcmc_step
         "train": {"epochs": 6, "batch_size": 32, "lr": 5e-3, "patience": 6, "max_train_windows": 128}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def correlated(T: int, D: int, seed: int) -> np.ndarray:

@@ -22,13 +22,7 @@ TINY = {"d_model": 16, "heads": 2, "layers": 1, "ff_dim": 32, "dropout": 0.0, "p
         "train": {"epochs": 3, "batch_size": 16, "lr": 5e-3, "patience": 3, "max_train_windows": 64}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def periodic(T: int, C: int, seed: int) -> np.ndarray:
