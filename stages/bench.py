@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.core.io import write_json
-from stages.core.logs import setup_logging
+from stages.core.cli import run_stage
 
 log = logging.getLogger("stages.bench")
 
@@ -123,7 +123,7 @@ PROFILES = {
     # CPU-friendly default (what `dvc repro` runs) and the published setting for a GPU.
     "default": {"llm": {"backbone": "minilm", "layers": 2}, "window": 32, "config": {}},
     "paper": {"llm": {"backbone": "gpt2", "layers": 6}, "window": 96,
-              "config": {"d_model": 768, "lora_r": 8, "lora_alpha": 32}},
+              "config": {"d_model": 768, "heads": 8, "lora_r": 8, "lora_alpha": 32}},
 }
 
 
@@ -190,12 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
-    setup_logging()
-    result = bench_ingest(args) if args.what == "ingest" else bench_train(args)
-    name = f"{args.what}_{getattr(args, 'format', None) or args.detector}_{getattr(args, 'profile', '')}".rstrip("_")
-    write_json(result, Path("bench") / f"{name}.json")
-    print(json.dumps(result, indent=2, default=str))
-    return 0
+
+    def run() -> None:
+        result = bench_ingest(args) if args.what == "ingest" else bench_train(args)
+        name = f"{args.what}_{getattr(args, 'format', None) or args.detector}_{getattr(args, 'profile', '')}"
+        write_json(result, Path("bench") / f"{name.rstrip('_')}.json")
+        print(json.dumps(result, indent=2, default=str))
+
+    return run_stage(run)
 
 
 if __name__ == "__main__":
