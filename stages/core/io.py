@@ -85,9 +85,3 @@ def read_json(path: str | Path) -> Any:
         raise InputError(path, f"byte {exc.start}", "UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise InputError(path, f"line {exc.lineno} column {exc.colno}", f"valid JSON ({exc.msg})") from None
-
-
-def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)

@@ -17,8 +17,3 @@ def grid(ts_min_us: int, ts_max_us: int, step_s: float) -> np.ndarray:
     start = (ts_min_us // step) * step
     stop = (ts_max_us // step) * step
     return np.arange(start, stop + step, step, dtype=np.int64)
-
-
-def floor_to_step(ts_us, step_s: float):
-    step = int(round(step_s * 1_000_000))
-    return (ts_us // step) * step
