@@ -59,8 +59,20 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _stable_floats(obj: Any) -> Any:
+    """Round floats to 12 significant digits: multi-threaded reductions differ in the last bits
+    from run to run, and those bits would otherwise change the file's hash in dvc.lock."""
+    if isinstance(obj, (float, np.floating)):
+        return float(f"{float(obj):.12g}")
+    if isinstance(obj, dict):
+        return {k: _stable_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_stable_floats(v) for v in obj]
+    return obj
+
+
 def dumps_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    return json.dumps(_stable_floats(obj), indent=2, sort_keys=True, default=_json_default) + "\n"
 
 
 def write_json(obj: Any, path: str | Path) -> None:
