@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -40,3 +40,14 @@ def finish(metrics: dict[str, Any], out: str, keys: Iterable[str] = HEADLINE) ->
     write_metrics_json(out, metrics)
     sys.stdout.write(" ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), float)) +
                      f"  → {out}\n")
+
+
+def replay_main(run: Callable[[], dict[str, Any]], out: str, keys: Iterable[str] = HEADLINE) -> int:
+    """Run a replay protocol; bad input ends with one line and exit 2, and no metrics file."""
+    try:
+        metrics = run()
+    except InputError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    finish(metrics, out, keys)
+    return 0

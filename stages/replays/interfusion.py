@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 from typing import Any
 
@@ -37,7 +36,7 @@ from stages.core.evaluation import ThresholdParams, choose_threshold, evaluate
 from stages.core.params import build
 from stages.core.windowset import WindowSet
 from stages.formats.interfusion_pkl import PklDataset, read_pkl_dataset
-from stages.replays.common import finish, parse_overrides
+from stages.replays.common import parse_overrides, replay_main
 
 log = logging.getLogger(__name__)
 HIT_RATE_PERCENTS = (100, 150)
@@ -139,11 +138,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        metrics = run(args)
-    except InputError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    finish(metrics, args.out, ("auc_pr", "auc_roc", "precision", "recall", "f1", "best_f1_oracle_pa",
-                               "interpretation_hitrate_100", "train_seconds"))
-    return 0
+    return replay_main(lambda: run(args), args.out, ("auc_pr", "auc_roc", "precision", "recall", "f1", "best_f1_oracle_pa",
+                                                     "interpretation_hitrate_100", "train_seconds"))

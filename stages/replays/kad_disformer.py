@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from stages.core.evaluation import ThresholdParams, choose_threshold, evaluate
 from stages.core.params import build
 from stages.core.windowset import WindowSet
 from stages.formats.kpi import KPISeries, read_kpi_dir
-from stages.replays.common import finish, parse_overrides
+from stages.replays.common import parse_overrides, replay_main
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +150,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        metrics = run(args)
-    except InputError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    finish(metrics, args.out, ("auc_pr", "auc_roc", "precision", "recall", "f1", "train_seconds"))
-    return 0
+    return replay_main(lambda: run(args), args.out, ("auc_pr", "auc_roc", "precision", "recall", "f1", "train_seconds"))

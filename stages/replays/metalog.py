@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
 import time
 from pathlib import Path
 
-from stages.core.errors import InputError
 from stages.core.params import LLMParams, build
 from stages.core.windowset import FeatureSchema
 from stages.features.log_windows import LogSequences, chronological_split, load_loghub
-from stages.replays.common import finish, merge, parse_overrides
+from stages.replays.common import merge, parse_overrides, replay_main
 
 log = logging.getLogger(__name__)
 DECISION_THRESHOLD = 0.5
@@ -95,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     common_args(parser)
     parser.add_argument("--out", default="metrics/replays/metalog.json", help="metrics JSON to write")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> dict:
         cross = args.target is not None
         raw = merge({"labelled_anomaly_percent": 1.0} if cross else {}, parse_overrides(args.overrides))
         raw.setdefault("source", "loghub_source" if cross else "")
@@ -111,16 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         scores = det.score_sequences(test)
         score_s = time.perf_counter() - t0
-    except InputError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    metrics = evaluate(scores, test.labels, DECISION_THRESHOLD, step_s=1.0)
-    metrics.update({"method": "metalog", "protocol": "cross_system" if cross else "in_system",
-                    "mode": config.mode, "source": args.loghub if cross else None,
-                    "target": args.target or args.loghub, "train_seconds": train_s,
-                    "windows_per_s": len(test) / max(score_s, 1e-9), "device": str(det.device),
-                    "config": dataclasses.asdict(config), "seed": args.seed,
-                    **(split_counts("source", source) if cross else {}), **split_counts("train", train),
-                    **split_counts("val", val), **split_counts("test", test)})
-    finish(metrics, args.out)
-    return 0
+        metrics = evaluate(scores, test.labels, DECISION_THRESHOLD, step_s=1.0)
+        metrics.update({"method": "metalog", "protocol": "cross_system" if cross else "in_system",
+                        "mode": config.mode, "source": args.loghub if cross else None,
+                        "target": args.target or args.loghub, "train_seconds": train_s,
+                        "windows_per_s": len(test) / max(score_s, 1e-9), "device": str(det.device),
+                        "config": dataclasses.asdict(config), "seed": args.seed,
+                        **(split_counts("source", source) if cross else {}), **split_counts("train", train),
+                        **split_counts("val", val), **split_counts("test", test)})
+        return metrics
+
+    return replay_main(run, args.out)

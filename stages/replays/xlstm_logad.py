@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
-from stages.core.errors import InputError
 from stages.core.params import LLMParams, build
 from stages.features.log_windows import chronological_split
-from stages.replays.common import finish, parse_overrides
+from stages.replays.common import parse_overrides, replay_main
 from stages.replays.metalog import add_system_args, common_args, load_system, loghub_schema, split_counts
 
 
@@ -36,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     common_args(parser)
     parser.add_argument("--out", default="metrics/replays/xlstm_logad.json", help="metrics JSON to write")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> dict:
         config = build(XLSTMLogADConfig, parse_overrides(args.overrides), where="xlstm_logad", source="-S")
         seqs = load_system(args, "loghub", config.max_len)
         train, val, test = chronological_split(seqs, args.train, args.val)
@@ -48,16 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         scores = det.score_sequences(test)
         score_s = time.perf_counter() - t0
-    except InputError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    metrics = evaluate(scores, test.labels, det.threshold, step_s=1.0)
-    metrics.update({"method": "xlstm_logad", "protocol": "chronological_split", "target": args.loghub,
-                    "threshold_source": "best F1 on training blocks", "train_seconds": train_s,
-                    "windows_per_s": len(test) / max(score_s, 1e-9), "device": str(det.device),
-                    "weights": {"container": float(det.coef[0]), "reconstruction": float(det.coef[1]),
-                                "bias": float(det.intercept)},
-                    "config": dataclasses.asdict(config), "seed": args.seed,
-                    **split_counts("train", train), **split_counts("val", val), **split_counts("test", test)})
-    finish(metrics, args.out)
-    return 0
+        metrics = evaluate(scores, test.labels, det.threshold, step_s=1.0)
+        metrics.update({"method": "xlstm_logad", "protocol": "chronological_split", "target": args.loghub,
+                        "threshold_source": "best F1 on training blocks", "train_seconds": train_s,
+                        "windows_per_s": len(test) / max(score_s, 1e-9), "device": str(det.device),
+                        "weights": {"container": float(det.coef[0]), "reconstruction": float(det.coef[1]),
+                                    "bias": float(det.intercept)},
+                        "config": dataclasses.asdict(config), "seed": args.seed,
+                        **split_counts("train", train), **split_counts("val", val), **split_counts("test", test)})
+        return metrics
+
+    return replay_main(run, args.out)
