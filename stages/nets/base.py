@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from stages.core.device import autocast, pick_device, seed_everything
+from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.params import LLMParams, build
 from stages.core.windowset import FeatureSchema, WindowSet
@@ -65,27 +66,38 @@ class Detector(abc.ABC):
         """Optional extra outputs (fusion weights, per-metric contributions)."""
         return {}
 
-    # -- persistence: JSON config + state; subclasses override state()/load_state()
+    # -- persistence: JSON config + tensors (+ extra files); subclasses override the hooks
     def state(self) -> dict[str, torch.Tensor]:
         return {}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
+    def save_extra(self, directory: Path) -> None:
+        """Files beyond config and tensors (a vocabulary, an sklearn model)."""
+
+    def load_extra(self, directory: Path) -> None:
+        """Read what :meth:`save_extra` wrote; runs before :meth:`load_state`."""
+
     def save(self, directory: str | Path) -> None:
         with atomic_dir(directory) as tmp:
             meta = {"detector": self.name, "config": dataclasses.asdict(self.config), "seed": self.seed,
                     "llm": dataclasses.asdict(self.llm)}
             (tmp / "config.json").write_text(dumps_json(meta))
+            self.save_extra(tmp)
             state = {k: v.detach().cpu().contiguous() for k, v in self.state().items()}
             save_file(state, str(tmp / "model.safetensors"))
 
     @classmethod
     def load(cls, directory: str | Path, schema: FeatureSchema) -> "Detector":
         directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).exists():
+                raise InputError(directory / name, None, f"a saved {cls.name} detector file")
         meta = json.loads((directory / "config.json").read_text())
         det = cls(build(cls.Config, meta["config"], where=cls.name), schema,
                   build(LLMParams, meta["llm"], where="llm"), meta["seed"])
+        det.load_extra(directory)
         det.load_state(load_file(str(directory / "model.safetensors")))
         return det
 

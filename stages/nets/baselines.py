@@ -7,8 +7,6 @@ of its metric channels, flattened trace-edge features and log template counts, a
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +19,6 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
 
 from stages.core.errors import InputError
-from stages.core.io import atomic_dir, dumps_json
-from stages.core.params import LLMParams, build
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.nets.base import Detector
 
@@ -153,30 +149,19 @@ class IsolationForestDetector(Detector):
             return np.full(windows.n_steps, np.nan)
         return windows.steps_from_windows(self._window_scores(windows))
 
-    def save(self, directory: str | Path) -> None:
+    def save_extra(self, directory: Path) -> None:
         if self.model is None:
             raise RuntimeError(f"{self.name}: nothing to save before fit()")
-        with atomic_dir(directory) as tmp:
-            meta = {"detector": self.name, "config": dataclasses.asdict(self.config), "seed": self.seed,
-                    "llm": dataclasses.asdict(self.llm)}
-            (tmp / "config.json").write_text(dumps_json(meta))
-            joblib.dump(self.model, tmp / "model.joblib")
+        joblib.dump(self.model, directory / "model.joblib")
 
-    @classmethod
-    def load(cls, directory: str | Path, schema: FeatureSchema) -> "IsolationForestDetector":
-        directory = Path(directory)
-        for f in ("config.json", "model.joblib"):
-            if not (directory / f).exists():
-                raise InputError(directory / f, None, f"a saved {cls.name} detector file")
-        meta = json.loads((directory / "config.json").read_text())
-        det = cls(build(cls.Config, meta["config"], where=cls.name), schema,
-                  build(LLMParams, meta["llm"], where="llm"), meta["seed"])
-        det.model = joblib.load(directory / "model.joblib")
-        d, n = n_step_features(schema), int(getattr(det.model, "n_features_in_", 0))
+    def load_extra(self, directory: Path) -> None:
+        if not (directory / "model.joblib").exists():
+            raise InputError(directory / "model.joblib", None, f"a saved {self.name} detector file")
+        self.model = joblib.load(directory / "model.joblib")
+        d, n = n_step_features(self.schema), int(getattr(self.model, "n_features_in_", 0))
         if d and n % d:
             raise InputError(directory / "model.joblib", "n_features_in_",
                              f"a multiple of {d} features (the schema's features per step)", n)
-        return det
 
 
 # ------------------------------------------------------------------ PCA

@@ -20,7 +20,6 @@ training runs a fixed number of epochs (no label-based early stopping).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -31,7 +30,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -39,8 +37,8 @@ from tqdm.auto import tqdm
 
 from stages.core.device import limited_threads, pick_device, seed_everything
 from stages.core.errors import InputError
-from stages.core.io import atomic_dir, dumps_json
-from stages.core.params import LLMParams, build
+from stages.core.io import dumps_json
+from stages.core.params import LLMParams
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.features.log_windows import LogSequences, from_windowset, require_logs, steps_from_units
 from stages.features.word_vectors import Idf, fit_idf, load_word_vectors, template_embeddings
@@ -342,30 +340,24 @@ class MetaLog(Detector):
         return steps_from_units(windows, seqs, self.score_sequences(seqs))
 
     # ------------------------------------------------------------ persistence
-    def save(self, directory: str | Path) -> None:
+    def state(self) -> dict[str, torch.Tensor]:
         if self.module is None:
             raise RuntimeError("metalog: nothing to save before fit")
-        with atomic_dir(directory) as tmp:
-            meta = {"detector": self.name, "config": dataclasses.asdict(self.config), "seed": self.seed,
-                    "llm": dataclasses.asdict(self.llm)}
-            (tmp / "config.json").write_text(dumps_json(meta))
-            (tmp / "vocabulary.json").write_text(dumps_json({"templates": self.vocab.templates,
-                                                             "idf": self.idf.to_json()}))
-            state = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-            state["embeddings"] = self.embeddings.contiguous()
-            save_file(state, str(tmp / "model.safetensors"))
+        state = {f"module.{k}": v for k, v in self.module.state_dict().items()}
+        state["embeddings"] = self.embeddings
+        return state
 
-    @classmethod
-    def load(cls, directory: str | Path, schema: FeatureSchema) -> "MetaLog":
-        directory = Path(directory)
-        meta = json.loads((directory / "config.json").read_text())
-        det = cls(build(cls.Config, meta["config"], where=cls.name), schema,
-                  build(LLMParams, meta["llm"], where="llm"), meta["seed"])
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.embeddings = state.pop("embeddings")
+        self._build(self.embeddings.shape[1])
+        self.module.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+
+    def save_extra(self, directory: Path) -> None:
+        (directory / "vocabulary.json").write_text(dumps_json({"templates": self.vocab.templates,
+                                                               "idf": self.idf.to_json()}))
+
+    def load_extra(self, directory: Path) -> None:
         vocab = json.loads((directory / "vocabulary.json").read_text())
-        det.vocab = Vocabulary(vocab["templates"])
-        det.idf = Idf.from_json(vocab["idf"])
-        state = load_file(str(directory / "model.safetensors"))
-        det.embeddings = state.pop("embeddings")
-        det._build(det.embeddings.shape[1])
-        det.module.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-        return det
+        self.vocab = Vocabulary(vocab["templates"])
+        self.idf = Idf.from_json(vocab["idf"])
