@@ -23,17 +23,20 @@ import polars as pl
 
 from stages.core.cli import run_stage
 from stages.core.errors import InputError
+from stages.core.bootstrap import block_bootstrap_ci
 from stages.core.evaluation import (
     ThresholdParams,
-    choose_threshold,
     evaluate,
-    evaluate_by_kind,
+    evaluate_by_group,
     pr_curve,
     score_series,
+    stream_thresholds,
     write_metrics_json,
 )
-from stages.core.io import atomic_dir, read_json
-from stages.core.params import build, load_raw
+from stages.core.protocol import ProtocolParams, visible_labels
+from stages.core.device import deterministic_threads
+from stages.core.io import read_json, staged_targets
+from stages.core.params import build, load_checked
 from stages.core.windowset import WindowSet, load_split, windows_dir
 
 log = logging.getLogger("stages.evaluate")
@@ -46,8 +49,17 @@ class EvaluateParams:
     threshold: ThresholdParams = field(default_factory=ThresholdParams)
     series_points: int = 2000  # rows of scores.csv / fusion.csv (max-score bucketing keeps spikes)
     pr_points: int = 200  # rows of pr.csv
+    vus_window: int = 100  # VUS buffer length in steps (TSB-AD's get_metrics default)
+    bootstrap: int = 200  # block-bootstrap resamples over test events for the 95% intervals (0 = none)
+    interval_level: float = 0.95
 
     def validate(self) -> None:
+        if self.vus_window < 0:
+            raise InputError("params.yaml", "evaluate.vus_window", "a non-negative number of steps", self.vus_window)
+        if self.bootstrap < 0:
+            raise InputError("params.yaml", "evaluate.bootstrap", "a non-negative number of resamples", self.bootstrap)
+        if not 0 < self.interval_level < 1:
+            raise InputError("params.yaml", "evaluate.interval_level", "a level in (0, 1)", self.interval_level)
         if self.series_points < 10:
             raise InputError("params.yaml", "evaluate.series_points", "at least 10", self.series_points)
         if self.pr_points < 2:
@@ -124,6 +136,14 @@ def load_detector(models_root: Path, ds: str, detector: str, schema) -> tuple[An
     return detector_class(detector).load(det_dir, schema), train_info
 
 
+def same_steps(scores: np.ndarray, ws: WindowSet) -> np.ndarray:
+    """Every detector is judged on the same steps: those a windowed detector can score (the steps
+    before the first window's newest ``stride`` steps have no full window, so no detector scores them)."""
+    out = np.asarray(scores, dtype=np.float64).copy()
+    out[: max(0, ws.window - min(ws.stride, ws.window))] = np.nan
+    return out
+
+
 def _num(info: dict, key: str, path: Path) -> float | None:
     v = info.get(key)
     if v is None:
@@ -138,7 +158,8 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         word_pca_root: Path = Path("models/word_pca")) -> dict:
     from stages.embed_pca import load_word_pca
 
-    raw = load_raw() if raw is None else raw
+    raw = load_checked() if raw is None else raw
+    deterministic_threads()
     params = build(EvaluateParams, raw.get("evaluate"), where="evaluate")
     wdir = windows_dir(ds, windows_root)
     word_pca = load_word_pca(word_pca_root)
@@ -147,18 +168,22 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     det, train_info = load_detector(models_root, ds, detector, test.schema)
     train_json = Path(models_root) / ds / detector / "train.json"
 
-    # 1. threshold from validation *scores*; val.labels is never read. The contamination rule may
-    #    use the labels of the few-shot training span (training labels, not evaluation labels).
+    # 1. thresholds from scores only: calibrated on validation scores (val.labels is never read) and,
+    #    for DSPOT, updated online through the test span with its non-alarming scores. Only the
+    #    `contamination` rule reads labels: those of the first k faults of the few-shot training span.
     if params.threshold.method == "contamination" and params.threshold.contamination is None:
-        fewshot_labels = load_split(wdir, "fewshot", word_pca).labels
+        protocol = build(ProtocolParams, raw.get("protocol"), where="protocol")
+        fewshot = load_split(wdir, "fewshot", word_pca)
+        seen, k = visible_labels(fewshot.labels, "fewshot_labels", protocol.labelled_events)
         params = dataclasses.replace(params, threshold=dataclasses.replace(
-            params.threshold, contamination=float(fewshot_labels.mean())))
-        log.info("%s/%s: contamination %.3f estimated from the labelled few-shot span", ds, detector,
-                 params.threshold.contamination)
+            params.threshold, contamination=float(seen.mean())))
+        log.info("%s/%s: contamination %.3f from the labels of the first %d few-shot training faults", ds,
+                 detector, params.threshold.contamination, k)
     val_scores = det.score(val)
-    threshold = choose_threshold(val_scores, params.threshold)
-    log.info("%s/%s: %s threshold %.6g from %d validation steps", ds, detector, params.threshold.method,
-             threshold, int(np.isfinite(val_scores).sum()))
+    if not np.isfinite(val_scores).any():
+        raise InputError(Path(models_root) / ds / detector, "validation scores",
+                         f"finite scores from {detector} on the validation split (all {len(val_scores)} are NaN/inf: "
+                         "the model diverged or the split is shorter than a window)")
 
     # 2. score the test span, timed
     t0 = time.perf_counter()
@@ -166,17 +191,33 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     score_seconds = time.perf_counter() - t0
     if test_scores.shape != (test.n_steps,):
         raise ValueError(f"{detector}.score returned shape {test_scores.shape}, expected ({test.n_steps},)")
+    val_scores, test_scores = same_steps(val_scores, val), same_steps(test_scores, test)
+    thresholds = stream_thresholds(val_scores, test_scores, params.threshold)
+    log.info("%s/%s: %s threshold from %d validation steps (test: median %.6g, last %.6g)", ds, detector,
+             params.threshold.method, int(np.isfinite(val_scores).sum()), float(np.nanmedian(thresholds)),
+             float(thresholds[-1]))
     explain = det.explain(test) or {}
     device = getattr(det, "device", "cpu")
 
     # 3. metrics (test labels are read only here)
-    metrics: dict[str, Any] = evaluate(test_scores, test.labels, threshold, step_s=test.schema.step_s)
-    metrics["by_kind"] = evaluate_by_kind(test_scores, test.labels, test.kinds, threshold, test.schema.step_s)
+    step_s = test.schema.step_s
+    metrics: dict[str, Any] = evaluate(test_scores, test.labels, thresholds, step_s=step_s,
+                                       vus_window=params.vus_window)
+    metrics["by_kind"] = evaluate_by_group(test_scores, test.labels, test.kinds, thresholds, step_s)
+    if (test.severity[test.labels > 0] != "").any():
+        metrics["by_severity"] = evaluate_by_group(test_scores, test.labels, test.severity, thresholds, step_s)
+    if params.bootstrap:
+        ci = block_bootstrap_ci(test_scores, test.labels, thresholds, n_boot=params.bootstrap,
+                                level=params.interval_level, seed=0, vus_window=params.vus_window)
+        metrics["ci"] = {k: list(v) for k, v in ci.items()}
     train_peak = _num(train_info, "peak_memory_mb", train_json)
     score_peak = scoring_peak_memory_mb(device)
     metrics.update(
         dataset=ds, detector=detector, threshold_method=params.threshold.method,
         contamination=params.threshold.contamination,
+        protocol=train_info.get("protocol"), labelled_events=train_info.get("labelled_events"),
+        data_share=train_info.get("data_share"), windows_digest=train_info.get("windows_digest"),
+        normal_only=bool(train_info.get("normal_only", False)),
         n_test_windows=len(test), n_val_windows=len(val), n_train_windows=train_info.get("n_train_windows"),
         train_seconds=_num(train_info, "train_seconds", train_json),
         score_seconds=score_seconds,
@@ -189,23 +230,27 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         metrics["explain"] = scalars
 
     # 4. plot data, all computed before anything is written
-    series = score_series(test.ts, test_scores, test.labels, threshold, params.series_points)
-    scores_df = pl.DataFrame(series, schema={"t": pl.Int64, "ts": pl.String, "score": pl.Float64,
-                                             "label": pl.Int64, "alarm": pl.Int64}, orient="row") \
-        if series else pl.DataFrame(schema={"t": pl.Int64, "ts": pl.String, "score": pl.Float64,
-                                            "label": pl.Int64, "alarm": pl.Int64})
+    series = score_series(test.ts, test_scores, test.labels, float(np.nanmedian(thresholds)), params.series_points)
+    for row in series:  # the alarm and threshold in force at that step (DSPOT moves it)
+        row["threshold"] = float(thresholds[row["t"]])
+        row["alarm"] = int(test_scores[row["t"]] > thresholds[row["t"]])
+    series_schema = {"t": pl.Int64, "ts": pl.String, "score": pl.Float64, "threshold": pl.Float64,
+                     "label": pl.Int64, "alarm": pl.Int64}
+    scores_df = (pl.DataFrame([{k: r.get(k) for k in series_schema} for r in series], schema=series_schema,
+                              orient="row") if series else pl.DataFrame(schema=series_schema))
     pr_df = pl.DataFrame(pr_curve(test_scores, test.labels, params.pr_points),
                          schema={"recall": pl.Float64, "precision": pl.Float64, "threshold": pl.Float64})
     weights = explained_series(explain, test.n_steps)
     fusion_df = fusion_frame(test.ts, weights, params.series_points) if weights else None
 
-    out_dir = Path(metrics_root) / ds / detector
-    with atomic_dir(out_dir) as tmp:
+    # plot data and the metrics file are published together, all-or-nothing
+    with staged_targets(Path(metrics_root) / ds / detector, Path(metrics_root) / ds / f"{detector}.json") as (tmp, js):
+        tmp.mkdir()
         _csv(scores_df, tmp / "scores.csv")
         _csv(pr_df, tmp / "pr.csv")
         if fusion_df is not None:
             _csv(fusion_df, tmp / "fusion.csv")
-    write_metrics_json(Path(metrics_root) / ds / f"{detector}.json", metrics)
+        write_metrics_json(js, metrics)
     log.info("%s/%s: AUC-PR %s, F1 %s at threshold, event recall %s, %.0f windows/s", ds, detector,
              _fmt(metrics["auc_pr"]), _fmt(metrics["f1"]), _fmt(metrics["event_recall"]),
              metrics["score_windows_per_s"] or 0.0)

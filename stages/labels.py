@@ -14,11 +14,12 @@ import polars as pl
 from stages.core.cli import run_stage
 from stages.core.frames import empty
 from stages.core.io import write_parquet
-from stages.core.params import build, dataset as dataset_params, load_raw
+from stages.core.params import build, dataset as dataset_params, load_checked
+from stages.features.fault_truth import add_severity, read_truth
 from stages.features.label_grid import clean_faults, label_grid
 from stages.features.params import LabelsParams
 from stages.features.publish import staged_outputs
-from stages.formats import read_modality
+from stages.formats import data_time_range, read_modality
 
 log = logging.getLogger("stages.labels")
 FEATURES_ROOT = Path("data/features")
@@ -26,7 +27,7 @@ OUTPUTS = ["labels.parquet", "faults.parquet"]
 
 
 def run(dataset: str, raw_params: dict | None = None) -> dict:
-    raw = load_raw() if raw_params is None else raw_params
+    raw = load_checked() if raw_params is None else raw_params
     ds = dataset_params(dataset, raw)
     params = build(LabelsParams, raw.get("labels"), where="labels")
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
@@ -35,7 +36,9 @@ def run(dataset: str, raw_params: dict | None = None) -> dict:
             log.warning("%s: the dump has no fault record; every step counts as normal", dataset)
             faults = empty("faults")
         faults = clean_faults(faults, source=ds.raw)
-        labels = label_grid(faults, ds.step_s, params.margin_s)
+        data_range = data_time_range(ds.format, Path(ds.raw), ds.offsets, modalities=("metrics",))
+        labels = label_grid(faults, ds.step_s, params.margin_s, data_range=data_range)
+        labels = add_severity(labels, read_truth(Path(ds.raw)), ds.step_s)
         write_parquet(labels, tmp / "labels.parquet")
         write_parquet(faults, tmp / "faults.parquet")
     summary = {

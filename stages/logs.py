@@ -13,7 +13,7 @@ from pathlib import Path
 from stages.core.cli import run_stage
 from stages.core.frames import empty
 from stages.core.io import write_parquet
-from stages.core.params import build, dataset as dataset_params, load_raw
+from stages.core.params import build, dataset as dataset_params, load_checked
 from stages.features.log_templates import log_counts, mine_templates, save_miners
 from stages.features.params import LogsParams
 from stages.features.publish import staged_outputs
@@ -25,7 +25,7 @@ OUTPUTS = ["log_templates.parquet", "log_counts.parquet", "log_events.parquet", 
 
 
 def run(dataset: str, raw_params: dict | None = None) -> dict:
-    raw = load_raw() if raw_params is None else raw_params
+    raw = load_checked() if raw_params is None else raw_params  # params.yaml as a whole checked first
     ds = dataset_params(dataset, raw)
     params = build(LogsParams, raw.get("logs"), where="logs")
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:

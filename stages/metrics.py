@@ -12,7 +12,7 @@ from pathlib import Path
 from stages.core.cli import run_stage
 from stages.core.frames import empty
 from stages.core.io import write_json, write_parquet
-from stages.core.params import SplitParams, build, dataset as dataset_params, load_raw
+from stages.core.params import build, effective_split, dataset as dataset_params, load_checked
 from stages.features.metric_matrix import metric_matrix
 from stages.features.params import MetricsParams
 from stages.features.publish import staged_outputs
@@ -24,9 +24,9 @@ OUTPUTS = ["metrics.parquet", "metrics_stats.json"]
 
 
 def run(dataset: str, raw_params: dict | None = None) -> dict:
-    raw = load_raw() if raw_params is None else raw_params
+    raw = load_checked() if raw_params is None else raw_params  # params.yaml as a whole checked first
     ds = dataset_params(dataset, raw)
-    split = build(SplitParams, raw.get("split"), where="split")
+    split = effective_split(dataset, raw)  # global split with datasets.<ds>.split overrides
     params = build(MetricsParams, raw.get("metrics"), where="metrics")
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
         points = read_modality(ds.format, Path(ds.raw), "metrics", ds.offsets)

@@ -11,7 +11,7 @@ import sys
 
 from stages.core.cli import run_stage
 from stages.core.errors import InputError
-from stages.core.params import PARAMS_FILE, build, dataset, load_raw
+from stages.core.params import PARAMS_FILE, build, dataset, load_checked
 from stages.simulate.generate import generate
 from stages.simulate.params import SynthParams
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> None:
-        raw = load_raw()
+        raw = load_checked(deep=True)  # the first stage of the DAG checks every section once
         ds = dataset(args.dataset, raw)
         if not ds.synthetic:
             # Never overwrite a real dump that a dataset entry points at.

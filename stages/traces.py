@@ -13,7 +13,7 @@ from pathlib import Path
 from stages.core.cli import run_stage
 from stages.core.frames import empty
 from stages.core.io import write_json, write_parquet
-from stages.core.params import SplitParams, build, dataset as dataset_params, load_raw
+from stages.core.params import build, effective_split, dataset as dataset_params, load_checked
 from stages.features.params import TracesParams
 from stages.features.publish import staged_outputs
 from stages.features.trace_features import trace_features
@@ -25,16 +25,17 @@ OUTPUTS = ["trace_aggregates.parquet", "call_graph.json", "trace_series.parquet"
 
 
 def run(dataset: str, raw_params: dict | None = None) -> dict:
-    raw = load_raw() if raw_params is None else raw_params
+    raw = load_checked() if raw_params is None else raw_params  # params.yaml as a whole checked first
     ds = dataset_params(dataset, raw)
-    split = build(SplitParams, raw.get("split"), where="split")
+    split = effective_split(dataset, raw)  # global split with datasets.<ds>.split overrides
     params = build(TracesParams, raw.get("traces"), where="traces")
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
         spans = read_modality(ds.format, Path(ds.raw), "traces", ds.offsets)
         if spans is None:
             log.warning("%s: the dump has no traces; writing empty trace tables", dataset)
             spans = empty("traces")
-        out = trace_features(spans, ds.step_s, split, params.max_gap_s, params.min_edge_count, source=ds.raw)
+        out = trace_features(spans, ds.step_s, split, params.max_gap_s, params.min_edge_count, source=ds.raw,
+                             params=params)
         write_parquet(out["aggregates"], tmp / "trace_aggregates.parquet")
         write_json(out["graph"], tmp / "call_graph.json")
         write_parquet(out["series"], tmp / "trace_series.parquet")

@@ -16,42 +16,22 @@ import logging
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from stages.core.cli import run_stage
 from stages.core.errors import InputError
-from stages.core.io import atomic_dir, dumps_json, write_text
-from stages.core.params import LLMParams, build, load_raw
+from stages.core.device import deterministic_threads
+from stages.core.io import dumps_json, read_json, staged_targets
+from stages.core.params import LLMParams, build, dataset as dataset_params, load_checked
+from stages.core.protocol import ProtocolParams, visible_labels, windows_digest
 from stages.core.windowset import load_split, windows_dir
 from stages.embed_pca import load_word_pca
 from stages.nets.registry import detector_class
 
 log = logging.getLogger("stages.train")
-
-
-@dataclass(frozen=True)
-class TrainStageParams:
-    """Which split trains the detectors: the few-shot subset (default) or the whole training span.
-
-    Label-supervised log methods (MetaLog, the xLSTM detector) are few-shot in *labels*, not in
-    data: the papers give them the target's training span with few labelled anomalies, so they
-    may name another split here.
-    """
-
-    split: str = "fewshot"
-    split_by_detector: dict[str, str] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        for key, value in {"train.split": self.split, **{f"train.split_by_detector.{k}": v
-                                                       for k, v in self.split_by_detector.items()}}.items():
-            if value not in ("fewshot", "train"):
-                raise InputError("params.yaml", key, "'fewshot' or 'train'", value)
-
-    def split_for(self, detector: str) -> str:
-        return self.split_by_detector.get(detector, self.split)
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:
@@ -75,24 +55,42 @@ def curve_csv(history: dict[str, list[float]]) -> str:
 def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Path("data/windows"),
         models_root: Path = Path("models"), metrics_root: Path = Path("metrics"),
         word_pca_root: Path = Path("models/word_pca")) -> dict:
-    raw = load_raw() if raw is None else raw
-    seed = int(raw.get("seed", 0))
-    tp = build(TrainStageParams, raw.get("train"), where="train")
+    raw = load_checked() if raw is None else raw
+    threads = deterministic_threads()  # same bits on any machine of this kind (README, "Repeatability")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError("params.yaml", "seed", "an integer", seed)
+    protocol = build(ProtocolParams, raw.get("protocol"), where="protocol")
     llm = build(LLMParams, raw.get("llm"), where="llm")
     cls = detector_class(detector)
+    dsp = dataset_params(ds, raw)
     wdir = windows_dir(ds, windows_root)
     word_pca = load_word_pca(word_pca_root)
-    split = tp.split_for(detector)
+    split = "fewshot"  # every detector of every protocol learns from the same few-shot data subset
     train = load_split(wdir, split, word_pca)
+    train_range = read_json(wdir / "splits.json")["ranges"]["train"]
+    full_train_steps = int(train_range[1] - train_range[0])
+    proto = protocol.protocol_for(detector)
+    if dsp.train_normal_only:
+        keep = train.window_labels() == 0
+        if not keep.any():
+            raise InputError("params.yaml", f"datasets.{ds}.train_normal_only",
+                             "few-shot windows without any anomalous step (none has: raise split.fewshot_percent "
+                             "or shorten windows.length for this dataset)", f"0 of {len(train.starts)}")
+        log.info("%s: training on the %d of %d few-shot windows labelled normal (datasets.%s.train_normal_only)",
+                 ds, int(keep.sum()), len(keep), ds)
+        train.starts = train.starts[keep]
+    train.labels, n_labelled = visible_labels(train.labels, proto, protocol.labelled_events)
     val = load_split(wdir, "val", word_pca)
+    val.labels = np.zeros_like(val.labels)  # validation only early-stops and calibrates: never its labels
     det = cls.from_params(raw.get(detector), train.schema, llm, seed)
-    available = list(raw.get("pipeline", {}).get("datasets", []))
     sources = {s: load_split(windows_dir(s, windows_root), "train", word_pca)
-               for s in det.source_datasets(ds, available) if s != ds}
+               for s in det.source_datasets(ds, list(dsp.sources)) if s != ds}
 
     fingerprint = hashlib.sha256(json.dumps(
         {"ds": ds, "det": detector, "cfg": raw.get(detector), "llm": raw.get("llm"), "seed": seed,
-         "split": split, "grid": (wdir / "splits.json").read_text()}, sort_keys=True, default=str).encode()
+         "split": split, "protocol": [proto, protocol.labelled_events], "sources": sorted(sources),
+         "grid": (wdir / "splits.json").read_text()}, sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
     ckpt_root = models_root / ".checkpoints" / ds / detector / fingerprint
     if hasattr(det, "checkpoint_dir"):
@@ -106,14 +104,20 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     info = {
         "dataset": ds, "detector": detector, "train_seconds": seconds, "device": str(device),
         "peak_memory_mb": peak_memory_mb(device), "n_train_windows": len(train), "n_val_windows": len(val),
-        "train_split": split, "train_windows_per_s": len(train) * max(1, len(history.get("epoch", [1]))) / seconds
+        "train_split": split, "protocol": proto, "labelled_events": n_labelled,
+        "normal_only": dsp.train_normal_only,
+        "data_share": train.n_steps / max(1, full_train_steps),
+        "windows_digest": windows_digest(train.ts, train.starts),
+        "train_windows_per_s": len(train) * max(1, len(history.get("epoch", [1]))) / seconds
         if seconds > 0 else None, "sources": sorted(sources), "history": history,
     }
-    out = models_root / ds / detector
-    with atomic_dir(out) as tmp:
+    info["threads"] = threads
+    # the model folder and its training curve are published together, all-or-nothing
+    with staged_targets(models_root / ds / detector, metrics_root / "train" / ds / f"{detector}.csv") as (tmp, curve):
+        tmp.mkdir()
         det.save(tmp / "detector")
         (tmp / "train.json").write_text(dumps_json(info))
-    write_text(curve_csv(history), metrics_root / "train" / ds / f"{detector}.csv")
+        curve.write_text(curve_csv(history))
     shutil.rmtree(ckpt_root, ignore_errors=True)
     log.info("%s/%s: trained in %.1f s", ds, detector, seconds)
     return info

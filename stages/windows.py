@@ -13,26 +13,28 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from stages.core.io import atomic_dir, dumps_json, write_json
+from stages.core.io import dumps_json, staged_targets, write_json
 from stages.core.cli import run_stage
-from stages.core.params import SplitParams, build, dataset, load_raw
+from stages.core.params import SplitParams, dataset, effective_section, load_checked
 from stages.core.windowset import FeatureSchema
 from stages.windowing.align import (EDGE_FEATURES, WindowParams, align, check_no_leak, check_split_labels,
-                                    overlap_report, split_ranges)
+                                    fewshot_blocks, overlap_report, split_ranges)
+from stages.windowing.oracle import best_single_column
 
 log = logging.getLogger("stages.windows")
 
 
 def run(ds: str, raw: dict | None = None, features_root: Path = Path("data/features"),
         out_root: Path = Path("data/windows"), metrics_root: Path = Path("metrics")) -> dict:
-    raw = load_raw() if raw is None else raw
+    raw = load_checked() if raw is None else raw
     dsp = dataset(ds, raw)
-    wp = build(WindowParams, raw.get("windows"), where="windows")
-    split = build(SplitParams, raw.get("split"), where="split")
+    wp = effective_section(WindowParams, "windows", ds, raw)
+    split = effective_section(SplitParams, "split", ds, raw)
     features = features_root / ds
     al = align(features, dsp.step_s, wp)
     ranges = split_ranges(len(al.ts), wp.length, split)
-    counts = check_split_labels(al.labels, ranges)
+    blocks = fewshot_blocks(ranges["train"][1], wp.length, split)
+    counts = check_split_labels(al.labels, ranges, blocks)
     check_no_leak(features, al.ts, ranges)
 
     templates_df = pl.read_parquet(features / "log_templates.parquet").sort("template_id")
@@ -59,8 +61,8 @@ def run(ds: str, raw: dict | None = None, features_root: Path = Path("data/featu
     emb_path = features / "template_embeddings.npy"
 
     def windows_in(name: str) -> int:
-        s, e = ranges[name]
-        return max(0, (e - s - wp.length) // wp.stride + 1)
+        spans = blocks if name == "fewshot" else [ranges[name]]
+        return sum(max(0, (e - s - wp.length) // wp.stride + 1) for s, e in spans)
 
     for name in counts:
         counts[name]["windows"] = windows_in(name)
@@ -69,21 +71,26 @@ def run(ds: str, raw: dict | None = None, features_root: Path = Path("data/featu
         "channels": {"metrics": schema.n_metric, "trace_edges": schema.n_edges, "log_columns": schema.n_log,
                      "templates": len(templates), "log_events": int(len(log_events))},
         "splits": counts, "overlap": overlap_report(al.spans),
+        "fewshot": {"layout": split.fewshot_layout, "blocks": len(blocks),
+                    "share_of_train": counts["fewshot"]["steps"] / max(1, ranges["train"][1] - ranges["train"][0])},
+        "oracle_best_single_column": best_single_column(al, ranges["test"]),
         "grid": {"first_ts": int(al.ts[0]), "last_ts": int(al.ts[-1]), "how": wp.grid},
     }
-    with atomic_dir(out_root / ds) as tmp:
+    # the windows folder and its metrics file are published together, all-or-nothing
+    with staged_targets(out_root / ds, metrics_root / "data" / f"{ds}.json") as (tmp, metrics_path):
+        tmp.mkdir()
         with open(tmp / "grid.npz", "wb") as fh:
             np.savez(fh, ts=al.ts, metric=al.metric, trace=al.trace, log=al.log, labels=al.labels,
-                     kinds=al.kinds.astype("U64"), log_events=log_events)
+                     kinds=al.kinds.astype("U64"), severity=al.severity.astype("U16"), log_events=log_events)
         (tmp / "schema.json").write_text(dumps_json(schema.to_json()))
-        (tmp / "splits.json").write_text(dumps_json({"ranges": ranges, "window": wp.length, "stride": wp.stride,
-                                                     "counts": counts}))
+        (tmp / "splits.json").write_text(dumps_json({"ranges": ranges, "fewshot_blocks": blocks, "window": wp.length,
+                                                     "stride": wp.stride, "counts": counts}))
         if emb_path.exists():
             emb = np.load(emb_path)
             if len(emb) != len(templates):
                 raise ValueError(f"{emb_path}: {len(emb)} embeddings for {len(templates)} templates")
             np.save(tmp / "template_embeddings.npy", emb)
-    write_json(summary, metrics_root / "data" / f"{ds}.json")
+        write_json(summary, metrics_path)
     for name, c in counts.items():
         log.info("%s %-7s steps=%d windows=%d anomalous_steps=%d", ds, name, c["steps"], c["windows"],
                  c["anomalous_steps"])

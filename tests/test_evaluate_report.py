@@ -79,8 +79,12 @@ def test_evaluate_writes_metrics_and_plot_data(workdir):
     for key in ("auc_pr", "auc_roc", "precision", "recall", "f1", "event_recall", "mean_delay_s", "pa_f1",
                 "best_f1_oracle", "best_f1_oracle_pa", "threshold", "n_steps", "n_anomalous", "n_events",
                 "train_seconds", "score_windows_per_s", "peak_memory_mb", "device", "n_test_windows",
-                "detector", "dataset"):
+                "detector", "dataset", "vus_pr", "vus_roc", "event_precision", "event_f1", "ci", "protocol",
+                "threshold_final"):
         assert key in saved, key
+    assert set(saved["ci"]) == {"auc_pr", "vus_pr", "event_f1"}
+    lo, hi = saved["ci"]["auc_pr"]
+    assert lo <= saved["auc_pr"] <= hi
     assert saved["n_events"] == 3 and saved["n_test_windows"] == len(range(0, 104 - WINDOW + 1, STRIDE))
     assert saved["auc_pr"] > 0.5 and saved["event_recall"] == 1.0
     assert saved["train_seconds"] == 1.5 and saved["device"] == "cpu" and saved["peak_memory_mb"] >= 10.0
@@ -88,7 +92,8 @@ def test_evaluate_writes_metrics_and_plot_data(workdir):
     assert m["threshold"] == pytest.approx(saved["threshold"], abs=1e-6)  # JSON keeps 6 decimals
 
     scores = pl.read_csv(workdir / "metrics" / "eval" / DS / "pca" / "scores.csv")
-    assert scores.columns == ["t", "ts", "score", "label", "alarm"]
+    assert scores.columns == ["t", "ts", "score", "threshold", "label", "alarm"]
+    assert ((scores["score"] > scores["threshold"]).cast(pl.Int64) == scores["alarm"]).all()
     assert 0 < scores.height <= 50 and scores["label"].sum() > 0
     pr = pl.read_csv(workdir / "metrics" / "eval" / DS / "pca" / "pr.csv")
     assert pr.columns == ["recall", "precision", "threshold"] and pr["recall"].max() == 1.0
@@ -156,14 +161,16 @@ def test_report_tables_and_missing(workdir, caplog):
         summary = report_stage.run(raw=raw)
     assert sorted(summary["missing"]) == ["absent/pca", "absent/random", f"{DS}/random"]
     saved = json.loads((workdir / "metrics" / "summary.json").read_text())
-    assert set(saved) == {"by_dataset", "mean_by_detector", "missing"}
+    assert {"by_dataset", "mean_by_detector", "missing", "protocol_of", "threshold_method"} <= set(saved)
     row = saved["by_dataset"][DS]["pca"]
     assert row["auc_pr"] == json.loads((workdir / "metrics" / "eval" / DS / "pca.json").read_text())["auc_pr"]
     assert saved["mean_by_detector"]["pca"]["n_datasets"] == 1
     md = (workdir / "metrics" / "summary.md").read_text()
-    assert "| dataset | detector | AUC-PR | AUC-ROC | P | R | F1 | event recall |" in md
-    assert f"| {DS} | pca | **{row['auc_pr']:.3f}** |" in md
-    assert f"| {DS} | random | — |" in md and "missing" in md
+    assert "| detector | data | labelled events | AUC-PR | VUS-PR | AUC-ROC |" in md
+    lo, hi = row["ci"]["auc_pr"]
+    assert f"| pca (floor) | — | 0 | **{row['auc_pr']:.3f} [{lo:.3f}, {hi:.3f}]** |" in md
+    assert "| random (floor) | — | — | missing |" in md and "protocol `unsupervised`" in md
+    assert "reads validation scores" in md  # the header says what the threshold rule read
     assert "best-F1 (oracle)" in caplog.text and "absent/pca" in caplog.text
 
 

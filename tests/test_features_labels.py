@@ -55,3 +55,31 @@ def test_faults_are_sorted_canonically():
     f = clean_faults(faults([(50, 60, "b", "y"), (10, 20, "a", "x")]))
     assert f.columns == ["start_ts", "end_ts", "entity", "kind"]
     assert f["entity"].to_list() == ["a", "b"]
+
+
+def test_grid_never_extends_past_the_data(caplog):
+    """A fault a year away (or one crossing the data's edge) must not stretch the grid (issue 10)."""
+    year = 365 * 86_400
+    f = clean_faults(faults([
+        (100.0, 160.0, "a", "cpu"),
+        (500.0, 2000.0, "b", "mem"),  # crosses the end of the data: clipped
+        (100.0 + year, 200.0 + year, "c", "disk"),  # a year later: dropped
+        (-5000.0, -4000.0, "d", "net"),  # before the data: dropped
+    ]))
+    with caplog.at_level("WARNING"):
+        lab = label_grid(f, 10, margin_s=600, data_range=(0, 1000 * S))
+    assert lab["ts"].min() == 0 and lab["ts"].max() == 1000 * S and lab.height == 101
+    assert lab["label"].sum() == 6 + 50  # [100, 160) and [500, 1000]
+    assert set(lab["kind"].unique()) == {"", "cpu", "mem"}
+    assert "2 fault(s) lie wholly outside the data" in caplog.text and "disk on c at 1971-01-01" in caplog.text
+    assert "1 fault(s) cross the edge of the data" in caplog.text and "mem on b" in caplog.text
+
+
+def test_all_faults_outside_the_data_give_an_empty_grid(caplog):
+    f = clean_faults(faults([(5000.0, 5100.0, "a", "cpu")]))
+    with caplog.at_level("WARNING"):
+        lab = label_grid(f, 10, 60, data_range=(0, 1000 * S))
+    assert lab.height == 0 and "no faults inside the data" in caplog.text
+    # without a data range the grid follows the faults, as before
+    assert label_grid(f, 10, 0)["ts"].to_list() == [5000 * S, 5010 * S, 5020 * S, 5030 * S, 5040 * S, 5050 * S,
+                                                    5060 * S, 5070 * S, 5080 * S, 5090 * S, 5100 * S]

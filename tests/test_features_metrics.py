@@ -22,9 +22,9 @@ def points(rows: list[tuple[float, str, str, float]]) -> pl.DataFrame:
 
 
 def raw_values(frame: pl.DataFrame, stats: dict, col: str) -> np.ndarray:
-    """Undo the z-score to compare with hand-computed step values."""
+    """Undo the scaling (valid for unclipped cells) to compare with hand-computed step values."""
     s = stats["columns"][col]
-    return frame[col].to_numpy().astype(np.float64) * s["std"] + s["mean"]
+    return frame[col].to_numpy().astype(np.float64) * s["scale"] + s["centre"]
 
 
 def test_grid_is_aligned_to_the_step_and_holds_step_means():
@@ -37,9 +37,12 @@ def test_grid_is_aligned_to_the_step_and_holds_step_means():
     assert frame.schema["a/cpu"] == pl.Float32 and frame.schema["ts"] == pl.Int64
     # cutoff = 10 + 0.5 * 30 = 25 s → training steps 10, 20 with means 2, 5
     assert stats["fit_until_ts"] == 25 * S
-    assert stats["columns"]["a/cpu"]["mean"] == pytest.approx(3.5)
-    assert stats["columns"]["a/cpu"]["std"] == pytest.approx(1.5)
-    np.testing.assert_allclose(raw_values(frame, stats, "a/cpu"), [2.0, 5.0, 10.0, 20.0], rtol=1e-6)
+    col = stats["columns"]["a/cpu"]
+    assert col["centre"] == pytest.approx(3.5)  # median
+    assert col["scale"] == pytest.approx(1.5 / 1.349) and col["bound"] == "spread"  # IQR 2.75..4.25
+    np.testing.assert_allclose(raw_values(frame, stats, "a/cpu")[:3], [2.0, 5.0, 10.0], rtol=1e-6)
+    assert frame["a/cpu"][3] == 10.0  # (20 - 3.5) / 1.11 = 14.8, clipped to metrics.clip
+    assert stats["normalisation"]["clip"] == 10.0 and stats["normalisation"]["clipped_share_train"] == 0.0
 
 
 def test_out_of_order_and_duplicate_timestamps_give_the_same_matrix():
@@ -54,14 +57,15 @@ def test_gaps_are_forward_filled_up_to_the_limit_then_take_the_training_mean():
     # observed at steps 0, 1, 2, 7; steps 3..6 missing; max_gap_steps=2 fills 3 and 4 only
     df = points([(0, "a", "m", 1.0), (10, "a", "m", 2.0), (20, "a", "m", 3.0), (70, "a", "m", 10.0),
                  (95, "a", "m", 0.0)])
-    frame, stats = metric_matrix(df, 10, SplitParams(train=0.4, val=0.3, test=0.3), MetricsParams(max_gap_steps=2))
+    frame, stats = metric_matrix(df, 10, SplitParams(train=0.4, val=0.3, test=0.3),
+                                 MetricsParams(max_gap_steps=2, clip=100))
     z = frame["a/m"].to_numpy()
     col = stats["columns"]["a/m"]
     # training span: ts < 36 s → steps 0..3, observed 1, 2, 3 (step 3 missing → counts as missing)
-    assert col["mean"] == pytest.approx(2.0)
+    assert col["centre"] == pytest.approx(2.0)
     assert col["missing_fraction"] == pytest.approx(0.25)
-    raw = z * col["std"] + col["mean"]
-    np.testing.assert_allclose(raw[:8], [1, 2, 3, 3, 3, 2, 2, 10], rtol=1e-6)  # steps 5, 6: training mean
+    raw = z * col["scale"] + col["centre"]
+    np.testing.assert_allclose(raw[:8], [1, 2, 3, 3, 3, 2, 2, 10], rtol=1e-6)  # steps 5, 6: training median
     assert z[5] == 0.0 and z[6] == 0.0
     assert "max_gap_steps" in stats["gap_fill"]
 
@@ -109,6 +113,10 @@ def test_bad_params_name_the_key():
         build(MetricsParams, {"max_gap_steps": -1}, where="metrics")
     with pytest.raises(InputError, match="metrics.max_gap"):
         build(MetricsParams, {"max_gap": 3}, where="metrics")
+    with pytest.raises(InputError, match="metrics.clip"):
+        build(MetricsParams, {"clip": 0}, where="metrics")
+    with pytest.raises(InputError, match="metrics.rel_floor"):
+        build(MetricsParams, {"rel_floor": -0.1}, where="metrics")
 
 
 def test_forward_fill_limit():

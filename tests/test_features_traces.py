@@ -43,7 +43,7 @@ def spans(rows=ROWS) -> pl.DataFrame:
 
 def raw(series: pl.DataFrame, stats: dict, col: str) -> np.ndarray:
     c = stats["columns"][col]
-    return series[col].to_numpy().astype(np.float64) * c["std"] + c["mean"]
+    return series[col].to_numpy().astype(np.float64) * c["scale"] + c["centre"]
 
 
 def test_stray_spans_far_from_the_main_body_are_dropped(caplog):
@@ -90,10 +90,17 @@ def test_edge_series_hand_checked():
     np.testing.assert_allclose(raw(series, stats, "fe->be/latency"), [2, 4, 2, 2, 2], rtol=1e-6)
     np.testing.assert_allclose(raw(series, stats, "fe->be/count"), np.log1p([1, 1, 2, 0, 1]), atol=1e-6)
     np.testing.assert_allclose(raw(series, stats, "fe->be/error_rate"), [1, 0, 0.5, 0, 0], atol=1e-6)
-    assert stats["columns"]["fe->be/latency"] == {"mean": 3.0, "std": 1.0, "missing_fraction": 0.0}
-    assert stats["columns"]["fe->be/error_rate"]["mean"] == pytest.approx(0.5)
-    # a column constant on the training span is only centred (std 1) and keeps its place
-    assert "fe->be/count" in stats["centred_only"] and stats["columns"]["fe->be/count"]["std"] == 1.0
+    # training steps 0 and 10: latency 2, 4 → median 3, IQR 2.5..3.5 → scale 1 / 1.349
+    assert stats["columns"]["fe->be/latency"] == {"centre": 3.0, "spread": pytest.approx(1 / 1.349),
+                                                  "scale": pytest.approx(1 / 1.349), "bound": "spread",
+                                                  "missing_fraction": 0.0}
+    assert stats["columns"]["fe->be/error_rate"]["centre"] == pytest.approx(0.5)
+    # a column constant on the training span (one call per step) takes the feature's absolute floor
+    assert stats["columns"]["fe->be/count"] == {"centre": pytest.approx(np.log1p(1)), "spread": 0.0, "scale": 0.5,
+                                                "bound": "abs_floor", "missing_fraction": 0.0}
+    assert stats["centred_only"] == []
+    # be->db: a single training call of 0.5 s → scale = 1 % of it; forward-filled, so always at the centre
+    assert stats["columns"]["be->db/latency"]["bound"] == "rel_floor"
     np.testing.assert_allclose(series["be->db/latency"].to_numpy(), 0.0)
     assert stats["transforms"]["count"] == "log1p"
 
@@ -132,6 +139,10 @@ def test_bad_spans_name_the_row():
         trace_features(spans(rows), 10, SPLIT)
     with pytest.raises(InputError, match="traces.max_gap_s"):
         build(TracesParams, {"max_gap_s": 0}, where="traces")
+    with pytest.raises(InputError, match=r"traces.abs_floor.count: expected a non-negative number"):
+        build(TracesParams, {"abs_floor": {"count": -1}}, where="traces")
+    with pytest.raises(InputError, match="traces.abs_floor.latncy"):
+        build(TracesParams, {"abs_floor": {"latncy": 0.01}}, where="traces")
 
 
 def test_no_spans_give_empty_tables():

@@ -14,6 +14,8 @@ import pytest
 from stages.core.errors import InputError
 from stages.formats import check_root, eadro, gaia, msds, read_dump, reader
 
+T0 = 1_650_000_000  # a plausible epoch second (2022-04-15): times before 2000 are an error of their own
+
 
 def _chunk(root: Path) -> Path:
     chunk = root / "TT.aDb"
@@ -75,12 +77,12 @@ def test_csv_missing_or_misspelt_column(tmp_path: Path):
 
 def test_non_numeric_metric_value_names_the_row(tmp_path: Path):
     chunk = _chunk(tmp_path)
-    rows = "".join(f"{i},{i}.5\n" for i in range(20_000)) + "20000,oops\n"  # past polars' inference window
+    rows = "".join(f"{T0 + i},{i}.5\n" for i in range(20_000)) + f"{T0 + 20000},oops\n"  # past polars' inference window
     (chunk / "metrics" / "svc.csv").write_text("timestamp,cpu\n" + rows)
     with pytest.raises(InputError, match=r"svc\.csv: row 20001 column 'cpu': expected a number, got 'oops'"):
         eadro.read_metrics(tmp_path, 0)
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "db1_0.0.0.1_cpu_2021-07-01_2021-07-31.csv").write_text("timestamp,value\n1,2\n2,x1\n")
+    (tmp_path / "m" / "db1_0.0.0.1_cpu_2021-07-01_2021-07-31.csv").write_text(f"timestamp,value\n{T0},2\n{T0 + 1},x1\n")
     with pytest.raises(InputError, match=r"cpu_2021-07-01_2021-07-31\.csv: row 2 column 'value'"):
         gaia.read_metrics(tmp_path / "m", 0)
 
@@ -90,7 +92,7 @@ def test_bad_time_names_the_row(tmp_path: Path):
     with pytest.raises(InputError, match=r"wally101_metrics\.csv: row 2 column 'now': expected a date-time"):
         msds.read_metrics(tmp_path, 0)
     (tmp_path / "wally101_metrics.csv").write_text("now,cpu\n2019-10-11 21:11:16 XYZT,1\n")
-    with pytest.raises(InputError, match=r"column 'now': expected a time zone"):
+    with pytest.raises(InputError, match=r"row 1 column 'now': expected a time zone"):
         msds.read_metrics(tmp_path, 0)
 
 
@@ -210,8 +212,9 @@ def test_wrong_top_level_is_named(tmp_path: Path):
     (chunk / "spans.json").write_text('"x"')
     with pytest.raises(InputError, match=r"top level: .*got 'str'"):
         eadro.read_traces(tmp_path, 0)
-    (chunk / "spans.json").write_text(json.dumps({"data": []}))
-    assert eadro.read_traces(tmp_path, 0).height == 0
+    (chunk / "spans.json").write_text(json.dumps({"data": []}))  # a spans file without a span: an error
+    with pytest.raises(InputError, match=r"spans\.json: expected traces rows from at least one of its 1 traces file"):
+        eadro.read_traces(tmp_path, 0)
     (chunk / "logs.json").write_text(json.dumps([["x"]]))
     with pytest.raises(InputError, match=r"logs\.json: top level: expected an object .*got 'list'"):
         eadro.read_logs(tmp_path, 0)

@@ -166,10 +166,10 @@ def test_fault_entity_rules():
 
 def test_missing_modalities_are_none(tmp_path: Path):
     (tmp_path / "TT.aDb" / "metrics").mkdir(parents=True)
-    (tmp_path / "TT.aDb" / "metrics" / "svc.csv").write_text("timestamp,cpu\n1,0.5\n")
+    (tmp_path / "TT.aDb" / "metrics" / "svc.csv").write_text("timestamp,cpu\n1650000001,0.5\n")
     assert eadro.read_logs(tmp_path, 0) is None and eadro.read_traces(tmp_path, 0) is None
     assert eadro.read_faults(tmp_path, 0) is None
-    assert eadro.read_metrics(tmp_path, 2.0)["ts"].to_list() == [3 * US]
+    assert eadro.read_metrics(tmp_path, 2.0)["ts"].to_list() == [1650000003 * US]
 
 
 @pytest.mark.parametrize("layout", ["list", "data", "zip"])

@@ -1,7 +1,8 @@
-"""InterFusion: ELBO terms, two-stage training, MCMC imputation, interpretation, detection."""
+"""InterFusion: ELBO terms, two-stage training, MCMC imputation, batch-invariant scoring, interpretation, NaN stop."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,12 +15,14 @@ from stages.nets.interfusion import (
     InterFusion,
     InterFusionConfig,
     InterFusionNet,
+    NoiseTape,
     interpretation_hit_rate,
     rank_segments,
 )
 
-TINY = {"z1_dim": 4, "z2_dim": 4, "hidden": 16, "pretrain_epochs": 1, "mcmc_steps": 3, "score_samples": 2,
-        "train": {"epochs": 6, "batch_size": 32, "lr": 5e-3, "patience": 6, "max_train_windows": 128}}
+TINY = {"z_dim": 2, "rnn_hidden": 16, "dense_hidden": 16, "flow_layers": 2, "flow_hidden": 8, "pretrain_epochs": 2,
+        "mcmc_iters": 3, "score_samples": 2, "cpu_threads": 1,
+        "train": {"epochs": 8, "batch_size": 32, "lr": 5e-3, "patience": 8, "max_train_windows": 128}}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,17 +61,19 @@ def fitted(splits):
 
 def test_elbo_terms_finite_kl_nonnegative_and_recon_improves():
     torch.manual_seed(0)
-    cfg = InterFusionConfig(z1_dim=3, z2_dim=3, hidden=8)
-    net = InterFusionNet(4, cfg)
+    cfg = InterFusionConfig(z_dim=2, rnn_hidden=8, dense_hidden=8, flow_layers=2, flow_hidden=4)
+    net = InterFusionNet(4, 12, cfg)
+    assert net.inter.latent_len == 2  # 12 → 6 → 3 → 2: the time-compressed inter-metric embedding
     x = torch.sin(torch.linspace(0, 6, 12))[None, :, None].repeat(6, 1, 4) + 0.05 * torch.randn(6, 12, 4)
     terms = net.elbo_terms(x)
-    for name in ("recon", "kl_z1", "kl_z2"):
+    for name in ("recon", "kl_e", "kl_z"):
         assert terms[name].shape == (6,) and torch.isfinite(terms[name]).all(), name
-    assert (terms["kl_z1"] >= 0).all() and (terms["kl_z2"] >= 0).all()
+    assert (terms["kl_e"] >= 0).all()
+    assert net.inter.h(torch.randn(3, 4, 2)).shape == (3, 12, 4)  # deconvolution back to the window
     stage1 = net.stage1_terms(x)
-    assert torch.isfinite(stage1["recon"]).all() and (stage1["kl_z1"] >= 0).all()
+    assert torch.isfinite(stage1["recon"]).all() and (stage1["kl_e"] >= 0).all()
 
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(net.joint_parameters(), lr=1e-2)
 
     def mean_recon() -> float:
         with torch.no_grad():
@@ -78,24 +83,46 @@ def test_elbo_terms_finite_kl_nonnegative_and_recon_improves():
     before = mean_recon()
     for _ in range(25):
         t = net.elbo_terms(x)
-        loss = -(t["recon"] - t["kl_z1"] - t["kl_z2"]).mean()
+        loss = -(t["recon"] - t["kl_e"] - t["kl_z"]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert mean_recon() > before  # reconstruction log-likelihood up = reconstruction loss down
 
 
-def test_mcmc_imputation_changes_only_the_masked_point():
+def test_mcmc_sampling_changes_only_the_masked_values():
     torch.manual_seed(0)
-    net = InterFusionNet(3, InterFusionConfig(z1_dim=2, z2_dim=2, hidden=8)).eval()
+    cfg = InterFusionConfig(z_dim=2, rnn_hidden=8, dense_hidden=8, flow_layers=1, flow_hidden=4)
+    net = InterFusionNet(3, 10, cfg).eval()
     x = torch.randn(4, 10, 3)
-    mask = torch.zeros(4, 10, dtype=torch.bool)
-    mask[:, -1] = True
-    imputed = net.impute(x, mask, steps=4)
-    assert torch.equal(imputed[:, :-1], x[:, :-1])  # observed steps bit-identical
-    assert not torch.equal(imputed[:, -1], x[:, -1])
-    nll = net.point_nll(x, mask, steps=2, samples=2)
-    assert (nll[:, :-1] == 0).all() and torch.isfinite(nll[:, -1]).all()
+    per = net.noise_per_window(replace(cfg, mcmc_chains=2), (3, net.inter.latent_len), 10, 2, 3)
+
+    def imputed(seed: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return net.impute(x, tail=2, iters=4, chains=2, noise=NoiseTape([seed + i for i in range(4)], per, x.device))
+
+    a, b = imputed(0), imputed(100)
+    assert torch.equal(a[:, :-2], x[:, :-2]) and torch.equal(b[:, :-2], x[:, :-2])  # observed bit-identical
+    assert not torch.equal(a[:, -2:], x[:, -2:])
+    assert not torch.allclose(a[:, -2:], b[:, -2:])  # real sampling: other draws, other imputations
+    assert torch.equal(a, imputed(0))  # same draws, same imputation
+    with torch.inference_mode():
+        assert torch.equal(net.impute(x, tail=2, iters=0), x)
+        nll = net.tail_nll(x, tail=1, iters=2, chains=1, samples=3)
+    assert nll.shape == (4, 1, 3) and torch.isfinite(nll).all()
+
+
+def test_batch_scoring_equals_the_per_window_path(splits, fitted):
+    _, _, test, _ = splits
+    det, _ = fitted
+    part = WindowSet.from_arrays(test.metric[:60], window=16)
+    batched = det.contributions(part)
+    one_by_one = InterFusion(replace(det.config, score_batch_size=1), part.schema, seed=0, window=16)
+    one_by_one.module.load_state_dict(det.module.state_dict())
+    np.testing.assert_allclose(one_by_one.contributions(part), batched, rtol=1e-4, atol=1e-5)
+    assert np.isnan(batched[:15]).all() and np.isfinite(batched[15:]).all()
+    per_window = det.window_contributions(part, part.starts[[7]])  # one window alone
+    np.testing.assert_allclose(per_window[0, -1], batched[7 + 15], rtol=1e-4, atol=1e-5)
 
 
 def test_hit_rate_hand_made_case():
@@ -119,18 +146,20 @@ def test_hit_rate_hand_made_case():
 def test_two_stage_training_pretrains_inter_metric_part_first(splits):
     train, val, _, _ = splits
     det = InterFusion.from_params({**TINY, "train": {"epochs": 1, "max_train_windows": 64}}, train.schema, seed=0)
-    inter = {id(p) for p in det.module.inter_metric_parameters()}
+    det._ensure_module(train.window)
+    inter = {id(p) for p in det.module.stage1_parameters()}
     temporal = {n: p.detach().clone() for n, p in det.module.named_parameters() if id(p) not in inter}
     det._stage = "inter_metric"
     assert {id(p) for p in det.parameters_to_train()} == inter
     det._stage = "joint"
-    stage1_only = InterFusion.from_params({**TINY, "train": {"epochs": 0}}, train.schema, seed=0)
+    stage1_only = InterFusion(InterFusion.from_params({**TINY, "train": {"epochs": 0}}, train.schema).config,
+                              train.schema, seed=0, window=train.window)
     stage1_only.fit(train, val)  # stage 1 only: temporal parameters must not move
     for n, p in stage1_only.module.named_parameters():
         if n in temporal:
             assert torch.equal(p.detach(), temporal[n]), n
     hist = det.fit(train, val)
-    assert len(hist["stage1_train_loss"]) == 1 and len(hist["train_loss"]) == 1
+    assert len(hist["stage1_train_loss"]) == TINY["pretrain_epochs"] and len(hist["train_loss"]) == 1
 
 
 def test_beats_random_and_explains_culprits(splits, fitted, tmp_path):
@@ -163,6 +192,20 @@ def test_beats_random_and_explains_culprits(splits, fitted, tmp_path):
 
 def test_bad_config_is_input_error(splits):
     with pytest.raises(InputError, match="interfusion"):
-        InterFusion.from_params({"hidden": 0}, splits[0].schema)
+        InterFusion.from_params({"rnn_hidden": 0}, splits[0].schema)
     with pytest.raises(InputError, match="interfusion.z3_dim"):
         InterFusion.from_params({"z3_dim": 4}, splits[0].schema)
+    with pytest.raises(InputError, match="conv_kernel"):
+        InterFusion.from_params({"conv_kernel": 4}, splits[0].schema)
+
+
+def test_nan_training_loss_stops_with_one_line_naming_dataset_and_epoch(splits):
+    train, val, _, _ = splits
+    bad = train.metric.copy()
+    bad[40:60, 2] = 1e30  # overflows the Gaussian likelihood in float32
+    ws = WindowSet.from_arrays(bad, window=16, dataset="omi-9")
+    det = InterFusion.from_params({**TINY, "pretrain_epochs": 1}, ws.schema, seed=0)
+    with pytest.raises(InputError) as exc:
+        det.fit(ws, val)
+    msg = str(exc.value)
+    assert "omi-9" in msg and "epoch 1" in msg and "\n" not in msg

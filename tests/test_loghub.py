@@ -8,7 +8,8 @@ import pytest
 from stages.core.errors import InputError
 from stages.features.log_windows import (PAD, chronological_split, fixed_windows, from_windowset, load_loghub,
                                          pack)
-from stages.formats.loghub import read_block_labels, read_lines, read_raw, read_structured
+from stages.formats.loghub import (LoghubInput, read_block_labels, read_lines, read_raw, read_structured,
+                                   resolve_input)
 
 BGL_NORMAL = ["instruction cache parity error corrected", "generating core.{n}",
               "ciod: Message code {n} is not {m} or {k}", "{n} double-hummer alignment exceptions",
@@ -178,5 +179,32 @@ def test_bad_input_names_file_and_column(tmp_path):
         load_loghub(str(hcsv), labels=str(hlab))
     with pytest.raises(InputError, match="lines in the hdfs log layout"):
         read_raw(csv, "hdfs")
+    mystery = tmp_path / "mystery.log"
+    mystery.write_bytes((tmp_path / "BGL_tiny.log").read_bytes())
     with pytest.raises(InputError, match="--style"):
-        read_lines(tmp_path / "BGL_tiny.log")
+        read_lines(mystery)  # a raw log whose name does not say its layout
+
+
+def test_system_folder_or_file_resolves_to_its_files(tmp_path):
+    bgl = tmp_path / "BGL"
+    bgl.mkdir()
+    csv, raw = write_bgl(bgl, n_lines=40)
+    (bgl / "BGL_tiny.log_templates.csv").write_text("EventId,EventTemplate\nE1,x\n")  # loghub ships it too
+    got = resolve_input(bgl)
+    assert got.path == csv and got.style is None and got.labels is None
+    assert resolve_input(csv).path == csv  # a file stays itself
+    assert read_lines(bgl).height == 40  # the folder reads like its structured CSV
+    assert resolve_input(raw) == LoghubInput(raw, "bgl", None)  # layout from the file name
+    csv.unlink()
+    assert resolve_input(bgl) == LoghubInput(raw, "bgl", None)  # no structured CSV: the raw log
+    hdfs = tmp_path / "HDFS"
+    hdfs.mkdir()
+    hcsv, hlab = write_hdfs(hdfs, n_blocks=12)
+    assert resolve_input(hdfs) == LoghubInput(hcsv, None, hlab)  # block labels found beside it
+    other = tmp_path / "elsewhere.csv"
+    assert resolve_input(hdfs, labels=other).labels == other  # an explicit label file wins
+    write_bgl(hdfs, n_lines=10)
+    with pytest.raises(InputError, match=r"HDFS: expected a folder holding exactly one loghub \*_structured\.csv"):
+        resolve_input(hdfs)
+    with pytest.raises(InputError, match="an existing loghub"):
+        resolve_input(tmp_path / "nowhere")

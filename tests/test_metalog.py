@@ -163,5 +163,6 @@ def test_metalog_rejects_dataset_without_logs_and_unknown_source():
     det = MetaLog(MetaLogConfig(train=FAST), ws.schema)
     with pytest.raises(InputError, match="metrics_only.*log"):
         det.fit(ws, ws)
+    assert det.source_datasets("metrics_only", ["other", "third"]) == ["other"]  # default: the first listed source
     with pytest.raises(InputError, match="metalog.source"):
-        det.source_datasets("metrics_only", ["metrics_only", "other"])
+        MetaLog(MetaLogConfig(source="nosuch", train=FAST), ws.schema).source_datasets("metrics_only", ["other"])

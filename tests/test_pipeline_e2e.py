@@ -25,8 +25,13 @@ TINY = {
 def tiny_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["pipeline"].update(TINY["pipeline"])
-    params["datasets"] = {k: v for k, v in params["datasets"].items() if k in TINY["pipeline"]["datasets"]}
-    params["synth"].update({"hours": 3.0, "fault_every_min": 20.0, "fault_duration_min": 4.0})
+    keep = TINY["pipeline"]["datasets"]
+    params["datasets"] = {k: {**v, "sources": [s for s in v.get("sources", []) if s in keep]}
+                          for k, v in params["datasets"].items() if k in keep}
+    params["synth"].update({"hours": 8.0, "fault_every_min": 25.0, "fault_min_gap_min": 3.0,
+                            "fault_duration_min": [2.0, 6.0]})
+    params["split"].update({"fewshot_percent": 30})
+    params["evaluate"].update({"bootstrap": 20})
     params["windows"].update({"length": 16, "stride": 4})
     params["llm"].update({"layers": 1, "pca_components": 16})
     params["fuseguard"]["train"].update({"epochs": 2, "batch_size": 32})
@@ -72,9 +77,13 @@ def test_repro_produces_report_and_is_then_a_noop(project):
     summary = json.loads((root / "metrics/summary.json").read_text())
     assert "synth_tt" in json.dumps(summary) and "fuseguard" in json.dumps(summary)
     m = json.loads((root / "metrics/eval/synth_tt/fuseguard.json").read_text())
-    for key in ("auc_pr", "auc_roc", "f1", "event_recall", "pa_f1", "best_f1_oracle", "train_seconds",
-                "score_windows_per_s", "peak_memory_mb", "device"):
+    for key in ("auc_pr", "auc_roc", "vus_pr", "vus_roc", "f1", "event_recall", "event_f1", "pa_f1",
+                "best_f1_oracle", "train_seconds", "score_windows_per_s", "peak_memory_mb", "device", "ci",
+                "protocol", "data_share"):
         assert key in m
+    digests = {json.loads((root / f"models/synth_tt/{d}/train.json").read_text())["windows_digest"]
+               for d in TINY["pipeline"]["detectors"]}
+    assert len(digests) == 1, "every detector of a protocol learns from the same windows"
     out = sh([sys.executable, "-m", "dvc", "repro"], root, env)
     assert "Running stage" not in out
     status = sh([sys.executable, "-m", "dvc", "status"], root, env)

@@ -183,6 +183,65 @@ def test_kad_disformer_replay_end_to_end(tmp_path):
     assert PIPELINE_KEYS <= set(m)
     assert m["n_pretrain_kpis"] == 1 and m["n_target_kpis"] == 2 and set(m["per_kpi"]) == {"kpi_1", "kpi_2"}
     assert m["threshold"] == 1.0 and 0.0 <= m["auc_pr"] <= 1.0
+    check_kad_floors(m, out)
+
+
+KAD_TINY = ["--window", "16", "--fewshot-fraction", "0.2", "--val-fraction", "0.2", "--threshold", "val_quantile",
+            "--n-boot", "20", "-S", "d_model=16", "-S", "layers=1", "-S", "ff_dim=32", "-S", "pretrain_epochs=1",
+            "-S", "pretrain_samples=256", "-S", "train.epochs=2", "-S", "train.max_train_windows=64"]
+
+
+def check_kad_floors(m: dict, out: Path) -> None:
+    """Floors pooled and per KPI in the JSON, intervals beside them, the markdown tables beside the JSON."""
+    assert set(m["floors"]) == {"random", "pca", "iforest"}
+    for f in (m, *m["floors"].values()):
+        assert {"auc_pr", "vus_pr", "f1", "event_recall", "best_f1_oracle_pa", "intervals"} <= set(f)
+        lo, hi = f["intervals"]["auc_pr"]
+        assert lo <= hi
+    for kpi in m["per_kpi"].values():
+        assert set(kpi["floors"]) == {"random", "pca", "iforest"}
+    md = out.with_suffix(".md").read_text()
+    assert "| kad_disformer |" in md and "| iforest |" in md and "Per KPI" in md
+
+
+def write_nab_kpis(root: Path, n: int = 420) -> None:
+    """A NAB folder (data/<group>/<kpi>.csv, labels/*.json) with injected level shifts."""
+    (root / "data" / "synthetic").mkdir(parents=True)
+    (root / "labels").mkdir()
+    points, windows = {}, {}
+    for i in range(3):
+        rng = np.random.default_rng(i)
+        t = np.arange(n)
+        value = 10 + np.sin(2 * np.pi * t / (12 + 4 * i)) + 0.05 * rng.standard_normal(n)
+        stamps = [str(np.datetime64("2015-03-01T00:00:00") + np.timedelta64(300 * k, "s")).replace("T", " ")
+                  for k in range(n)]
+        key = f"synthetic/kpi_{i}.csv"
+        points[key], windows[key] = [], []
+        for s in (int(n * 0.5), int(n * 0.8)):
+            value[s:s + 5] += 4.0
+            points[key].append(stamps[s])
+            windows[key].append([stamps[s - 2] + ".000000", stamps[s + 6] + ".000000"])
+        rows = ["timestamp,value"] + [f"{a},{v:.5f}" for a, v in zip(stamps, value)]
+        (root / "data" / key).write_text("\n".join(rows) + "\n")
+    (root / "labels" / "combined_labels.json").write_text(json.dumps(points))
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows))
+
+
+def test_kad_disformer_replay_on_a_nab_folder_leave_one_out(tmp_path, capsys):
+    from stages.replay import main
+
+    write_nab_kpis(tmp_path / "nab")
+    out = tmp_path / "kad_nab.json"
+    assert main(["kad_disformer", "--nab-dir", str(tmp_path / "nab"), "--labels", "windows", "--out", str(out),
+                 *KAD_TINY]) == 0
+    m = json.loads(out.read_text())
+    assert m["protocol"] == "pretrain_utune_kpi/loo" and m["labels"] == "windows"
+    assert m["n_target_kpis"] == 3 and m["n_pretrain_kpis"] == 3  # each KPI unseen once, pre-trained on the others
+    assert set(m["per_kpi"]) == {f"synthetic/kpi_{i}" for i in range(3)}
+    assert m["per_kpi"]["synthetic/kpi_0"]["n_anomalous"] == 18  # two windows of 9 steps, both in the test span
+    check_kad_floors(m, out)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "wall " in last and str(out) in last
 
 
 def test_kad_disformer_replay_bad_kpi_dir(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The synth stage: deterministic native-format dumps whose faults have distinct modality footprints."""
+"""The synth stage: deterministic native-format dumps whose faults have distinct modality footprints,
+irregular schedules and graded intensities, over a normal operation that is not clean."""
 from __future__ import annotations
 
 import csv
@@ -14,12 +15,17 @@ import pytest
 
 from stages.core.errors import InputError
 from stages.core.params import build
+from stages.simulate.faults import severity_of
 from stages.simulate.generate import generate
 from stages.simulate.params import FAULT_KINDS, SynthParams
 from stages.simulate.system import stable_seed
+from stages.simulate.truth import TRUTH_FILE, read_truth
 
-TINY = SynthParams(hours=0.5, services=6, requests_per_s=0.5, fault_every_min=6, fault_duration_min=2,
-                   chunk_hours=0.25, msds_nodes=3)
+TINY = SynthParams(hours=0.5, services=6, requests_per_s=0.5, fault_every_min=6, fault_min_gap_min=1,
+                   fault_duration_min=[1.0, 3.0], chunk_hours=0.25, msds_nodes=3)
+# Footprint checks isolate the faults: no base-rate errors, exceptions, GC pauses or benign events.
+QUIET = dict(call_error_probability=0.0, slow_request_probability=0.0, exception_lines_per_hour=0.0, gc_per_hour=0.0,
+             deploys_per_day=0.0, surges_per_day=0.0, batch_jobs=0, noisy_services=0)
 FORMATS = ("eadro", "gaia", "msds")
 
 
@@ -167,32 +173,86 @@ def test_msds_layout(dumps):
     assert not (root / ".rally_iterations.jsonl").exists()
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_truth_sidecar(dumps, fmt):
+    root, summary = dumps[fmt]
+    truth = read_truth(root)
+    assert truth is not None and (root / TRUTH_FILE).is_file()
+    assert len(truth["faults"]) == summary["n_faults"] > 0
+    for f, s in zip(truth["faults"], summary["faults"]):
+        assert set(f) == {"kind", "entity", "service", "start_ts", "end_ts", "intensity", "severity"}
+        assert (f["kind"], f["entity"], f["start_ts"], f["end_ts"]) == (s["kind"], s["entity"], s["start_ts"],
+                                                                          s["end_ts"])
+        assert f["severity"] == severity_of(f["intensity"])
+        assert summary["start_ts"] <= f["start_ts"] < f["end_ts"] <= summary["end_ts"]
+    assert truth["benign"] == summary["benign"]
+    for b in truth["benign"]:
+        assert {"kind", "service", "start_ts", "end_ts"} <= set(b) and b["end_ts"] > b["start_ts"]
+        assert b["service"] in summary["services"]
+    assert any(b["kind"] == "noisy_service" for b in truth["benign"])
+
+
+def test_normal_operation_is_not_clean(dumps):
+    """Failed calls and exception lines happen outside the faults that raise them (faults change rates)."""
+    from stages.formats import read_dump
+
+    root, summary = dumps["gaia"]
+    dump = read_dump("gaia", root)
+    us = 1_000_000
+
+    def outside(ts: pl.Series, kind: str) -> pl.Series:
+        keep = pl.Series([True] * len(ts))
+        for f in summary["faults"]:
+            if f["kind"] == kind:
+                keep &= ~((ts >= int(f["start_ts"] * us)) & (ts < int(f["end_ts"] * us)))
+        return keep
+
+    spans = dump.traces
+    error_spans = spans.filter(pl.col("is_error") & outside(spans["start_ts"], "network_loss"))
+    assert error_spans.height > 0 and error_spans["service"].n_unique() >= 2
+    logs = dump.logs
+    exceptions = logs.filter(pl.col("message").str.contains(r"Traceback|redis\.exceptions|pymysql\.err")
+                             & outside(logs["ts"], "error_burst"))
+    assert exceptions.height > 0 and exceptions["service"].n_unique() >= 2
+
+
 # ------------------------------------------------------------------ faults
 
 
-def test_faults_spread_over_the_whole_span():
-    params = SynthParams(hours=6, services=5, requests_per_s=0.02, fault_every_min=20, fault_duration_min=4,
-                         chunk_hours=3)
+def test_faults_are_random_spread_and_graded():
+    params = SynthParams(hours=24, services=5, requests_per_s=0.02, fault_every_min=40, fault_min_gap_min=10,
+                         chunk_hours=6)
     from stages.simulate.faults import schedule_faults
     from stages.simulate.system import build_system
 
     rng = np.random.default_rng(3)
     system = build_system("eadro", params, rng)
-    faults = schedule_faults(system, 0.0, 6 * 3600.0, params, rng)
+    faults = schedule_faults(system, 0.0, 24 * 3600.0, params, rng)
     starts = np.asarray([f.start for f in faults])
-    assert len(faults) == 18
-    assert starts.min() < 0.06 * 6 * 3600, "the first 10% of a 60% training span must hold a fault"
-    assert np.histogram(starts, bins=6, range=(0, 6 * 3600))[0].min() >= 2
-    assert all(f.end <= 6 * 3600 for f in faults)
-    assert {f.kind for f in faults} == set(FAULT_KINDS)
+    ends = np.asarray([f.end for f in faults])
+    assert len(faults) == 36
+    assert np.histogram(starts, bins=6, range=(0, 24 * 3600))[0].min() >= 2, "every part of the span holds faults"
+    spacing = np.diff(starts)
+    assert spacing.std() / spacing.mean() > 0.25, "no fixed period"
+    assert (starts[1:] - ends[:-1]).min() >= 600 - 1e-6 and starts[0] >= 600 and ends[-1] <= 24 * 3600
+    minutes = (ends - starts) / 60
+    assert minutes.min() >= 2 and minutes.max() <= 20 and minutes.max() / minutes.min() > 4
+    kinds = [f.kind for f in faults]
+    assert all(kinds.count(k) == 6 for k in FAULT_KINDS), "shuffled rounds keep the kinds balanced"
+    assert {f.severity for f in faults} == {"subtle", "moderate", "severe"}
+    assert all(f.severity == severity_of(f.intensity) and 1 <= f.intensity <= 20 for f in faults)
+    fixed = SynthParams(hours=3, fault_every_min=20, fault_duration_min=4.0, fault_intensity=5.0)
+    same = schedule_faults(system, 0.0, 3 * 3600.0, fixed, np.random.default_rng(1))
+    assert {f.duration for f in same} == {240.0} and {f.severity for f in same} == {"moderate"}
 
 
 @pytest.fixture(scope="module")
 def footprint_dump(tmp_path_factory):
     """GAIA dump with only the three single-modality kinds, busy enough to measure footprints."""
-    params = SynthParams(hours=1.5, services=5, requests_per_s=2.0, fault_every_min=10, fault_duration_min=4,
-                         chunk_hours=1.5, fault_kinds=["memory_leak", "error_burst", "slow_dependency"],
-                         silent_service_fraction=0.0)
+    params = SynthParams(hours=1.5, services=5, requests_per_s=2.0, fault_every_min=10, fault_min_gap_min=3,
+                         fault_duration_min=4, fault_intensity=30, chunk_hours=1.5,
+                         fault_kinds=["memory_leak", "error_burst", "slow_dependency"], silent_service_fraction=0.0,
+                         **QUIET)
     root = tmp_path_factory.mktemp("footprint") / "gaia"
     summary = generate("footprint", "gaia", root, params, seed=11)
     logs = pl.concat([pl.read_csv(p) for p in (root / "business").glob("*.csv")])
@@ -265,6 +325,16 @@ def test_params_reject_bad_values():
         build(SynthParams, {"fault_kinds": ["cpu_hog", "meteor_strike"]}, where="synth")
     with pytest.raises(InputError, match="metric_interval_s"):
         build(SynthParams, {"metric_interval_s": {"eadro": 1.0}}, where="synth")
+    with pytest.raises(InputError, match="fault_duration_min"):
+        build(SynthParams, {"fault_duration_min": [20, 2]}, where="synth")
+    with pytest.raises(InputError, match="fault_intensity"):
+        build(SynthParams, {"fault_intensity": [1, 2, 3]}, where="synth")
+    with pytest.raises(InputError, match="requests_per_s"):
+        build(SynthParams, {"requests_per_s": {"eadro": 0.1}}, where="synth")
+    with pytest.raises(InputError, match="call_error_probability"):
+        build(SynthParams, {"call_error_probability": 1.5}, where="synth")
+    per_format = build(SynthParams, {"requests_per_s": {"eadro": 0.1, "gaia": 0.2, "msds": 0.05}}, where="synth")
+    assert per_format.request_rate("gaia") == 0.2 and SynthParams(requests_per_s=0.3).request_rate("msds") == 0.3
 
 
 def test_bad_format_or_start_leaves_nothing(tmp_path):
@@ -298,7 +368,8 @@ def test_stage_cli(tmp_path, monkeypatch, capsys):
 
     (tmp_path / "params.yaml").write_text(
         "seed: 5\n"
-        "synth: {hours: 0.2, services: 4, requests_per_s: 0.2, fault_every_min: 5, fault_duration_min: 1}\n"
+        "synth: {hours: 0.2, services: 4, requests_per_s: 0.2, fault_every_min: 5, fault_min_gap_min: 1,\n"
+        "        fault_duration_min: 1}\n"
         "datasets:\n  mini: {format: gaia, raw: data/raw/mini, synthetic: true}\n"
         "  real: {format: eadro, raw: data/real}\n"
         "  elsewhere: {format: gaia, raw: data/other, synthetic: true}\n")
@@ -340,3 +411,6 @@ def test_round_trip_through_readers(dumps, fmt):
     starts = sorted(int(round(f["start_ts"] * us)) for f in summary["faults"])
     assert dump.faults.height == summary["n_faults"]
     assert all(abs(a - b) < us for a, b in zip(sorted(dump.faults["start_ts"].to_list()), starts))
+    # The sidecar beside the native records names the same faults on the same (metric) clock.
+    sidecar = sorted(int(round(f["start_ts"] * us)) for f in read_truth(root)["faults"])
+    assert all(abs(a - b) < us for a, b in zip(sorted(dump.faults["start_ts"].to_list()), sidecar))

@@ -1,11 +1,14 @@
-"""The shared torch training loop: early stopping, checkpoint resume, deterministic curves."""
+"""The shared torch training loop: early stopping, checkpoint resume, deterministic curves, NaN stops."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 import torch
 
+from stages.core.errors import InputError
 from stages.core.windowset import WindowSet
 from stages.nets.base import TorchDetector, TrainConfig
 
@@ -70,3 +73,50 @@ def test_early_stopping_keeps_the_best_epoch():
     h = det.fit(ws, ws)
     assert len(h["epoch"]) < 30
     assert det._eval_loss(ws) <= min(h["val_loss"]) + 1e-6
+
+
+class DivergingAutoencoder(TinyAutoencoder):
+    """The tiny autoencoder plus a log-barrier term that training walks into: ``w`` starts at 1 and its
+    gradient is always positive, so after a few epochs of AdamW steps ``w`` crosses 0 and log(w) is NaN."""
+
+    name = "diverging"
+
+    def build_module(self) -> torch.nn.Module:
+        net = super().build_module()
+        net.register_parameter("w", torch.nn.Parameter(torch.ones(())))
+        return net
+
+    def loss_terms(self, batch):
+        return {"recon": torch.mean((self.module(batch["x"]) - batch["x"]) ** 2),
+                "log_barrier": self.module.w + 0.01 * torch.log(self.module.w)}
+
+    def loss(self, batch):
+        return sum(self.loss_terms(batch).values())
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_one_line():
+    ws = data()
+    det = DivergingAutoencoder(TinyConfig(train=TrainConfig(epochs=20, batch_size=8, patience=20, lr=0.05,
+                                                            device="cpu")), ws.schema, seed=0)
+    with pytest.raises(InputError) as err:
+        det.fit(ws, ws)
+    msg = str(err.value)
+    assert "\n" not in msg
+    m = re.fullmatch(r"data/windows/adhoc: diverging epoch (\d+) training loss \(batch \d+\) "
+                     r"\(non-finite part: log_barrier\): expected a finite loss .*, got nan", msg)
+    assert m and int(m.group(1)) >= 2, msg  # it trained fine first, then stopped at the first NaN
+    assert float(det.module.w.detach()) < 0  # the last finite step crossed 0 ...
+    assert all(bool(torch.isfinite(p).all()) for p in det.module.parameters())  # ... no NaN step was applied
+
+
+def test_non_finite_input_stops_at_the_validation_loss_instead_of_keeping_best_inf():
+    ws = data()
+    bad = data()
+    bad.metric[50, 2] = np.nan  # one poisoned cell in the validation windows
+    with pytest.raises(InputError, match=r"^data/windows/adhoc: tiny epoch 1 validation loss \(windows from step "
+                                         r"\d+\): expected a finite loss"):
+        make(3).fit(ws, bad)
+    train_bad = data()
+    train_bad.metric[10, 0] = np.inf
+    with pytest.raises(InputError, match=r"tiny epoch 1 training loss \(batch \d+\)"):
+        make(3).fit(train_bad, ws)

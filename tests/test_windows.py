@@ -11,7 +11,7 @@ import pytest
 from stages.core.errors import InputError
 from stages.core.params import SplitParams
 from stages.core.windowset import load_split
-from stages.windowing.align import WindowParams, split_ranges
+from stages.windowing.align import WindowParams, split_ranges, fewshot_blocks
 from stages import windows as windows_stage
 
 STEP = 10_000_000  # 10 s in µs
@@ -50,9 +50,38 @@ RAW = {"datasets": {"ds": {"format": "eadro", "raw": "x", "step_s": 10}},
 
 
 def test_split_ranges_are_chronological_with_purge_gap():
-    r = split_ranges(1000, 20, SplitParams(purge_windows=2))
+    r = split_ranges(1000, 20, SplitParams(train=0.6, val=0.2, test=0.2, purge_windows=2, fewshot_layout="head"))
     assert r["train"] == [0, 600] and r["val"] == [640, 800] and r["test"] == [840, 1000]
     assert r["fewshot"] == [0, 60]
+
+
+def test_fewshot_blocks_spread_over_the_training_span():
+    split = SplitParams(fewshot_percent=10, fewshot_blocks=4)
+    blocks = fewshot_blocks(2000, 20, split)
+    assert len(blocks) == 4 and blocks[0][0] == 0 and blocks[-1][1] == 2000
+    assert all(b - a == 50 for a, b in blocks)
+    gaps = [blocks[i + 1][0] - blocks[i][1] for i in range(3)]
+    assert max(gaps) - min(gaps) <= 1  # evenly spread
+    # a budget too small for four windows gives fewer, window-long blocks
+    assert fewshot_blocks(400, 20, split) == [[0, 20], [380, 400]]
+    assert fewshot_blocks(2000, 20, SplitParams(fewshot_layout="head")) == [[0, 200]]
+
+
+def test_fewshot_split_loads_only_its_blocks(tmp_path):
+    write_features(tmp_path)
+    raw = {**RAW, "split": {**RAW["split"], "fewshot_percent": 40, "fewshot_blocks": 3}}
+    windows_stage.run("ds", raw, features_root=tmp_path / "data/features", out_root=tmp_path / "data/windows",
+                      metrics_root=tmp_path / "metrics")
+    meta = json.loads((tmp_path / "data/windows/ds/splits.json").read_text())
+    blocks = meta["fewshot_blocks"]
+    few = load_split(tmp_path / "data/windows/ds", "fewshot")
+    train = load_split(tmp_path / "data/windows/ds", "train")
+    assert len(blocks) == 3 and few.n_steps == sum(b - a for a, b in blocks)
+    expected_ts = np.concatenate([train.ts[a:b] for a, b in blocks])
+    assert np.array_equal(few.ts, expected_ts)
+    # every window lies inside one block: its time steps are contiguous
+    idx = few.starts[:, None] + np.arange(few.window)[None, :]
+    assert np.all(np.diff(few.ts[idx], axis=1) == STEP)
 
 
 def test_split_too_short_is_refused():
@@ -73,7 +102,7 @@ def test_windows_stage_aligns_and_loads(tmp_path):
     assert test.schema.template_embeddings.shape == (2, 4)
     assert test.log_events[:, 0].min() == 0 and test.log_events[:, 1].max() == 0
     few = load_split(tmp_path / "data/windows/ds", "fewshot")
-    assert few.n_steps == max(16, int(np.ceil(0.1 * int(395 * 0.6))))
+    assert few.n_steps == 24  # 10% of 237 training steps: too few for two windows, so one block
     assert json.loads((tmp_path / "metrics/data/ds.json").read_text())["splits"]["test"]["anomalous_steps"] == 30
 
 

@@ -57,3 +57,29 @@ def test_xlstm_logad_bad_config_and_dataset_without_logs():
     ws = WindowSet.from_arrays(np.zeros((40, 1)), window=4, dataset="no_logs_here")
     with pytest.raises(InputError, match="no_logs_here"):
         XLSTMLogAD(XLSTMLogADConfig(train=FAST), ws.schema).fit(ws, ws)
+
+
+def test_weighting_sees_out_of_fold_training_errors(tmp_path, one_torch_thread):
+    """In-sample errors of memorised training blocks are far below a new block's: the z-score
+    statistics (and the weighting fitted on them) must come from held-out folds."""
+    from stages.features.log_windows import chronological_split, load_loghub
+    from test_loghub import write_bgl
+
+    csv, _ = write_bgl(tmp_path, n_lines=400, bursts=((60, 100), (200, 240), (330, 360)))
+    train, val, _ = chronological_split(load_loghub(str(csv), window=10), 0.6, 0.2)
+    epochs = TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=4, max_train_windows=0)
+    fitted = {}
+    for folds in (0, 3):
+        cfg = XLSTMLogADConfig(embed_dim=16, num_heads=4, max_len=16, oof_folds=folds, train=epochs)
+        det = XLSTMLogAD(cfg, train_schema(train), seed=0)
+        det.fit_sequences(train, val)
+        fitted[folds] = det
+    assert fitted[3]._folds(len(train)).tolist() == [0] * 8 + [1] * 8 + [2] * 8
+    assert fitted[3].err_mu > 1.2 * fitted[0].err_mu  # held-out errors are larger than memorised ones
+    assert np.isfinite(fitted[3].threshold)
+
+
+def train_schema(seqs):
+    from stages.replays.log_common import loghub_schema
+
+    return loghub_schema(seqs, "bgl_tiny")

@@ -12,6 +12,9 @@ from stages.core.logs import setup_logging
 def run_stage(fn: Callable[[], object]) -> int:
     setup_logging()
     try:
+        from stages.core.io import recover_staging
+
+        recover_staging()  # finish or undo an interrupted publish before anything reads the outputs
         fn()
     except InputError as exc:
         logging.getLogger("stages").error("%s", exc)

@@ -1,12 +1,31 @@
-"""Device choice and reproducibility switches shared by every torch detector."""
+"""Device choice and reproducibility switches shared by every torch detector.
+
+What makes a CPU result differ between two machines with the same code, data and seed, and
+what :func:`deterministic_threads` pins (each switch must act before the library's first use,
+which is why the train/evaluate stages call it first thing):
+
+* the number of threads — a parallel reduction adds its partial sums in another order (torch
+  intra-op threads, MKL/OpenBLAS threads behind numpy and scikit-learn);
+* the CPU's vector width — ATen's kernels and MKL's BLAS pick AVX-512, AVX2 or SSE code at run
+  time, and a wider accumulator sums in another order: ``ATEN_CPU_CAPABILITY`` and
+  ``ONEDNN_MAX_CPU_ISA`` pin AVX2 (where the CPU has it), ``MKL_CBWR`` pins MKL's code branch
+  (conditional numerical reproducibility; ``COMPATIBLE`` on a CPU without AVX2).
+
+On CUDA :func:`seed_everything` turns on deterministic algorithms (cuBLAS workspace config,
+cuDNN without autotuning, no TF32); ops without a deterministic kernel warn instead of failing.
+"""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+THREADS = 1  # default fixed thread count: the only one every machine can give without oversubscribing
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -15,11 +34,64 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch (every device); with ``deterministic``, pick deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def _cpu_has_avx2() -> bool:
+    """From /proc/cpuinfo: asking torch would fix its CPU capability before we may choose it."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            return any(line.startswith("flags") and " avx2" in line for line in fh)
+    except OSError:
+        return False
+
+
+def reproducible_cpu_env() -> dict[str, str]:
+    """Environment pinning the CPU code paths (see the module docstring); existing values are kept.
+
+    Effective when set before torch/MKL run their first operation; a user's own setting wins."""
+    avx2 = _cpu_has_avx2()
+    wanted = {"ATEN_CPU_CAPABILITY": "avx2" if avx2 else "default",
+              "ONEDNN_MAX_CPU_ISA": "AVX2" if avx2 else "DEFAULT",
+              "MKL_CBWR": "AVX2" if avx2 else "COMPATIBLE"}
+    for key, value in wanted.items():
+        os.environ.setdefault(key, value)
+    return {k: os.environ[k] for k in wanted}
+
+
+def deterministic_threads(n: int = THREADS) -> dict[str, object]:
+    """Fix every thread pool a training or scoring run uses to ``n`` and pin the CPU code paths.
+
+    Call it at the start of a stage, before any tensor work. Returns what was set (for logs/metrics).
+    """
+    env = reproducible_cpu_env()
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[key] = str(n)  # for pools created from now on (and child processes)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # fixed once any inter-op work ran; intra-op threads are what order sums
+        pass
+    blas = "unchanged"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)  # numpy / scipy / scikit-learn BLAS and OpenMP pools, process-wide
+        blas = n
+    except ImportError:
+        log.info("threadpoolctl is not installed: numpy's BLAS threads are left as they are")
+    return {"threads": n, "blas_threads": blas, **env}
 
 
 def autocast(device: torch.device, enabled: bool = True):

@@ -20,9 +20,14 @@ class InputError(ValueError):
         if self.path:
             parts.append(self.path)
         if where:
-            parts.append(where)
-        msg = ": ".join(parts) + (": " if parts else "") + f"expected {expected}"
+            parts.append(_one_line(where))
+        msg = ": ".join(parts) + (": " if parts else "") + f"expected {_one_line(expected)}"
         if got is not None:
             text = repr(got)
             msg += f", got {text[:200]}"
         super().__init__(msg)
+
+
+def _one_line(text: object) -> str:
+    """Newlines (a library's multi-line message) folded: the error is always one line."""
+    return " ".join(str(text).split())

@@ -19,33 +19,57 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stages.core.dspot import MIN_POT_PEAKS, DSpot, dspot_thresholds, fit_gpd, tail_quantile
 from stages.core.errors import InputError
 from stages.core.io import atomic_path
+from stages.core.vus import DEFAULT_WINDOW, vus
 
 log = logging.getLogger(__name__)
 
-MIN_POT_PEAKS = 10  # fewer excesses than this cannot fit a GPD meaningfully
+__all__ = ["MIN_POT_PEAKS", "ThresholdParams", "choose_threshold", "clean_for_json", "evaluate",
+           "evaluate_by_group", "evaluate_by_kind", "fit_gpd", "point_adjust", "pot_threshold", "pr_curve",
+           "score_series", "segments", "stream_thresholds", "write_metrics_json"]
 
 
 @dataclass(frozen=True)
 class ThresholdParams:
-    """How the operating threshold is chosen from validation scores (never from labels).
+    """How the operating threshold is chosen, and exactly which inputs each rule reads.
 
-    ``pot``: Peaks Over Threshold (the SPOT initialisation step): fit a Generalised Pareto
-    distribution to the excesses over the ``pot_init_level`` quantile and return the score whose
-    exceedance probability is ``pot_risk``. ``val_quantile``: the ``quantile`` of validation
-    scores. ``val_max``: the largest validation score. ``contamination``: the ``1 - contamination``
-    quantile of validation scores, where ``contamination`` is the expected share of anomalous
-    steps — set it, or leave it null and the evaluate stage estimates it from the labelled
-    few-shot *training* span (the few labels a few-shot method is allowed to see).
+    * ``dspot`` (default): drift-aware streaming POT (:mod:`stages.core.dspot`). Reads the
+      validation *scores* (calibration) and then the test *scores* one step at a time, causally:
+      the threshold at step t depends on scores before t only. No labels.
+    * ``pot``: one static Peaks-Over-Threshold fit (SPOT's initialisation) on the validation
+      *scores*: GPD on the excesses over the ``pot_init_level`` quantile, threshold = the score
+      exceeded with probability ``pot_risk``. No labels.
+    * ``val_quantile``: the ``quantile`` of validation *scores*. ``val_max``: their maximum. No labels.
+    * ``contamination``: the ``1 - contamination`` quantile of validation *scores*. The only rule
+      that reads labels: when ``contamination`` is null, the evaluate stage sets it to the
+      anomalous share of the labelled few-shot *training* span (never validation or test labels).
+
+    ``quantile`` is also the fallback of ``dspot``/``pot`` when no GPD can be fitted.
+
+    DSPOT defaults, from reasoning and the synthetic drifting streams of tests/test_dspot.py (no
+    benchmark dataset was consulted): ``dspot_depth = 100`` steps (~3 windows of 32 steps): long
+    enough that the sub-threshold onset of a fault (a window score ramps up over about one window)
+    hardly moves the moving mean, short against the daily load cycle (8,640 steps of 10 s), which
+    it follows with a lag of ~depth/2 steps; on a linearly drifting stream the false-alarm rate
+    stays within ~3× of the risk for depths 30-300. ``dspot_init_level = 0.98``: SPOT's usual
+    level, leaving ~30 calibration peaks on a ~1,700-step validation span. ``dspot_risk = 1e-3``:
+    about one false-alarm step per 1,000 normal steps; much smaller risks extrapolate the GPD far
+    past the few dozen peaks it is fitted on. ``dspot_refit_every = 1``: refit the GPD at every new
+    peak as in the paper (the vectorised fit makes a 20,000-step stream take about a second).
     """
 
-    method: Literal["pot", "val_quantile", "val_max", "contamination"] = "pot"
+    method: Literal["dspot", "pot", "val_quantile", "val_max", "contamination"] = "dspot"
     quantile: float = 0.99
     pot_init_level: float = 0.98
     pot_risk: float = 1e-3
     contamination: float | None = None
     max_contamination: float = 0.5
+    dspot_depth: int = 100
+    dspot_init_level: float = 0.98
+    dspot_risk: float = 1e-3
+    dspot_refit_every: int = 1
 
     def validate(self) -> None:
         if not 0.0 < self.quantile <= 1.0:
@@ -59,57 +83,20 @@ class ThresholdParams:
         if self.contamination is not None and not 0.0 < self.contamination < 1.0:
             raise InputError("params.yaml", "evaluate.threshold.contamination", "null or a share in (0, 1)",
                              self.contamination)
+        if self.dspot_depth < 1:
+            raise InputError("params.yaml", "evaluate.threshold.dspot_depth", "at least 1 step", self.dspot_depth)
+        if not 0.0 < self.dspot_init_level < 1.0:
+            raise InputError("params.yaml", "evaluate.threshold.dspot_init_level", "a number in (0, 1)",
+                             self.dspot_init_level)
+        if not 0.0 < self.dspot_risk < 1.0 - self.dspot_init_level:
+            raise InputError("params.yaml", "evaluate.threshold.dspot_risk",
+                             "a probability in (0, 1 - dspot_init_level)", self.dspot_risk)
+        if self.dspot_refit_every < 1:
+            raise InputError("params.yaml", "evaluate.threshold.dspot_refit_every", "at least 1",
+                             self.dspot_refit_every)
 
 
 # ------------------------------------------------------------------ thresholds
-
-
-def _gpd_profile_loglik(x: float, y: np.ndarray) -> tuple[float, float, float]:
-    """Profile log-likelihood of GPD excesses ``y`` at ``x = gamma / sigma`` → (loglik, gamma, sigma).
-
-    For fixed x the MLE of gamma is mean(log(1 + x·y)) and sigma = gamma / x (Grimshaw 1993), so the
-    two-parameter fit reduces to a one-dimensional search over x.
-    """
-    if abs(x) < 1e-12:  # the exponential limit
-        sigma = float(y.mean())
-        return -len(y) * math.log(sigma) - len(y), 0.0, sigma
-    z = 1.0 + x * y
-    if np.any(z <= 0):
-        return -math.inf, math.nan, math.nan
-    gamma = float(np.log(z).mean())
-    sigma = gamma / x
-    if sigma <= 0:
-        return -math.inf, gamma, sigma
-    return -len(y) * math.log(sigma) - len(y) * (1.0 + gamma), gamma, sigma
-
-
-def fit_gpd(excesses: np.ndarray) -> tuple[float, float]:
-    """Maximum-likelihood (gamma, sigma) of a Generalised Pareto distribution (Grimshaw's trick).
-
-    Searches x = gamma/sigma on a log-spaced grid on both sides of 0 (x > -1/max(y) keeps the
-    support valid), then refines the best bracket with a bounded scalar search.
-    """
-    from scipy.optimize import minimize_scalar
-
-    y = np.asarray(excesses, dtype=np.float64)
-    y_max, y_mean = float(y.max()), float(y.mean())
-    y_min = float(max(y.min(), 1e-9 * y_max))
-    lo = -1.0 / y_max * (1.0 - 1e-6)
-    hi = max(2.0 * (y_mean - y_min) / (y_min ** 2), 1.0 / y_max)  # Grimshaw's upper bound on the root
-    hi = min(hi, 1e6 / y_max)
-    mags = np.logspace(-10, 0, 200)
-    grid = np.concatenate([lo * mags[::-1], [0.0], hi * mags])
-    lls = np.array([_gpd_profile_loglik(x, y)[0] for x in grid])
-    best = int(np.nanargmax(lls))
-    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    if b > a:
-        res = minimize_scalar(lambda x: -_gpd_profile_loglik(x, y)[0], bounds=(a, b), method="bounded",
-                              options={"xatol": 1e-12 * max(abs(a), abs(b), 1e-300)})
-        x = float(res.x) if -res.fun >= lls[best] else float(grid[best])
-    else:
-        x = float(grid[best])
-    _, gamma, sigma = _gpd_profile_loglik(x, y)
-    return gamma, sigma
 
 
 def pot_threshold(scores: np.ndarray, init_level: float, risk: float) -> float | None:
@@ -125,8 +112,7 @@ def pot_threshold(scores: np.ndarray, init_level: float, risk: float) -> float |
     if not (math.isfinite(gamma) and math.isfinite(sigma)) or sigma <= 0:
         log.warning("POT: GPD fit failed (gamma=%s, sigma=%s); falling back", gamma, sigma)
         return None
-    r = risk * n / len(excess)
-    z = t - sigma * math.log(r) if abs(gamma) < 1e-9 else t + sigma / gamma * (r ** (-gamma) - 1.0)
+    z = tail_quantile(t, gamma, sigma, risk, n, len(excess))
     if not math.isfinite(z):
         log.warning("POT: non-finite threshold (gamma=%.4g, sigma=%.4g); falling back", gamma, sigma)
         return None
@@ -135,7 +121,11 @@ def pot_threshold(scores: np.ndarray, init_level: float, risk: float) -> float |
 
 
 def choose_threshold(val_scores: np.ndarray, params: ThresholdParams) -> float:
-    """Operating threshold from validation scores alone (the signature has no labels on purpose)."""
+    """Operating threshold from validation scores alone (the signature has no labels on purpose).
+
+    For ``dspot`` this is the threshold in force at the first test step (after calibration);
+    :func:`stream_thresholds` gives the whole per-step sequence.
+    """
     s = np.asarray(val_scores, dtype=np.float64).ravel()
     s = s[np.isfinite(s)]
     if len(s) == 0:
@@ -148,6 +138,11 @@ def choose_threshold(val_scores: np.ndarray, params: ThresholdParams) -> float:
             return float(np.quantile(s, params.quantile))
         share = min(max(params.contamination, 1.0 / len(s)), params.max_contamination)
         return float(np.quantile(s, 1.0 - share))
+    if params.method == "dspot":
+        model = DSpot(params.dspot_depth, params.dspot_init_level, params.dspot_risk, params.dspot_refit_every)
+        if model.calibrate(s):
+            return float(model.threshold)
+        log.warning("DSPOT degenerate; using the %.4g quantile of validation scores", params.quantile)
     if params.method == "pot":
         if float(s.max()) == float(s.min()):
             log.warning("POT: validation scores are constant (%.6g); falling back to the %.4g quantile",
@@ -158,6 +153,20 @@ def choose_threshold(val_scores: np.ndarray, params: ThresholdParams) -> float:
                 return z
             log.warning("POT degenerate; using the %.4g quantile of validation scores", params.quantile)
     return float(np.quantile(s, params.quantile))
+
+
+def stream_thresholds(val_scores: np.ndarray, test_scores: np.ndarray, params: ThresholdParams) -> np.ndarray:
+    """Threshold in force at every test step (alarm = score > threshold[t]), for any rule.
+
+    ``dspot`` adapts along the test scores (causally, no labels); the static rules give a
+    constant array of :func:`choose_threshold`'s value.
+    """
+    n = len(np.asarray(test_scores).ravel())
+    if params.method == "dspot":
+        return dspot_thresholds(val_scores, test_scores, depth=params.dspot_depth,
+                                init_level=params.dspot_init_level, risk=params.dspot_risk,
+                                refit_every=params.dspot_refit_every, fallback_quantile=params.quantile)
+    return np.full(n, choose_threshold(val_scores, params))
 
 
 # ------------------------------------------------------------------ metrics
@@ -224,30 +233,65 @@ def _prf(alarm: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
-def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, step_s: float = 1.0) -> dict[str, float]:
+def _per_step(threshold: float | np.ndarray, n: int) -> np.ndarray | None:
+    """The per-step threshold array (checked against the span length), or None for a scalar."""
+    if np.ndim(threshold) == 0:
+        return None
+    thr = np.asarray(threshold, dtype=np.float64).ravel()
+    if len(thr) != n:
+        raise ValueError(f"threshold array ({len(thr)} steps) and scores ({n} steps) differ in length")
+    return thr
+
+
+def _event_precision(alarm: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """(share of alarm segments — maximal runs of alarming steps — overlapping a fault, their count)."""
+    runs = segments(alarm)
+    if len(runs) == 0:
+        return 0.0, 0
+    cum = np.concatenate([[0], np.cumsum(labels > 0)])
+    hit = cum[runs[:, 1]] - cum[runs[:, 0]] > 0
+    return float(hit.mean()), len(runs)
+
+
+def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray, step_s: float = 1.0,
+             vus_window: int = DEFAULT_WINDOW) -> dict[str, float]:
     """All metrics of one scored span at ``threshold`` (alarm = score > threshold).
 
-    NaN scores (steps no window could score) are dropped with their labels. Undefined metrics
-    (e.g. recall with no anomaly, AUC with one class) are NaN, written as null, with a warning.
+    ``threshold`` is one number or the per-step threshold in force at each step (same length as
+    ``scores``, e.g. from :func:`stream_thresholds`); then ``threshold`` in the result is the
+    array's median and ``threshold_final`` its last value. NaN scores (steps no window could score)
+    are dropped with their labels and thresholds. Undefined metrics (e.g. recall with no anomaly,
+    AUC with one class) are NaN, written as null, with a warning. ``vus_window`` is the largest
+    buffer of VUS-PR/VUS-ROC (:mod:`stages.core.vus`; 100 = TSB-AD's default).
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     s, y = _finite_pairs(scores, labels)
+    raw = np.asarray(scores, dtype=np.float64).ravel()
+    thr_all = _per_step(threshold, len(raw))
+    if thr_all is None:
+        thr: float | np.ndarray = float(threshold)
+        thr_mid = thr_final = float(threshold)
+    else:
+        thr = thr_all[~np.isnan(raw)]
+        thr_mid = float(np.nanmedian(thr_all)) if np.isfinite(thr_all).any() else math.nan
+        thr_final = float(thr_all[-1]) if len(thr_all) else math.nan
     n_pos = int(y.sum())
     segs = segments(y)
-    alarm = s > threshold
-    out: dict[str, float] = {"threshold": float(threshold), "n_steps": len(s), "n_anomalous": n_pos,
-                             "n_events": len(segs), "n_alarms": int(alarm.sum())}
+    alarm = s > thr
+    out: dict[str, float] = {"threshold": thr_mid, "threshold_final": thr_final, "n_steps": len(s),
+                             "n_anomalous": n_pos, "n_events": len(segs), "n_alarms": int(alarm.sum())}
     if len(s) == 0:
         log.warning("evaluate: no scored step; every metric is undefined")
     one_class = n_pos == 0 or n_pos == len(s)
     if one_class:
-        log.warning("evaluate: labels hold a single class (%d anomalous of %d); AUC-PR/AUC-ROC undefined",
+        log.warning("evaluate: labels hold a single class (%d anomalous of %d); AUC-PR/AUC-ROC/VUS undefined",
                     n_pos, len(s))
-        out["auc_pr"] = out["auc_roc"] = math.nan
+        out["auc_pr"] = out["auc_roc"] = out["vus_pr"] = out["vus_roc"] = math.nan
     else:
         out["auc_pr"] = float(average_precision_score(y, s))
         out["auc_roc"] = float(roc_auc_score(y, s))
+        out["vus_roc"], out["vus_pr"] = vus(s, y, vus_window)
     out["precision"], out["recall"], out["f1"] = _prf(alarm, y)
     if n_pos == 0:
         log.warning("evaluate: no anomalous step; recall, F1, event metrics undefined")
@@ -259,6 +303,9 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, step_s: f
             delays.append(hits[0] * step_s)
     out["event_recall"] = len(delays) / len(segs) if len(segs) else math.nan
     out["mean_delay_s"] = float(np.mean(delays)) if delays else math.nan
+    out["event_precision"], out["n_alarm_segments"] = _event_precision(alarm, y)
+    er, ep = out["event_recall"], out["event_precision"]
+    out["event_f1"] = math.nan if math.isnan(er) else (2 * ep * er / (ep + er) if ep + er > 0 else 0.0)
 
     pa_alarm = alarm.copy()
     for a, b in segs:
@@ -270,23 +317,40 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, step_s: f
     return out
 
 
-def evaluate_by_kind(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold: float,
-                     step_s: float = 1.0) -> dict[str, dict[str, float]]:
-    """Per fault kind: the metrics on the normal steps plus that kind's anomalous steps only.
+GROUP_KEYS = ("auc_pr", "auc_roc", "vus_pr", "recall", "event_recall", "mean_delay_s", "n_events", "n_anomalous")
 
-    This is how a single-modality fault (e.g. a log-only error burst) is judged without the other
-    kinds diluting it; the threshold is the same one chosen for the whole span.
+
+def evaluate_by_group(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, threshold: float | np.ndarray,
+                      step_s: float = 1.0, vus_window: int = DEFAULT_WINDOW) -> dict[str, dict[str, float]]:
+    """Per group of anomalous steps: the metrics on all normal steps plus that group's anomalous steps.
+
+    ``groups`` is a per-step label (fault kind, intensity class "subtle/moderate/severe", ...); its
+    value on normal steps is ignored and "" on an anomalous step means "no group". This judges e.g.
+    a log-only error burst without the other groups diluting it; the threshold (number or per-step
+    array) is the one chosen for the whole span. Removing the other groups' steps joins their
+    neighbours, which VUS's buffers then see as adjacent — a small, documented approximation.
     """
-    kinds = np.asarray(kinds).astype(str)
-    labels = np.asarray(labels)
-    scored = np.isfinite(np.asarray(scores, dtype=np.float64))
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    groups = np.asarray(groups).ravel().astype(str)
+    if not len(scores) == len(labels) == len(groups):
+        raise ValueError(f"scores ({len(scores)}), labels ({len(labels)}) and groups ({len(groups)}) "
+                         "differ in length")
+    thr_all = _per_step(threshold, len(scores))
+    scored = np.isfinite(scores)
     out: dict[str, dict[str, float]] = {}
-    for kind in sorted(set(kinds[(labels > 0) & scored].tolist()) - {""}):
-        keep = (labels == 0) | (kinds == kind)
-        m = evaluate(np.asarray(scores)[keep], labels[keep], threshold, step_s)
-        out[kind] = {k: m[k] for k in ("auc_pr", "auc_roc", "recall", "event_recall", "mean_delay_s", "n_events",
-                                       "n_anomalous")}
+    for group in sorted(set(groups[(labels > 0) & scored].tolist()) - {""}):
+        keep = (labels == 0) | (groups == group)
+        thr = threshold if thr_all is None else thr_all[keep]
+        m = evaluate(scores[keep], labels[keep], thr, step_s, vus_window=vus_window)
+        out[group] = {k: m[k] for k in GROUP_KEYS}
     return out
+
+
+def evaluate_by_kind(scores: np.ndarray, labels: np.ndarray, kinds: np.ndarray, threshold: float | np.ndarray,
+                     step_s: float = 1.0, vus_window: int = DEFAULT_WINDOW) -> dict[str, dict[str, float]]:
+    """Per fault kind (see :func:`evaluate_by_group`)."""
+    return evaluate_by_group(scores, labels, kinds, threshold, step_s, vus_window=vus_window)
 
 
 # ------------------------------------------------------------------ plot data
@@ -309,15 +373,18 @@ def _bucket_bounds(n: int, max_points: int) -> np.ndarray:
     return np.unique(np.linspace(0, n, min(n, max_points) + 1).round().astype(np.int64))
 
 
-def score_series(ts: np.ndarray | None, scores: np.ndarray, labels: np.ndarray, threshold: float,
+def score_series(ts: np.ndarray | None, scores: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray,
                  max_points: int = 2000) -> list[dict[str, Any]]:
     """Score vs. time for plotting, at most ``max_points`` rows.
 
     Long spans are cut into equal buckets; each keeps its *max-score* step (so spikes survive)
     and the bucket's max label. Rows carry ``t`` (step index in the span, a numeric plot axis)
     and, when ``ts`` (epoch µs) is given, ``ts`` as ISO-8601 UTC. Unscored (NaN) steps are left out.
+    With a per-step ``threshold`` array, ``alarm`` uses the kept step's threshold and each row also
+    carries it as ``threshold`` (last column), so the plot can draw the moving threshold.
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
+    thr_all = _per_step(threshold, len(scores))
     labels = (np.asarray(labels).ravel() > 0).astype(np.int8)
     idx_all = np.flatnonzero(~np.isnan(scores))
     if len(idx_all) == 0:
@@ -342,7 +409,10 @@ def score_series(ts: np.ndarray | None, scores: np.ndarray, labels: np.ndarray, 
         row: dict[str, Any] = {"t": int(step)}
         if iso is not None:
             row["ts"] = str(iso[b])
-        row.update(score=float(s_f[i]), label=int(seg_max_label[b]), alarm=int(s_f[i] > threshold))
+        thr = threshold if thr_all is None else thr_all[step]
+        row.update(score=float(s_f[i]), label=int(seg_max_label[b]), alarm=int(s_f[i] > thr))
+        if thr_all is not None:
+            row["threshold"] = float(thr)
         rows.append(row)
     return rows
 

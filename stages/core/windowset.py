@@ -90,8 +90,11 @@ class WindowSet:
     stride: int
     name: str = ""
     starts: np.ndarray = field(default=None)  # (W,) window start indices
+    severity: np.ndarray | None = None  # (T,) fault severity class per step ("" = normal or unknown)
 
     def __post_init__(self) -> None:
+        if self.severity is None:
+            self.severity = np.full(len(self.ts), "", dtype="<U16")
         if self.starts is None:
             T = len(self.ts)
             self.starts = np.arange(0, max(T - self.window + 1, 0), self.stride, dtype=np.int64)
@@ -176,30 +179,52 @@ def load_schema(wdir: Path) -> FeatureSchema:
     return schema
 
 
+def _block_starts(blocks: list[tuple[int, int]], window: int, stride: int) -> np.ndarray:
+    """Window starts of blocks laid end to end: no window crosses from one block into the next."""
+    out, offset = [], 0
+    for a, b in blocks:
+        n = b - a
+        if n >= window:
+            out.append(offset + np.arange(0, n - window + 1, stride, dtype=np.int64))
+        offset += n
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
 def load_split(wdir: str | Path, split: str, word_pca: np.ndarray | None = None) -> WindowSet:
-    """Load split ``train``, ``fewshot``, ``val`` or ``test`` of a windows directory."""
+    """Load split ``train``, ``fewshot``, ``val`` or ``test`` of a windows directory.
+
+    ``fewshot`` is its blocks (``splits.json`` → ``fewshot_blocks``) laid end to end, so a detector
+    sees nothing of the training span outside them; windows never straddle two blocks.
+    """
     wdir = Path(wdir)
     meta = read_json(wdir / "splits.json")
     if split not in meta["ranges"]:
         raise KeyError(f"{wdir}/splits.json has no split {split!r}; has {sorted(meta['ranges'])}")
-    a, b = meta["ranges"][split]
+    blocks = [tuple(b) for b in meta.get("fewshot_blocks", [])] if split == "fewshot" else []
+    blocks = blocks or [tuple(meta["ranges"][split])]
     schema = load_schema(wdir)
     schema.word_pca = word_pca
+    window, stride = int(meta["window"]), int(meta["stride"])
     with np.load(wdir / "grid.npz", allow_pickle=False) as z:
         ev = z["log_events"]
-        sel = (ev[:, 0] >= a) & (ev[:, 0] < b)
-        events = ev[sel].copy()
-        events[:, 0] -= a
-        return WindowSet(
-            schema=schema,
-            ts=z["ts"][a:b],
-            metric=z["metric"][a:b],
-            trace=z["trace"][a:b],
-            log=z["log"][a:b],
-            labels=z["labels"][a:b],
-            kinds=np.asarray(z["kinds"][a:b]).astype(str),
-            log_events=events,
-            window=int(meta["window"]),
-            stride=int(meta["stride"]),
-            name=split,
-        )
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "metric", "trace", "log", "labels", "kinds",
+                                                               "severity", "events")}
+        offset = 0
+        for a, b in blocks:
+            sel = (ev[:, 0] >= a) & (ev[:, 0] < b)
+            events = ev[sel].copy()
+            events[:, 0] += offset - a
+            parts["events"].append(events)
+            for key in ("ts", "metric", "trace", "log", "labels"):
+                parts[key].append(z[key][a:b])
+            parts["kinds"].append(np.asarray(z["kinds"][a:b]).astype(str))
+            parts["severity"].append(np.asarray(z["severity"][a:b]).astype(str) if "severity" in z.files
+                                     else np.full(b - a, "", dtype="<U16"))
+            offset += b - a
+    cat = {k: (v[0] if len(v) == 1 else np.concatenate(v)) for k, v in parts.items()}
+    return WindowSet(
+        schema=schema, ts=cat["ts"], metric=cat["metric"], trace=cat["trace"], log=cat["log"],
+        labels=cat["labels"], kinds=cat["kinds"], log_events=cat["events"], window=window, stride=stride,
+        name=split, starts=_block_starts(blocks, window, stride) if len(blocks) > 1 else None,
+        severity=cat["severity"],
+    )

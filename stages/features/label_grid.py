@@ -2,11 +2,14 @@
 
 A step [ts, ts+step) is anomalous when it overlaps any fault interval [start, end). The grid
 spans [min(start) - margin, max(end) + margin]; steps outside it are normal by convention
-(the windows stage fills them with 0).
+(the windows stage fills them with 0). Given the data's time range, the grid never extends past
+it: faults wholly outside are dropped and faults crossing an edge are clipped, each with a
+warning naming them (a fault a year away would otherwise build millions of empty steps).
 """
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +43,52 @@ def _joined(col: str) -> pl.Expr:
     return pl.col(col).filter(pl.col(col) != "").unique().sort().str.join("+").alias(col)
 
 
-def label_grid(faults: pl.DataFrame, step_s: float, margin_s: float) -> pl.DataFrame:
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _named(df: pl.DataFrame, n: int = 5) -> str:
+    rows = [f"{r['kind'] or '?'} on {r['entity'] or '?'} at {_iso(r['start_ts'])}" for r in df.head(n).iter_rows(named=True)]
+    return "; ".join(rows) + (f"; ... (+{df.height - n})" if df.height > n else "")
+
+
+def fit_to_data(faults: pl.DataFrame, data_range: tuple[int, int]) -> pl.DataFrame:
+    """Faults inside [first, last] data time (µs): those wholly outside dropped, the rest clipped; warned."""
+    lo, hi = int(data_range[0]), int(data_range[1])
+    if hi < lo:
+        raise ValueError(f"data_range {data_range}: the end is before the start")
+    outside = (pl.col("end_ts") < lo) | (pl.col("start_ts") > hi)
+    dropped = faults.filter(outside)
+    if dropped.height:
+        log.warning("%d fault(s) lie wholly outside the data (%s .. %s) and are dropped: %s",
+                    dropped.height, _iso(lo), _iso(hi), _named(dropped))
+    kept = faults.filter(~outside)
+    crossing = kept.filter((pl.col("start_ts") < lo) | (pl.col("end_ts") > hi))
+    if crossing.height:
+        log.warning("%d fault(s) cross the edge of the data (%s .. %s) and are clipped to it: %s",
+                    crossing.height, _iso(lo), _iso(hi), _named(crossing))
+    return kept.with_columns(pl.col("start_ts").clip(lo, hi), pl.col("end_ts").clip(lo, hi))
+
+
+def label_grid(faults: pl.DataFrame, step_s: float, margin_s: float,
+               data_range: tuple[int, int] | None = None) -> pl.DataFrame:
     """``labels.parquet``: ts, label (Int8), kind and entity ("+"-joined, sorted, "" when normal).
 
-    A zero-length fault marks the step holding its start.
+    A zero-length fault marks the step holding its start. ``data_range`` ([first, last] µs of the
+    dataset's metrics/traces/logs): the grid stays inside it (see :func:`fit_to_data`).
     """
+    if faults.height and data_range is not None:
+        faults = fit_to_data(faults, data_range)
     if faults.height == 0:
-        log.warning("no faults: the label table is empty (every step counts as normal)")
+        log.warning("no faults%s: the label table is empty (every step counts as normal)",
+                    " inside the data" if data_range is not None else "")
         return pl.DataFrame(schema=LABEL_SCHEMA)
     step = int(round(step_s * 1_000_000))
     margin = int(round(margin_s * 1_000_000))
-    g = grid(int(faults["start_ts"].min()) - margin, int(faults["end_ts"].max()) + margin, step_s)
+    first, last = int(faults["start_ts"].min()) - margin, int(faults["end_ts"].max()) + margin
+    if data_range is not None:
+        first, last = max(first, int(data_range[0])), min(last, int(data_range[1]))
+    g = grid(first, last, step_s)
     g0 = int(g[0])
     # steps whose [ts, ts+step) intersects [start, max(end, start+1µs))
     covered = (faults.with_columns(pl.max_horizontal(pl.col("end_ts"), pl.col("start_ts") + 1).alias("_end"))

@@ -1,13 +1,16 @@
 """Metric points → a wide, gap-filled, training-normalised matrix on the dataset's grid.
 
-Also holds the small grid helpers the trace series reuse (scatter onto the grid, bounded
-forward fill, training-span statistics), so both tables fill and normalise the same way.
+Normalisation is :mod:`stages.features.normalise` (training median, robust spread, a floor of
+``metrics.rel_floor`` × |median| and ``metrics.abs_floor``, clipped to ±``metrics.clip``), so no
+channel can explode however flat it was in training; ``metrics_stats.json`` records the rule, each
+column's centre / spread / scale and which bound set the scale. Also holds the small grid helpers
+the trace series reuse (scatter onto the grid, bounded forward fill), so both tables fill and
+normalise the same way.
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -15,16 +18,17 @@ import polars as pl
 from stages.core.frames import conform
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
+from stages.features.normalise import ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling
 from stages.features.params import MetricsParams
 
 log = logging.getLogger(__name__)
 
 METRIC_GAP_FILL = (
     "per step: mean of the finite points inside [ts, ts+step); a missing step is forward-filled from the last "
-    "observed step for at most metrics.max_gap_steps steps; longer gaps and leading gaps take the training mean "
-    "(0 after z-scoring)"
+    "observed step for at most metrics.max_gap_steps steps; longer gaps and leading gaps take the training median "
+    "(0 after scaling)"
 )
-CONSTANT_STD = 1e-12  # a training std at or below this (relative to |mean|) means the channel carries no signal
+CONSTANT_RANGE = 1e-12  # a training range (max - min) at or below this (relative to |median|) carries no signal
 
 
 def step_us(step_s: float) -> int:
@@ -58,39 +62,13 @@ def forward_fill(x: np.ndarray, limit: int | None) -> np.ndarray:
     return np.where(ok, filled, np.nan)
 
 
-@dataclass
-class TrainStats:
-    """Per-column statistics fitted on the training rows only."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    observed: np.ndarray  # number of observed (non-NaN) training cells per column
-    missing_fraction: np.ndarray  # share of training steps without an observation
-
-
-def fit_train_stats(x: np.ndarray, train_rows: np.ndarray) -> TrainStats:
-    """Mean / population std of the observed training cells (NaN = not observed)."""
+def is_constant(x: np.ndarray, train_rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Columns whose observed training values are all equal (up to float noise)."""
     xt = x[train_rows]
     seen = ~np.isnan(xt)
-    n = seen.sum(axis=0)
-    safe_n = np.maximum(n, 1)
-    vals = np.where(seen, xt, 0.0)
-    mean = vals.sum(axis=0) / safe_n
-    var = (np.where(seen, xt - mean, 0.0) ** 2).sum(axis=0) / safe_n
-    mean = np.where(n > 0, mean, np.nan)
-    std = np.where(n > 0, np.sqrt(var), np.nan)
-    rows = max(int(train_rows.sum()), 1)
-    return TrainStats(mean=mean, std=std, observed=n, missing_fraction=1.0 - n / rows)
-
-
-def is_constant(stats: TrainStats) -> np.ndarray:
-    return stats.std <= CONSTANT_STD * np.maximum(1.0, np.abs(np.nan_to_num(stats.mean)))
-
-
-def zscore(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(x - mean) / std with remaining gaps at the mean, i.e. 0."""
-    z = (x - mean) / std
-    return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    hi = np.where(seen, xt, -np.inf).max(axis=0, initial=-np.inf)
+    lo = np.where(seen, xt, np.inf).min(axis=0, initial=np.inf)
+    return seen.any(axis=0) & (hi - lo <= CONSTANT_RANGE * np.maximum(1.0, np.abs(np.nan_to_num(centre))))
 
 
 def select_channels(names: list[str], params: MetricsParams) -> list[str]:
@@ -116,7 +94,8 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
         (pl.col("entity").fill_null("") + "/" + pl.col("metric").fill_null("")).alias("column"))
     names = select_channels(sorted(pts["column"].unique().to_list()), params)
     pts = pts.filter(pl.col("column").is_in(names) & pl.col("ts").is_not_null())
-    stats: dict = {"fit_until_ts": None, "step_s": step_s, "columns": {}, "dropped": [], "gap_fill": METRIC_GAP_FILL}
+    stats: dict = {"fit_until_ts": None, "step_s": step_s, "normalisation": None, "columns": {}, "dropped": [],
+                   "gap_fill": METRIC_GAP_FILL}
     if pts.height == 0:
         log.warning("no metric points (after include/exclude): empty metric table")
         return empty_table(), stats
@@ -135,9 +114,10 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
     x = scatter_on_grid(means["t"].to_numpy(), means["c"].to_numpy(), means["value"].to_numpy(), (len(g), len(names)))
 
     train_rows = g < cutoff
-    fit = fit_train_stats(x, train_rows)
+    rule = ScaleRule(rel_floor=params.rel_floor, abs_floor=params.abs_floor, clip=params.clip)
+    fit = fit_scaling(x, train_rows, rule)
     no_train = fit.observed == 0
-    constant = ~no_train & is_constant(fit)
+    constant = ~no_train & is_constant(x, train_rows, fit.centre)
     keep = ~(no_train | constant)
     for j, name in enumerate(names):
         if no_train[j]:
@@ -150,12 +130,13 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
 
     kept = [n for n, k in zip(names, keep) if k]
     filled = forward_fill(x[:, keep], params.max_gap_steps)
-    z = zscore(filled, fit.mean[keep], fit.std[keep])
+    z = apply_scaling(filled, fit.centre[keep], fit.scale[keep], rule.clip)
     stats["fit_until_ts"] = cutoff
-    stats["columns"] = {
-        n: {"mean": float(m), "std": float(s), "missing_fraction": float(mf)}
-        for n, m, s, mf in zip(kept, fit.mean[keep], fit.std[keep], fit.missing_fraction[keep])
-    }
+    # only the training share is stored: the stats file must not depend on later steps
+    stats["normalisation"] = {**rule.describe(), "clipped_share_train": clipped_share(z, train_rows, rule.clip)}
+    log.info("metric cells at ±%g: %.2f%% of training steps, %.2f%% after", rule.clip,
+             100 * stats["normalisation"]["clipped_share_train"], 100 * clipped_share(z, ~train_rows, rule.clip))
+    stats["columns"] = column_stats(names, fit, np.flatnonzero(keep))
     frame = pl.DataFrame([pl.Series("ts", g, dtype=pl.Int64)]
                          + [pl.Series(n, z[:, j], dtype=pl.Float32) for j, n in enumerate(kept)])
     return frame, stats

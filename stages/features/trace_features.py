@@ -1,8 +1,10 @@
 """Spans → per-trace aggregates, the call graph, and per-edge latency/count/error series on the grid.
 
 The call graph is discovered from parent→child spans whose services differ; nothing is listed
-in code. Series are normalised with training-span statistics only (the same helpers as the
-metric matrix).
+in code. Series are scaled with training-span statistics only, by the same bounded rule as the
+metric matrix (:mod:`stages.features.normalise`), with absolute floors in each feature's own unit
+(``traces.abs_floor``: seconds, log1p calls, error fraction) so an edge that was flat in training
+(always one call, never an error) gets a sensible scale instead of a near-zero one.
 """
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from stages.core.errors import InputError
 from stages.core.frames import conform
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
-from stages.features.metric_matrix import (
-    empty_table, fit_train_stats, forward_fill, is_constant, scatter_on_grid, step_us, zscore,
-)
+from stages.features.metric_matrix import empty_table, forward_fill, scatter_on_grid, step_us
+from stages.features.normalise import ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling
+from stages.features.params import TracesParams
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,9 @@ UNKNOWN_SERVICE = "unknown"
 TRACE_GAP_FILL = (
     "per step and edge: latency = mean duration of the callee spans starting in [ts, ts+step), count = calls, "
     "error_rate = erroneous calls / calls; steps without calls: count 0, error_rate 0, latency forward-filled from "
-    "the last step with calls, leading gaps the training mean; count is log1p-transformed before z-scoring; "
-    "columns constant on the training span (or without training calls) are only centred (std 1) so every edge "
-    "keeps its three columns"
+    "the last step with calls, leading gaps the training median; count is log1p-transformed before scaling; "
+    "columns without any training observation (latency of an edge first called after the training span) are only "
+    "centred (centre 0, scale 1) so every edge keeps its three columns"
 )
 AGGREGATE_SCHEMA = {
     "trace_id": pl.Utf8, "root_service": pl.Utf8, "root_operation": pl.Utf8, "start_ts": pl.Int64,
@@ -128,20 +130,17 @@ def call_graph(spans: pl.DataFrame, calls: pl.DataFrame, min_edge_count: int = 1
     }
 
 
-def _edge_stats(name: str, mean: float, std: float, missing: float) -> tuple[str, dict]:
-    return name, {"mean": float(mean), "std": float(std), "missing_fraction": float(missing)}
-
-
 def trace_series(calls: pl.DataFrame, graph: dict, ts_min: int, ts_max: int, step_s: float,
-                 split: SplitParams) -> tuple[pl.DataFrame, dict]:
-    """Per-edge latency / count / error_rate on the grid over [ts_min, ts_max], z-scored on the training span."""
+                 split: SplitParams, params: TracesParams | None = None) -> tuple[pl.DataFrame, dict]:
+    """Per-edge latency / count / error_rate on the grid over [ts_min, ts_max], scaled on the training span."""
+    params = params or TracesParams()
     step = step_us(step_s)
     g = grid(ts_min, ts_max, step_s)
     cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
     edges = [f"{a}->{b}" for a, b in graph["edges"]]
-    stats: dict = {"fit_until_ts": cutoff, "step_s": step_s, "columns": {}, "dropped": [], "centred_only": [],
-                   "gap_fill": TRACE_GAP_FILL, "transforms": {"count": "log1p", "latency": "seconds",
-                                                              "error_rate": "fraction"}}
+    stats: dict = {"fit_until_ts": cutoff, "step_s": step_s, "normalisation": {}, "columns": {}, "dropped": [],
+                   "centred_only": [], "gap_fill": TRACE_GAP_FILL,
+                   "transforms": {"count": "log1p", "latency": "seconds", "error_rate": "fraction"}}
     T, E = len(g), len(edges)
     per_step = (calls.with_columns((pl.col("caller") + "->" + pl.col("callee")).alias("edge"),
                                    ((pl.col("ts") // step) * step).alias("step_ts"))
@@ -159,20 +158,24 @@ def trace_series(calls: pl.DataFrame, graph: dict, ts_min: int, ts_max: int, ste
     error_rate = np.divide(errors, count, out=np.zeros_like(errors), where=count > 0)
     train_rows = g < cutoff
     features = {"latency": latency, "count": np.log1p(count), "error_rate": error_rate}
-    missing = fit_train_stats(latency, train_rows).missing_fraction  # share of training steps without calls
+    missing = 1.0 - (count[train_rows] > 0).sum(axis=0) / max(int(train_rows.sum()), 1)  # training steps w/o calls
     z = {}
+    stats["normalisation"] = {**ScaleRule(params.rel_floor, 0.0, params.clip).describe(),
+                              "abs_floor": {f: getattr(params.abs_floor, f) for f in EDGE_FEATURES}}
     for feat, x in features.items():
-        fit = fit_train_stats(x, train_rows)
-        mean, std = fit.mean.copy(), fit.std.copy()
-        weak = np.isnan(mean) | is_constant(fit)
-        for j in np.flatnonzero(weak):
-            stats["centred_only"].append(f"{edges[j]}/{feat}")
-        mean = np.where(np.isnan(mean), 0.0, mean)
-        std = np.where(weak, 1.0, std)
+        rule = ScaleRule(rel_floor=params.rel_floor, abs_floor=getattr(params.abs_floor, feat), clip=params.clip)
+        fit = fit_scaling(x, train_rows, rule)
+        no_train = fit.observed == 0
+        fit.centre[no_train], fit.scale[no_train], fit.bound[no_train] = 0.0, 1.0, "unit"
+        stats["centred_only"] += [f"{edges[j]}/{feat}" for j in np.flatnonzero(fit.bound == "unit")]
         if feat == "latency":
             x = forward_fill(x, None)
-        z[feat] = zscore(x, mean, std)
-        stats["columns"].update(_edge_stats(f"{e}/{feat}", m, s, mf) for e, m, s, mf in zip(edges, mean, std, missing))
+        z[feat] = apply_scaling(x, fit.centre, fit.scale, rule.clip)
+        stats["columns"].update(column_stats([f"{e}/{feat}" for e in edges], fit, np.arange(E), missing))
+    every = np.concatenate(list(z.values()), axis=1)  # only the training share is stored (see metric_matrix)
+    stats["normalisation"]["clipped_share_train"] = clipped_share(every, train_rows, params.clip)
+    log.info("edge-series cells at ±%g: %.2f%% of training steps, %.2f%% after", params.clip,
+             100 * stats["normalisation"]["clipped_share_train"], 100 * clipped_share(every, ~train_rows, params.clip))
     stats["columns"] = dict(sorted(stats["columns"].items()))
     stats["centred_only"].sort()
     series = [pl.Series("ts", g, dtype=pl.Int64)]
@@ -182,8 +185,13 @@ def trace_series(calls: pl.DataFrame, graph: dict, ts_min: int, ts_max: int, ste
 
 
 def trace_features(spans: pl.DataFrame, step_s: float, split: SplitParams, max_gap_s: float = 3600.0,
-                   min_edge_count: int = 1, source: str | Path | None = None) -> dict:
-    """Everything the traces stage writes: aggregates, call graph, series, stats (plus counts for the summary)."""
+                   min_edge_count: int = 1, source: str | Path | None = None,
+                   params: TracesParams | None = None) -> dict:
+    """Everything the traces stage writes: aggregates, call graph, series, stats (plus counts for the summary).
+
+    ``params`` carries the scaling knobs (``rel_floor``, ``abs_floor``, ``clip``; defaults when None);
+    ``max_gap_s`` and ``min_edge_count`` are passed on their own for the existing callers.
+    """
     clean = clean_spans(spans, source)
     body, stray = drop_stray_spans(clean, max_gap_s)
     calls = service_calls(body)
@@ -191,11 +199,11 @@ def trace_features(spans: pl.DataFrame, step_s: float, split: SplitParams, max_g
     if body.height == 0:
         log.warning("no spans: empty trace tables")
         series = empty_table()
-        stats = {"fit_until_ts": None, "step_s": step_s, "columns": {}, "dropped": [], "centred_only": [],
-                 "gap_fill": TRACE_GAP_FILL}
+        stats = {"fit_until_ts": None, "step_s": step_s, "normalisation": {}, "columns": {}, "dropped": [],
+                 "centred_only": [], "gap_fill": TRACE_GAP_FILL}
     else:
         series, stats = trace_series(calls, graph, int(body["start_ts"].min()), int(body["start_ts"].max()),
-                                     step_s, split)
+                                     step_s, split, params)
     stats["stray_spans_dropped"] = stray
     return {"aggregates": trace_aggregates(body), "graph": graph, "series": series, "stats": stats,
             "spans": body.height, "stray_spans": stray, "calls": calls.height}

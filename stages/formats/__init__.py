@@ -8,7 +8,12 @@ Every format module exposes the same functions, each returning a canonical frame
     read_logs(root: Path, offset_s: float) -> pl.DataFrame | None
     read_faults(root: Path, offset_s: float) -> pl.DataFrame | None
     list_files(root: Path) -> dict[str, list[Path]]      # modality -> files that would be read
+    scan(root: Path) -> _common.Scan                       # the same, plus what is skipped and why
     DEFAULT_OFFSETS: ClockOffsets                          # offsets that fit the public data
+
+Nothing is dropped silently (issue 10): every file a reader skips is named in a warning with the
+reason; a modality whose files exist but yield no row is an error; times before 2000 or more than
+a year from the modality's median are errors naming file and row; see ``_common``.
 """
 from __future__ import annotations
 
@@ -32,10 +37,17 @@ def reader(fmt: str) -> ModuleType:
 
 
 def check_root(root: Path) -> Path:
+    """The dump folder, checked: it exists, is a folder (``raw:`` naming one file reads nothing) and is listable."""
     root = Path(root)
     if not root.exists():
         raise InputError(root, None, "an existing raw dump folder")
-    if root.is_dir() and not any(root.iterdir()):
+    if not root.is_dir():
+        raise InputError(root, None, "a raw dump folder", "a file" if root.is_file() else "not a folder")
+    try:
+        empty = not any(root.iterdir())
+    except OSError as exc:
+        raise InputError(root, None, "a readable raw dump folder", exc.strerror or str(exc)) from None
+    if empty:
         raise InputError(root, None, "a non-empty raw dump folder")
     return root
 
@@ -56,3 +68,22 @@ def read_dump(fmt: str, root: Path, offsets: ClockOffsets | None = None) -> Dump
     for modality in MODALITIES:
         setattr(dump, modality, read_modality(fmt, root, modality, offsets))
     return dump
+
+
+def data_time_range(fmt: str, root: Path, offsets: ClockOffsets | None = None,
+                    modalities: tuple[str, ...] = ("metrics", "traces", "logs")) -> tuple[int, int] | None:
+    """[first, last] µs over the given modalities of a dump (after offsets); None when none has data.
+
+    For the labels stage: the label grid must not extend past the data (see
+    :func:`stages.features.label_grid.label_grid`'s ``data_range``). It reads those modalities
+    in full, so a stage that already holds the frames should take the range from them instead.
+    """
+    lo, hi = None, None
+    for modality in modalities:
+        df = read_modality(fmt, root, modality, offsets)
+        if df is None or df.height == 0:
+            continue
+        col = "start_ts" if modality == "traces" else "ts"
+        a, b = int(df[col].min()), int(df[col].max())
+        lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+    return None if lo is None else (lo, hi)

@@ -3,6 +3,12 @@
 Each helper raises :class:`InputError` naming the file, the row/key and what was expected, so a
 reader never has to translate a library exception into a readable message itself.
 
+Nothing is dropped without a word (issue 10): :func:`walk` / :class:`Scan` list every data-like
+file a reader does not read and why, :func:`require_rows` makes a modality whose files yield no
+row an error, :class:`TimeAudit` rejects implausible times where file and row are still known,
+:func:`check_columns` names entity files whose columns differ from the rest, and
+:func:`dedupe_spans` / :func:`cut_bad_parents` report reused span ids and impossible parent links.
+
 Non-UTF-8 policy (DESIGN §9): bytes that are not UTF-8 are *replaced* (U+FFFD) in log files,
 where they only damage free text and a whole day of logs should not be lost to one bad byte
 (a warning says how many were replaced); in every other file (metrics, traces, faults) they are
@@ -11,16 +17,21 @@ an error, because a mangled number, id or time would silently corrupt the data.
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import functools
 import io
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 import ijson
+import numpy as np
 import polars as pl
 
 from stages.core.errors import InputError
@@ -37,17 +48,145 @@ _LEVEL_ALIASES = {"WARN": "WARNING", "ERR": "ERROR"}
 # ------------------------------------------------------------------ files
 
 
-def find(root: Path, *patterns: str, exclude: Iterable[str] = ()) -> list[Path]:
-    """Files under ``root`` (recursively) matching any glob pattern; sorted, hidden/macOS junk skipped."""
+def _junk(name: str) -> bool:
+    return name.startswith((".", "__MACOSX"))
+
+
+def walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """(regular files, other entries) under ``root``, recursively, hidden/macOS junk skipped.
+
+    "Other" are names that are not regular files: folders, broken or looping symlinks, pipes —
+    the readers list the ones named like a data file as skipped. Symlinked folders are followed
+    once (a dump assembled from links), loops are not. A folder that cannot be listed is an
+    error: silently missing a whole folder of a dump is how a metric table shrinks without a word.
+    """
     root = Path(root)
-    out: set[Path] = set()
-    for pattern in patterns:
-        for p in root.rglob(pattern):
-            rel = p.relative_to(root).parts
-            if p.is_file() and not any(part.startswith((".", "__MACOSX")) for part in rel):
-                out.add(p)
+    files: list[Path] = []
+    other: list[Path] = []
+    seen = {os.path.realpath(root)}
+
+    def fail(exc: OSError) -> None:
+        raise InputError(exc.filename or root, None, "a readable folder", exc.strerror or str(exc))
+
+    for folder, dirs, names in os.walk(root, onerror=fail, followlinks=True):
+        base = Path(folder)
+        keep = []
+        for d in sorted(dirs):
+            p = base / d
+            if _junk(d):
+                continue
+            real = os.path.realpath(p)
+            if real in seen:  # a symlink back into the tree: would loop
+                other.append(p)
+                continue
+            seen.add(real)
+            keep.append(d)
+            if p.suffix:  # a folder named like a data file ("svc.csv/")
+                other.append(p)
+        dirs[:] = keep
+        for name in names:
+            if _junk(name):
+                continue
+            p = base / name
+            (files if p.is_file() else other).append(p)
+    return sorted(files), sorted(other)
+
+
+def find(root: Path, *patterns: str, exclude: Iterable[str] = (), odd: list[tuple[Path, str]] | None = None
+         ) -> list[Path]:
+    """Regular files under ``root`` (recursively) matching any glob pattern; sorted, hidden/macOS junk skipped.
+
+    Entries that match but are not regular files are appended to ``odd`` as (path, why)."""
+    files, other = walk(root)
     skip = tuple(exclude)
-    return sorted(p for p in out if not (skip and any(p.match(x) for x in skip)))
+
+    def wanted(p: Path) -> bool:
+        return any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns) and not (skip and any(p.match(x) for x in skip))
+
+    if odd is not None:
+        odd.extend((p, not_regular(p)) for p in other if wanted(p))
+    return [p for p in files if wanted(p)]
+
+
+def not_regular(p: Path) -> str:
+    """Why a path that looks like a data file cannot be read as one."""
+    if p.is_symlink():
+        try:
+            p.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return "a broken or looping symlink"
+    if p.is_dir():
+        return "a folder, not a file"
+    return "not a regular file"
+
+
+@dataclass
+class Scan:
+    """What a reader reads under a dump root, per modality, and what it skips.
+
+    ``skipped[modality]``: files that belong to the modality (by name or header) but cannot be
+    read as such (not a regular file, misnamed, header only): they count as the modality's files,
+    so a modality made only of them is an error. ``unclaimed``: data-like files no modality takes.
+    """
+
+    files: dict[str, list[Path]]
+    skipped: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)
+    unclaimed: list[tuple[Path, str]] = field(default_factory=list)
+
+    def skips(self, modality: str) -> list[tuple[Path, str]]:
+        return self.skipped.get(modality, [])
+
+    def skip(self, modality: str, path: Path, why: str) -> None:
+        self.skipped.setdefault(modality, []).append((path, why))
+
+
+_WARNED: set[tuple[str, str]] = set()  # (what, file): each skipped file is named once per process
+# Files a dump may hold that another part of the pipeline reads (not a reader): never "unclaimed".
+SIDE_FILES = ("synth_truth.json",)  # the synthetic dumps' ground-truth sidecar (stages/features/fault_truth.py)
+
+
+def _listing(items: list[tuple[Path, str]]) -> str:
+    listed = "; ".join(f"{p} ({why})" for p, why in items[:20])
+    return listed + (f"; ... (+{len(items) - 20})" if len(items) > 20 else "")
+
+
+def warn_skipped(modality: str, skipped: list[tuple[Path, str]], unclaimed: list[tuple[Path, str]] = ()) -> None:
+    """One warning listing every file of a modality that is not read and why, one for files no
+    modality reads (each file named once per process, though every reader of the dump sees it)."""
+    if skipped:
+        log.warning("%s: %d file(s) skipped: %s", modality, len(skipped), _listing(skipped))
+    fresh = [(p, why) for p, why in unclaimed if ("unclaimed", str(p)) not in _WARNED and p.name not in SIDE_FILES]
+    if fresh:
+        _WARNED.update(("unclaimed", str(p)) for p, _ in fresh)
+        log.warning("%d file(s) under the dump are read by no reader: %s", len(fresh), _listing(fresh))
+
+
+def require_rows(modality: str, frame: pl.DataFrame | None, files: list[Path],
+                 skipped: list[tuple[Path, str]]) -> None:
+    """A modality whose files exist but yield no row at all is an error, not an empty table."""
+    if (files or skipped) and (frame is None or frame.height == 0):
+        first, why = skipped[0] if skipped else (files[0], "no data rows")
+        n = len({*files, *(p for p, _ in skipped)})
+        raise InputError(first, None, f"{modality} rows from at least one of its {n} {modality} file(s)",
+                         f"none; this one: {why}")
+
+
+def check_columns(modality: str, headers: dict[Path, list[str]], skip: Iterable[str] = ()) -> None:
+    """Warn for each entity file whose column set differs from the majority of the dump's files."""
+    if len(headers) < 3:
+        return
+    skip = set(skip)
+    sets = {p: frozenset(h) - skip for p, h in headers.items()}
+    counts: dict[frozenset, int] = {}
+    for cols in sets.values():
+        counts[cols] = counts.get(cols, 0) + 1
+    majority, n = max(counts.items(), key=lambda kv: (kv[1], sorted(kv[0])))
+    if n * 2 <= len(sets):
+        return  # no majority layout to compare with
+    for p, cols in sets.items():
+        if cols != majority:
+            log.warning("%s: columns differ from the %d other %s files of the dump: missing %s, extra %s",
+                        p, n, modality, sorted(majority - cols), sorted(cols - majority))
 
 
 def read_bytes(path: Path) -> bytes:
@@ -407,9 +546,11 @@ def parse_times(col: pl.Series, path: Path | str, column: str, *, tz_offset_s: f
         pl.col("s").str.extract(r"\s([A-Za-z]{2,5})$", 1).alias("abbr"),
         pl.col("s").str.extract(r"(?:\d)([+-]\d\d:?\d\d)$", 1).alias("num"),
     )
-    unknown = frame.filter(pl.col("abbr").is_not_null() & ~pl.col("abbr").str.to_uppercase().is_in(list(TZ_OFFSETS_S)))
+    unknown = frame.with_row_index("_i").filter(pl.col("abbr").is_not_null()
+                                                & ~pl.col("abbr").str.to_uppercase().is_in(list(TZ_OFFSETS_S)))
     if unknown.height:
-        raise InputError(path, f"column '{column}'", f"a time zone among {sorted(TZ_OFFSETS_S)}", unknown["s"][0])
+        raise InputError(path, f"{row_label(int(unknown['_i'][0]))} column '{column}'",
+                         f"a time zone among {sorted(TZ_OFFSETS_S)}", unknown["s"][0])
     sign = pl.when(pl.col("num").str.slice(0, 1) == "-").then(-1).otherwise(1)
     digits = pl.col("num").str.replace(":", "").str.slice(1)
     frame = frame.with_columns(
@@ -444,6 +585,67 @@ def parse_times(col: pl.Series, path: Path | str, column: str, *, tz_offset_s: f
     zone_us = frame["zone_s"].cast(pl.Int64) * US
     out = parsed.dt.epoch("us") - zone_us.fill_null(naive_shift)
     return out.rename(col.name)
+
+
+# Plausible times (issue 10): nothing before 2000 (an epoch-0 or negative stamp, a unit mistake),
+# nothing more than a year from the median time of the dump's modality (one typo'd year would
+# otherwise stretch a grid over millions of empty steps).
+MIN_PLAUSIBLE_US = 946_684_800 * US  # 2000-01-01T00:00:00Z
+MAX_SPREAD_US = 365 * 86_400 * US
+
+
+def iso_us(us: int | float | None) -> str:
+    """ISO-8601 UTC of epoch µs (any year python can show; else the number)."""
+    if us is None:
+        return "null"
+    try:
+        return datetime.fromtimestamp(us / US, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return f"{us} µs"
+
+
+class TimeAudit:
+    """Plausibility of one modality's times, checked where the reader still knows file and row.
+
+    :meth:`series` / :meth:`value` reject a time before 2000 at once (naming file, row, column)
+    and remember each file's earliest and latest time with its place; :meth:`finish`, given the
+    whole modality's times, rejects the first remembered one more than a year from their median.
+    """
+
+    def __init__(self, modality: str):
+        self.modality = modality
+        self._ext: dict[tuple[str, str], tuple[int, str, str]] = {}  # (file, lo|hi) → (µs, file, where)
+
+    def _keep(self, path: Path | str, us: int, where: str) -> None:
+        if us < MIN_PLAUSIBLE_US:
+            raise InputError(path, where, "a time after 2000-01-01 (epoch s/ms/µs/ns or a date)", iso_us(us))
+        for side, better in (("lo", lambda a, b: a < b), ("hi", lambda a, b: a > b)):
+            key = (str(path), side)
+            if key not in self._ext or better(us, self._ext[key][0]):
+                self._ext[key] = (us, str(path), where)
+
+    def value(self, path: Path | str, us: int | None, where: str) -> None:
+        if us is not None:
+            self._keep(path, int(us), where)
+
+    def series(self, path: Path | str, ts: pl.Series, column: str, row_label=row_of,
+               rows: pl.Series | None = None) -> None:
+        """``rows``: the original 0-based record of each value (default: its position)."""
+        if ts.len() == 0 or ts.null_count() == ts.len():
+            return
+        for i in (ts.arg_min(), ts.arg_max()):
+            row = int(rows[i]) if rows is not None else int(i)
+            self._keep(path, int(ts[i]), f"{row_label(row)} column '{column}'")
+
+    def finish(self, ts: pl.Series | None) -> None:
+        if ts is None or ts.len() == 0 or not self._ext:
+            return
+        median = int(ts.median())
+        for us, path, where in sorted(self._ext.values(), key=lambda e: (-abs(e[0] - median), e[1], e[2])):
+            if abs(us - median) > MAX_SPREAD_US:
+                raise InputError(path, where, f"a time within a year of the {self.modality} median "
+                                              f"{iso_us(median)}", iso_us(us))
+            break
 
 
 def shift(df: pl.DataFrame, columns: Iterable[str], offset_s: float) -> pl.DataFrame:
@@ -494,3 +696,66 @@ def melt_metrics(df: pl.DataFrame, ts: pl.Series, entity: str, path: Path, skip:
     return long.filter(pl.col("value").is_not_null() & pl.col("value").is_not_nan()).with_columns(
         pl.lit(entity).alias("entity")
     )
+
+
+# ------------------------------------------------------------------ spans: duplicates and links
+
+
+def _ids(df: pl.DataFrame, n: int = 3) -> str:
+    return ", ".join(f"trace {t} span {sp}" for t, sp in df.select("trace_id", "span_id").head(n).iter_rows())
+
+
+def dedupe_spans(spans: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Drop repeated spans; a spanID reused with *different* content is a counted warning.
+
+    Exact repeats are normal (the Jaeger export repeats whole traces). Two different records
+    under one (trace, span) id are a warning, not an error: a late flush can rewrite a span, and
+    one corrupt id among millions should not stop a dump; the first record (in file order) is
+    kept and the ids are named so the user can look.
+    """
+    if spans.height == 0:
+        return spans
+    key = ["trace_id", "span_id"]
+    distinct = spans.unique(maintain_order=True)
+    clash = distinct.filter(pl.len().over(key) > 1)
+    if clash.height:
+        groups = clash.unique(subset=key, maintain_order=True)
+        log.warning("%s: %d span id(s) reused by different spans (%d records); the first record of each is kept "
+                    "(%s)", source, groups.height, clash.height, _ids(groups))
+    return distinct.unique(subset=key, keep="first", maintain_order=True)
+
+
+def cut_bad_parents(spans: pl.DataFrame, source: str) -> pl.DataFrame:
+    """Self-parent spans and parent cycles lose their parent link (they become roots), counted.
+
+    A counted warning, not an error: the spans' own times and services are sound, only the link is
+    impossible; cutting it keeps the data while no call edge is made up from it. The message names
+    trace and span ids.
+    """
+    if spans.height == 0:
+        return spans
+    idx = spans.select("trace_id", "span_id").with_row_index("_i")
+    parent = (spans.select("trace_id", pl.col("parent_id").alias("span_id")).with_row_index("_c")
+              .join(idx, on=["trace_id", "span_id"], how="left").sort("_c")["_i"])
+    p = parent.fill_null(-1).cast(pl.Int64).to_numpy().copy()
+    n = len(p)
+    # pointer doubling: after k rounds q[i] is the 2^k-th ancestor; past n steps only a cycle remains
+    q = p.copy()
+    for _ in range(max(1, int(np.ceil(np.log2(n + 1))) + 1)):
+        q = np.where(q >= 0, q[np.maximum(q, 0)], -1)
+    in_cycle = np.zeros(n, bool)
+    frontier = np.unique(q[q >= 0])
+    while frontier.size:
+        new = frontier[~in_cycle[frontier]]
+        in_cycle[new] = True
+        frontier = p[new]
+        frontier = frontier[frontier >= 0]
+    if not in_cycle.any():
+        return spans
+    bad = spans.filter(pl.Series(in_cycle))
+    selfish = bad.filter(pl.col("parent_id") == pl.col("span_id"))
+    log.warning("%s: %d span(s) in %d trace(s) are their own parent (%d) or sit on a parent cycle (%d); their "
+                "parent links are cut so no call edge is made up (%s)", source, bad.height,
+                bad["trace_id"].n_unique(), selfish.height, bad.height - selfish.height, _ids(bad))
+    return spans.with_columns(pl.when(pl.Series(in_cycle)).then(None).otherwise(pl.col("parent_id"))
+                              .alias("parent_id"))

@@ -57,30 +57,57 @@ def _sibling_fault_files(root: Path) -> list[Path]:
     return [p] if p.is_file() else []
 
 
-def _span_files(root: Path) -> list[Path]:
+def _span_files(root: Path, odd: list[tuple[Path, str]]) -> list[Path]:
     """One spans file per folder: the plain JSON when both it and the zip exist."""
-    plain = c.find(root, "spans.json")
+    plain = c.find(root, "spans.json", odd=odd)
     have = {p.parent for p in plain}
-    zipped = [p for p in c.find(root, "spans.json.zip") if p.parent not in have]
+    zipped = [p for p in c.find(root, "spans.json.zip", odd=odd) if p.parent not in have]
     return sorted(plain + zipped)
 
 
-def list_files(root: Path) -> dict[str, list[Path]]:
+def scan(root: Path) -> c.Scan:
+    """Files by place and name; data-like files nothing reads, and unreadable entries, are listed."""
     root = Path(root)
-    return {
-        "metrics": [p for p in c.find(root, "*.csv") if p.parent.name == "metrics"],
-        "traces": _span_files(root),
-        "logs": c.find(root, "logs.json"),
-        "faults": sorted(set(c.find(root, "*fault*.json") + _sibling_fault_files(root))),
-    }
+    odd: dict[str, list[tuple[Path, str]]] = {m: [] for m in ("metrics", "traces", "logs", "faults")}
+    csvs = c.find(root, "*.csv", odd=odd["metrics"])
+    out = c.Scan({
+        "metrics": [p for p in csvs if p.parent.name == "metrics"],
+        "traces": _span_files(root, odd["traces"]),
+        "logs": c.find(root, "logs.json", odd=odd["logs"]),
+        "faults": sorted(set(c.find(root, "*fault*.json", odd=odd["faults"]) + _sibling_fault_files(root))),
+    })
+    for modality, items in odd.items():
+        for p, why in items:
+            if modality != "metrics" or p.parent.name == "metrics":
+                out.skip(modality, p, why)
+    read = {p for files in out.files.values() for p in files}
+    for p in csvs:
+        if p not in read:
+            out.unclaimed.append((p, "a CSV outside a metrics/ folder"))
+    for p in c.find(root, "*.json", "*.zip"):
+        if p in read:
+            continue
+        if p.name == "spans.json.zip":
+            out.unclaimed.append((p, "not read: the spans.json beside it is"))
+        else:
+            out.unclaimed.append((p, "not metrics/<service>.csv, logs.json, spans.json[.zip] or a *fault*.json"))
+    return out
+
+
+def list_files(root: Path) -> dict[str, list[Path]]:
+    return scan(root).files
 
 
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path) -> pl.DataFrame:
+def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
+    """Long metric points of one service's CSV; None when it holds no data row (header only)."""
     df = c.read_csv(path, ["timestamp"], infer=True)
+    if df.height == 0:
+        return None
     ts = c.parse_times(df["timestamp"], path, "timestamp")
+    audit.series(path, ts, "timestamp")
     bad_ts = ts.is_null()
     if bad_ts.any():
         log.warning("%s: %d row(s) without a timestamp dropped", path, int(bad_ts.sum()))
@@ -89,23 +116,39 @@ def _read_metric_file(path: Path) -> pl.DataFrame:
 
 
 def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["metrics"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["metrics"], list(found.skips("metrics"))
+    audit = c.TimeAudit("metrics")
+    frames = []
+    for p in tqdm(files, desc="eadro metrics", disable=len(files) < 50):
+        frame = _read_metric_file(p, audit)
+        if frame is None:
+            skipped.append((p, "header only, no data row"))
+        else:
+            frames.append(frame)
+    c.warn_skipped("metrics", skipped, found.unclaimed)
+    c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["timestamp"])
+    if not files and not skipped:
         return None
-    frames = [_read_metric_file(p) for p in tqdm(files, desc="eadro metrics", disable=len(files) < 50)]
-    return c.shift(c.finish(frames, "metrics", ["ts", "entity", "metric"]), ["ts"], offset_s)
+    df = c.finish(frames, "metrics", ["ts", "entity", "metric"])
+    c.require_rows("metrics", df, files, skipped)
+    audit.finish(df["ts"])
+    return c.shift(df, ["ts"], offset_s)
 
 
 # ------------------------------------------------------------------ logs
 
 
-def _parse_log_lines(service: str, lines: list[str], path: Path) -> pl.DataFrame:
+def _parse_log_lines(service: str, lines: list[str], path: Path, audit: c.TimeAudit | None = None) -> pl.DataFrame:
     """Raw lines → (ts, level, message); continuation lines (stack traces) inherit the previous line's time."""
     df = pl.DataFrame({"raw": pl.Series(lines, dtype=pl.Utf8)})
     parts = df.with_columns(pl.col("raw").str.extract_groups(_LINE).alias("g")).unnest("g")
     parts = parts.rename({"1": "time", "2": "level", "3": "rest"})
     head = pl.col("time").is_not_null()
-    times = c.parse_times(parts["time"], path, "line time", row_label=lambda i: f"key '{service}' item {i}")
+    label = lambda i: f"key '{service}' item {i}"  # noqa: E731
+    times = c.parse_times(parts["time"], path, "line time", row_label=label)
+    if audit is not None:
+        audit.series(path, times, "line time", row_label=label)
     out = parts.with_columns(
         pl.Series("ts", times),
         pl.when(head).then(pl.col("rest").str.replace(_SPRING_PREFIX, "")).otherwise(pl.col("raw"))
@@ -125,7 +168,7 @@ def _top_level_type(opener: c.Opener, path: Path, first: str) -> str:
     return type(next(c.stream_json(opener, path, ""), None)).__name__
 
 
-def _read_log_file(path: Path) -> list[pl.DataFrame]:
+def _read_log_file(path: Path, audit: c.TimeAudit | None = None) -> list[pl.DataFrame]:
     """One service's lines at a time (ijson kvitems), so the file is never held whole."""
     opener = lambda: c.open_binary(path)
     first = c.json_first_byte(opener)
@@ -140,16 +183,27 @@ def _read_log_file(path: Path) -> list[pl.DataFrame]:
         if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
             raise InputError(path, f"key '{service}'", "a list of log-line strings",
                              type(lines).__name__ if not isinstance(lines, list) else "a list with non-strings")
-        frames[service] = _parse_log_lines(service, lines, path)
+        frames[service] = _parse_log_lines(service, lines, path, audit)
     return [f for f in frames.values() if f is not None]
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["logs"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["logs"], list(found.skips("logs"))
+    audit = c.TimeAudit("logs")
+    frames = []
+    for p in files:
+        per_service = _read_log_file(p, audit)
+        if not any(f.height for f in per_service):
+            skipped.append((p, "no service with a timestamped line"))
+        frames += per_service
+    c.warn_skipped("logs", skipped, found.unclaimed)
+    if not files and not skipped:
         return None
-    frames = [f for p in files for f in _read_log_file(p)]
-    return c.shift(c.finish(frames, "logs", ["ts", "service"]), ["ts"], offset_s)
+    df = c.finish(frames, "logs", ["ts", "service"])
+    c.require_rows("logs", df, files, skipped)
+    audit.finish(df["ts"])
+    return c.shift(df, ["ts"], offset_s)
 
 
 # ------------------------------------------------------------------ traces
@@ -238,8 +292,11 @@ def _parent(refs: list) -> str | None:
     return by_type.get("CHILD_OF") or by_type.get("FOLLOWS_FROM")
 
 
+_PLACE = {"_ti": pl.Int64, "_si": pl.Int64}  # where each span sits in its file, for messages
+
+
 def _new_columns() -> dict[str, list]:
-    return {k: [] for k in _SPAN_SCHEMA}
+    return {k: [] for k in {**_SPAN_SCHEMA, **_PLACE}}
 
 
 def _add_trace(cols: dict[str, list], path: Path, ti: int, trace) -> None:
@@ -259,8 +316,11 @@ def _add_trace(cols: dict[str, list], path: Path, ti: int, trace) -> None:
         if not service:
             raise InputError(path, f"{where}.spans[{si}].processID",
                              "a processID listed in the trace's processes with a serviceName", s.get("processID"))
-        if not isinstance(start, (int, float)) or not isinstance(dur, (int, float)):
+        if isinstance(start, bool) or isinstance(dur, bool) or not isinstance(start, (int, float)) \
+                or not isinstance(dur, (int, float)):
             raise InputError(path, f"{where}.spans[{si}].startTime/duration", "numbers (µs)", (start, dur))
+        if dur < 0:
+            raise InputError(path, f"{where}.spans[{si}].duration", "a non-negative duration (µs)", dur)
         cols["trace_id"].append(tid)
         cols["span_id"].append(sid)
         cols["parent_id"].append(_parent(s.get("references")))
@@ -269,10 +329,23 @@ def _add_trace(cols: dict[str, list], path: Path, ti: int, trace) -> None:
         cols["start_us"].append(int(start))
         cols["duration_us"].append(float(dur))
         cols["is_error"].append(_is_error(s.get("tags")))
+        cols["_ti"].append(ti)
+        cols["_si"].append(si)
 
 
-def _span_chunks(path: Path) -> Iterator[pl.DataFrame]:
-    """Raw span frames of at most SPAN_CHUNK_TRACES traces each, streamed from one spans file."""
+def _chunk_frame(cols: dict[str, list], path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+    """The built chunk, its start times checked (naming trace and span), exact repeats dropped."""
+    df = pl.DataFrame(cols, schema={**_SPAN_SCHEMA, **_PLACE})
+    ti, si = df["_ti"], df["_si"]
+    audit.series(path, df["start_us"], "startTime", row_label=lambda i: f"trace[{ti[i]}].spans[{si[i]}]")
+    return df.drop(list(_PLACE)).unique(maintain_order=True)
+
+
+def _span_chunks(path: Path, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
+    """Span frames of at most SPAN_CHUNK_TRACES traces each, streamed from one spans file.
+
+    Exact repeats are dropped per chunk, so only distinct records are held; records that share a
+    (trace, span) id but differ are kept for :func:`stages.formats._common.dedupe_spans` to report."""
     label, opener, size = _span_source(path)
     cols, in_chunk = _new_columns(), 0
     with tqdm(total=size, unit="B", unit_scale=True, desc=f"spans {path.name}", disable=size < 50_000_000) as bar:
@@ -281,29 +354,35 @@ def _span_chunks(path: Path) -> Iterator[pl.DataFrame]:
                 _add_trace(cols, path, ti, trace)
                 in_chunk += 1
                 if in_chunk == SPAN_CHUNK_TRACES:
-                    yield pl.DataFrame(cols, schema=_SPAN_SCHEMA)
+                    yield _chunk_frame(cols, path, audit)
                     cols, in_chunk = _new_columns(), 0
         except (zipfile.BadZipFile, zlib.error) as exc:
             raise InputError(path, None, "a valid zip archive", str(exc)) from None
     if in_chunk:
-        yield pl.DataFrame(cols, schema=_SPAN_SCHEMA)
+        yield _chunk_frame(cols, path, audit)
 
 
 def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["traces"]
-    if not files:
-        return None
-    key = ["trace_id", "span_id"]
-    n, frames = 0, []
+    found = scan(root)
+    files, skipped = found.files["traces"], list(found.skips("traces"))
+    audit = c.TimeAudit("traces")
+    frames: list[pl.DataFrame] = []
     for path in files:
-        for raw in _span_chunks(path):  # dropping repeats per chunk keeps only unique spans in memory
-            n += raw.height
-            frames.append(raw.unique(subset=key, keep="first", maintain_order=True))
-    spans = pl.concat(frames) if frames else pl.DataFrame(schema=_SPAN_SCHEMA)
-    spans = spans.unique(subset=key, keep="first", maintain_order=True)  # repeats across chunks and files
-    log.info("eadro traces: %d span records, %d unique spans, %d unique traces",
-             n, spans.height, spans["trace_id"].n_unique())
-    spans = spans.with_columns(pl.col("start_us").alias("start_ts"), (pl.col("duration_us") / US).alias("duration_s"))
+        before = len(frames)
+        frames += _span_chunks(path, audit)
+        if not any(f.height for f in frames[before:]):
+            skipped.append((path, "no span"))
+    c.warn_skipped("traces", skipped, found.unclaimed)
+    if not files and not skipped:
+        return None
+    spans = pl.concat(frames).unique(maintain_order=True) if frames else pl.DataFrame(schema=_SPAN_SCHEMA)
+    c.require_rows("traces", spans, files, skipped)
+    audit.finish(spans["start_us"])
+    spans = c.conform(spans.with_columns(pl.col("start_us").alias("start_ts"),
+                                         (pl.col("duration_us") / US).alias("duration_s")), "traces")
+    label = f"eadro traces under {root}"
+    spans = c.cut_bad_parents(c.dedupe_spans(spans, label), label)
+    log.info("eadro traces: %d unique spans, %d unique traces", spans.height, spans["trace_id"].n_unique())
     return c.shift(c.finish([spans], "traces", ["start_ts", "trace_id", "span_id"]), ["start_ts"], offset_s)
 
 
@@ -320,7 +399,7 @@ def fault_entity(name: str, known: list[str]) -> str:
     return m.group(1) if m else name
 
 
-def _read_fault_file(path: Path, known: list[str]) -> pl.DataFrame:
+def _read_fault_file(path: Path, known: list[str], audit: c.TimeAudit) -> pl.DataFrame:
     data = c.load_json(path)
     faults = c.expect_key(data, "faults", path, "")
     if not isinstance(faults, list):
@@ -334,6 +413,7 @@ def _read_fault_file(path: Path, known: list[str]) -> pl.DataFrame:
             raise InputError(path, f"{w}.start/duration", "an epoch-seconds start and a non-negative duration",
                              (f["start"], f["duration"]))
         start = int(round(f["start"] * US))
+        audit.value(path, start, f"{w}.start")
         rows["start_ts"].append(start)
         rows["end_ts"].append(start + int(round(f["duration"] * US)))
         rows["entity"].append(fault_entity(str(f["name"]), known))
@@ -342,10 +422,16 @@ def _read_fault_file(path: Path, known: list[str]) -> pl.DataFrame:
 
 
 def read_faults(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)
+    found = scan(root)
+    files, skipped = found.files, found.skips("faults")
+    c.warn_skipped("faults", skipped, found.unclaimed)
     if not files["faults"]:
+        if skipped:
+            c.require_rows("faults", None, [], skipped)
         return None
     known = sorted({p.stem for p in files["metrics"]})
-    frames = [_read_fault_file(p, known) for p in files["faults"]]
+    audit = c.TimeAudit("faults")
+    frames = [_read_fault_file(p, known, audit) for p in files["faults"]]
     df = c.finish(frames, "faults", ["start_ts", "entity", "kind"]).unique(maintain_order=True)
+    audit.finish(df["start_ts"])
     return c.shift(df, ["start_ts", "end_ts"], offset_s)

@@ -28,9 +28,12 @@ message pattern                                                        kind     
 Windows longer than a day are logging errors (some August ``cpu_anomalies`` rows claim ~30
 days); they are clipped to the median duration of their kind, with a warning.
 
-Skipped (not injections): ``[normal ... label]`` lines, uploads of logs, redis requests and
-``write success`` lines, service lists / downstream calls, ``exception injection failed``
-errors (the injection did not happen), SQL error continuation rows and empty messages.
+Skipped (not injections, ``NOT_FAULTS``): ``[normal ... label]`` lines, uploads of logs, redis
+requests and ``write success`` lines, service lists / downstream calls, ``exception injection
+failed`` errors (the injection did not happen), SQL error continuation rows and empty messages.
+Any other row is an injection of unknown kind: kept as kind ``other`` (its own "start at/with T"
+or the logged time; its "lasts N seconds" or 0) with a warning naming the rows. A negative
+duration is an error naming the row.
 
 Clocks: the public samples hold only run tables, so the relation between the naive date-time
 strings and the epoch-ms metric/trace numbers cannot be checked here; strings are read as UTC
@@ -46,7 +49,7 @@ import polars as pl
 from tqdm import tqdm
 
 from stages.core.errors import InputError
-from stages.core.frames import US
+from stages.core.frames import US, empty
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 
@@ -63,7 +66,7 @@ TRACE_COLUMNS = ["service_name", "trace_id", "span_id", "parent_id", "start_time
 _HEADER = r"^\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:[.,]\d+)?) \| (\w+) \| [^|]* \| [^|]* \| ([^|]*?) \| (.*)$"
 _TRACE_PREFIX = r"^[0-9a-fA-F]{16,32} \| "
 _TIME = r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?)"
-_SECONDS = r"([0-9]+(?:\.[0-9]+)?)"
+_SECONDS = r"(-?[0-9]+(?:\.[0-9]+)?)"  # signed: a negative duration is an error, not a skipped row
 
 # (kind, regex on the text, group holding the start time or None = logged time, duration: group or constant)
 FAULT_PATTERNS: tuple[tuple[str, str, bool, float | None], ...] = (
@@ -77,20 +80,61 @@ FAULT_PATTERNS: tuple[tuple[str, str, bool, float | None], ...] = (
 # the kind is the bracketed tag. Tags already covered above are excluded so no fault counts twice.
 GENERIC_FAULT = rf"\[(\w+)\] trigger .*?, start at {_TIME} and lasts {_SECONDS} seconds"
 SPECIFIC_TAGS = ("memory_anomalies", "cpu_anomalies")
+# Run-table rows that are not injections (see the module docstring); searched in the message text.
+NOT_FAULTS = (
+    r"^\[normal [^\]]*label\]",  # end-of-fault markers
+    r"upload \S+ logs on ",  # log shipping, successful or not
+    r"exception injection failed",  # the injection did not happen
+    r"the list of all available services",
+    r"now call service:",
+    r"write success$",
+    r"request http://\S+ and param=",  # redis get/set requests
+)
+OTHER_KIND = "other"
+# Window of a row of unknown kind: its own "start at/with T" (else the logged time) and "lasts N seconds" (else 0).
+_OTHER_START = rf"start(?:s|ed)? (?:at|with|from) {_TIME}"
+_OTHER_SECONDS = rf"(?:lasts?|last for|for) {_SECONDS} seconds"
 
 
 # ------------------------------------------------------------------ files
 
 
-def list_files(root: Path) -> dict[str, list[Path]]:
+_IP = re.compile(r"_\d{1,3}(?:\.\d{1,3}){3}_")
+_PREFIXES = {"traces": "trace_table_", "logs": "business_table_", "faults": "run_table_"}
+_PATTERNS = "<instance>_<ip>_<metric>_<from>_<to>.csv, trace_table_*, business_table_*, run_table_*"
+
+
+def _modality(name: str) -> str | None:
+    if METRIC_NAME.match(name):
+        return "metrics"
+    return next((m for m, prefix in _PREFIXES.items() if name.startswith(prefix)), None)
+
+
+def scan(root: Path) -> c.Scan:
+    """Files by name; a CSV named like none of the patterns is listed as skipped (a metric file
+    when its name holds an IP, as GAIA metric names do), never silently ignored."""
     root = Path(root)
-    csvs = c.find(root, "*.csv")
-    return {
-        "metrics": [p for p in csvs if METRIC_NAME.match(p.name)],
-        "traces": [p for p in csvs if p.name.startswith("trace_table_")],
-        "logs": [p for p in csvs if p.name.startswith("business_table_")],
-        "faults": [p for p in csvs if p.name.startswith("run_table_")],
-    }
+    out = c.Scan({"metrics": [], "traces": [], "logs": [], "faults": []})
+    odd: list[tuple[Path, str]] = []
+    for p in c.find(root, "*.csv", odd=odd):
+        modality = _modality(p.name)
+        if modality:
+            out.files[modality].append(p)
+        elif _IP.search(p.name):
+            out.skip("metrics", p, "name outside the pattern <instance>_<ip>_<metric>_<YYYY-MM-DD>_<YYYY-MM-DD>.csv")
+        else:
+            out.unclaimed.append((p, f"name outside the GAIA patterns ({_PATTERNS})"))
+    for p, why in odd:
+        modality = _modality(p.name) or ("metrics" if _IP.search(p.name) else None)
+        if modality:
+            out.skip(modality, p, why)
+        else:
+            out.unclaimed.append((p, why))
+    return out
+
+
+def list_files(root: Path) -> dict[str, list[Path]]:
+    return scan(root).files
 
 
 def _drop_index(df: pl.DataFrame) -> pl.DataFrame:
@@ -102,10 +146,13 @@ def _drop_index(df: pl.DataFrame) -> pl.DataFrame:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path) -> pl.DataFrame:
+def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
     m = METRIC_NAME.match(path.name)
     df = c.read_csv(path, ["timestamp", "value"], infer=True)
+    if df.height == 0:
+        return None
     ts = c.parse_times(df["timestamp"], path, "timestamp")
+    audit.series(path, ts, "timestamp")
     keep = ts.is_not_null()
     value = df["value"].cast(pl.Float64) if df["value"].dtype.is_numeric() else c.to_float(df["value"], path, "value")
     out = pl.DataFrame({"ts": ts, "value": value}).filter(keep & value.is_not_null() & value.is_not_nan())
@@ -113,17 +160,29 @@ def _read_metric_file(path: Path) -> pl.DataFrame:
 
 
 def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["metrics"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["metrics"], list(found.skips("metrics"))
+    audit = c.TimeAudit("metrics")
+    frames = []
+    for p in tqdm(files, desc="gaia metrics", disable=len(files) < 50):
+        frame = _read_metric_file(p, audit)
+        if frame is None:
+            skipped.append((p, "header only, no data row"))
+        else:
+            frames.append(frame)
+    c.warn_skipped("metrics", skipped, found.unclaimed)
+    if not files and not skipped:
         return None
-    frames = [_read_metric_file(p) for p in tqdm(files, desc="gaia metrics", disable=len(files) < 50)]
-    return c.shift(c.finish(frames, "metrics", ["ts", "entity", "metric"]), ["ts"], offset_s)
+    df = c.finish(frames, "metrics", ["ts", "entity", "metric"])
+    c.require_rows("metrics", df, files, skipped)
+    audit.finish(df["ts"])
+    return c.shift(df, ["ts"], offset_s)
 
 
 # ------------------------------------------------------------------ traces
 
 
-def _read_trace_file(path: Path) -> pl.DataFrame:
+def _read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     df = c.read_csv(path, TRACE_COLUMNS)
     start = c.parse_times(df["start_time"], path, "start_time")
     end = c.parse_times(df["end_time"], path, "end_time")
@@ -131,6 +190,12 @@ def _read_trace_file(path: Path) -> pl.DataFrame:
         if series.is_null().any():
             i = int(series.is_null().arg_true()[0])
             raise InputError(path, f"{c.row_of(i)} column '{name}'", "a time", df[name][i])
+        audit.series(path, series, name)
+    backwards = end < start
+    if backwards.any():
+        i = int(backwards.arg_true()[0])
+        raise InputError(path, f"{c.row_of(i)} column 'end_time'", f"a time >= start_time ({df['start_time'][i]})",
+                         df["end_time"][i])
     status = c.to_float(df["status_code"], path, "status_code")
     parent = pl.col("parent_id").str.strip_chars()
     return df.with_columns(
@@ -146,11 +211,23 @@ def _read_trace_file(path: Path) -> pl.DataFrame:
 
 
 def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["traces"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["traces"], list(found.skips("traces"))
+    audit = c.TimeAudit("traces")
+    frames = []
+    for p in files:
+        frame = c.conform(_read_trace_file(p, audit), "traces")
+        if frame.height == 0:
+            skipped.append((p, "header only, no data row"))
+        frames.append(frame)
+    c.warn_skipped("traces", skipped, found.unclaimed)
+    if not files and not skipped:
         return None
-    spans = pl.concat([c.conform(_read_trace_file(p), "traces") for p in files])
-    spans = spans.unique(subset=["trace_id", "span_id"], keep="first", maintain_order=True)
+    spans = pl.concat(frames) if frames else empty("traces")
+    c.require_rows("traces", spans, files, skipped)
+    audit.finish(spans["start_ts"])
+    label = f"gaia traces under {root}"
+    spans = c.cut_bad_parents(c.dedupe_spans(spans, label), label)
     return c.shift(c.finish([spans], "traces", ["start_ts", "trace_id", "span_id"]), ["start_ts"], offset_s)
 
 
@@ -172,9 +249,10 @@ def split_messages(df: pl.DataFrame, path: Path) -> pl.DataFrame:
 # ------------------------------------------------------------------ logs
 
 
-def _read_log_file(path: Path) -> pl.DataFrame:
+def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     df = c.read_csv(path, ["service", "message"], lossy=True)
     g = split_messages(_drop_index(df), path)
+    audit.series(path, g["_ts"], "message time", rows=g["_row"])
     head = pl.col("_time").is_not_null()
     out = g.filter(pl.col("_m") != "").with_columns(
         pl.col("_ts").forward_fill().alias("ts"),
@@ -189,23 +267,51 @@ def _read_log_file(path: Path) -> pl.DataFrame:
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["logs"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["logs"], list(found.skips("logs"))
+    audit = c.TimeAudit("logs")
+    frames = []
+    for p in tqdm(files, desc="gaia logs", disable=len(files) < 20):
+        frame = _read_log_file(p, audit)
+        if frame.height == 0:
+            skipped.append((p, "no log line with a time"))
+        frames.append(frame)
+    c.warn_skipped("logs", skipped, found.unclaimed)
+    if not files and not skipped:
         return None
-    frames = [_read_log_file(p) for p in tqdm(files, desc="gaia logs", disable=len(files) < 20)]
-    return c.shift(c.finish(frames, "logs", ["ts", "service"]), ["ts"], offset_s)
+    df = c.finish(frames, "logs", ["ts", "service"])
+    c.require_rows("logs", df, files, skipped)
+    audit.finish(df["ts"])
+    return c.shift(df, ["ts"], offset_s)
 
 
 # ------------------------------------------------------------------ faults
 
 
-def _faults_of(g: pl.DataFrame, path: Path) -> pl.DataFrame:
-    frames = []
+def _window(hit: pl.DataFrame, start: pl.Series, dur: pl.Series, path: Path, kind, audit: c.TimeAudit
+            ) -> pl.DataFrame:
+    """Fault rows from parsed starts and durations; a negative duration is an error naming the row."""
+    negative = (dur < 0).fill_null(False)
+    if negative.any():
+        i = int(negative.arg_true()[0])
+        raise InputError(path, f"{c.row_of(int(hit['_row'][i]))} column 'message'",
+                         "a non-negative fault duration", hit["_text"][i])
+    audit.series(path, start, "message start time", rows=hit["_row"])
     entity = pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance").str.strip_chars())
+    return hit.select(entity.alias("entity")).with_columns(
+        pl.Series("start_ts", start),
+        (pl.Series(start) + (dur * US).round(0).cast(pl.Int64)).alias("end_ts"),
+        (kind if isinstance(kind, pl.Series) else pl.lit(kind)).alias("kind"),
+    )
+
+
+def _faults_of(g: pl.DataFrame, path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+    frames = []
+    claimed = pl.Series([False] * g.height, dtype=pl.Boolean)
     for kind, pattern, has_start, constant in FAULT_PATTERNS:
-        hit = g.filter(pl.col("_text").str.contains(pattern)).with_columns(
-            pl.col("_text").str.extract_groups(pattern).alias("_f")
-        ).unnest("_f")
+        matches = g["_text"].str.contains(pattern).fill_null(False)
+        claimed = claimed | matches
+        hit = g.filter(matches).with_columns(pl.col("_text").str.extract_groups(pattern).alias("_f")).unnest("_f")
         if hit.height == 0:
             continue
         if has_start:
@@ -215,32 +321,42 @@ def _faults_of(g: pl.DataFrame, path: Path) -> pl.DataFrame:
         else:
             start = hit["_ts"]
         dur = pl.Series([constant] * hit.height, dtype=pl.Float64) if constant is not None else hit["2"].cast(pl.Float64)
-        frames.append(hit.select(entity.alias("entity")).with_columns(
-            pl.Series("start_ts", start),
-            (pl.Series(start) + (dur * US).round(0).cast(pl.Int64)).alias("end_ts"),
-            pl.lit(kind).alias("kind"),
-        ))
-    generic = g.filter(pl.col("_text").str.contains(GENERIC_FAULT)).with_columns(
+        frames.append(_window(hit, start, dur, path, kind, audit))
+    generic_rows = g["_text"].str.contains(GENERIC_FAULT).fill_null(False)
+    claimed = claimed | generic_rows
+    generic = g.filter(generic_rows).with_columns(
         pl.col("_text").str.extract_groups(GENERIC_FAULT).alias("_f")
     ).unnest("_f").filter(~pl.col("1").is_in(SPECIFIC_TAGS))
     if generic.height:
         rows = generic["_row"]
         start = c.parse_times(generic["2"], path, "message start time",
                               row_label=lambda i: c.row_of(int(rows[i])))
-        dur = generic["3"].cast(pl.Float64)
-        frames.append(generic.select(entity.alias("entity")).with_columns(
-            pl.Series("start_ts", start),
-            (pl.Series(start) + (dur * US).round(0).cast(pl.Int64)).alias("end_ts"),
-            generic["1"].alias("kind"),
-        ))
+        frames.append(_window(generic, start, generic["3"].cast(pl.Float64), path, generic["1"], audit))
+    skip = pl.any_horizontal([pl.col("_text").str.contains(p) for p in NOT_FAULTS]).fill_null(False)
+    other = g.filter(~claimed).filter(~skip & (pl.col("_text").str.strip_chars() != ""))
+    if other.height:
+        frames.append(_other_faults(other, path, audit))
     return pl.concat(frames) if frames else pl.DataFrame(schema={"entity": pl.Utf8, "start_ts": pl.Int64,
                                                                   "end_ts": pl.Int64, "kind": pl.Utf8})
 
 
-def _read_run_table(path: Path) -> pl.DataFrame:
+def _other_faults(other: pl.DataFrame, path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+    """Rows that are neither a known injection nor a known non-injection: kept as kind 'other'."""
+    rows = other["_row"]
+    named = other["_text"].str.extract(_OTHER_START, 1)
+    start = c.parse_times(named, path, "message start time", row_label=lambda i: c.row_of(int(rows[i])))
+    start = start.fill_null(other["_ts"])
+    dur = other["_text"].str.extract(_OTHER_SECONDS, 1).cast(pl.Float64).fill_null(0.0)
+    listed = ", ".join(c.row_of(int(r)) for r in rows.head(10))
+    log.warning("%s: %d row(s) name no known fault kind and are kept as kind '%s' (%s%s; first: %r)", path,
+                other.height, OTHER_KIND, listed, ", ..." if other.height > 10 else "", other["_text"][0][:120])
+    return _window(other, start, dur, path, OTHER_KIND, audit)
+
+
+def _read_run_table(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     df = _drop_index(c.read_csv(path, ["service", "message"]))
     g = split_messages(df, path).filter(pl.col("_time").is_not_null())
-    return _faults_of(g, path)
+    return _faults_of(g, path, audit)
 
 
 def clip_implausible(df: pl.DataFrame) -> pl.DataFrame:
@@ -259,10 +375,16 @@ def clip_implausible(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def read_faults(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["faults"]
+    found = scan(root)
+    files, skipped = found.files["faults"], list(found.skips("faults"))
+    c.warn_skipped("faults", skipped, found.unclaimed)
     if not files:
+        if skipped:
+            c.require_rows("faults", None, files, skipped)
         return None
-    df = c.finish([_read_run_table(p) for p in files], "faults", ["start_ts", "entity", "kind"])
+    audit = c.TimeAudit("faults")
+    df = c.finish([_read_run_table(p, audit) for p in files], "faults", ["start_ts", "entity", "kind"])
+    audit.finish(df["start_ts"])
     df = clip_implausible(df)
     n = df.height
     df = df.unique(maintain_order=True)

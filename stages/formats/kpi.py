@@ -87,8 +87,9 @@ def regrid(ts: np.ndarray, vals: np.ndarray, labels: np.ndarray, path: Path, max
     return ts[0] + np.arange(n, dtype=np.int64) * step, full_v, full_l
 
 
-def _series_from_frame(df: pl.DataFrame, path: Path, name: str, value_col: str, ts_col: str | None,
+def series_from_frame(df: pl.DataFrame, path: Path, name: str, value_col: str, ts_col: str | None,
                        label_col: str | None) -> KPISeries:
+    """One KPI from a frame of text columns: sorted, de-duplicated, re-gridded, gaps interpolated."""
     value = _numeric(df, value_col, path, "a number (or an empty cell for a missing point)", pl.Float64)
     cols = {"value": value}
     if ts_col is not None:
@@ -145,11 +146,11 @@ def read_kpi_csv(path: str | Path, require_labels: bool = False) -> list[KPISeri
         raise InputError(path, "header", f"a label column (one of {list(LABEL_COLUMNS)})", df.columns)
     id_col = _pick(df.columns, KPI_ID_COLUMNS)
     if id_col is None:
-        return [_series_from_frame(df, path, path.stem, value_col, ts_col, label_col)]
+        return [series_from_frame(df, path, path.stem, value_col, ts_col, label_col)]
     out = []
     for kpi_id in sorted(df[id_col].unique().drop_nulls().to_list()):
         part = df.filter(pl.col(id_col) == kpi_id)
-        out.append(_series_from_frame(part, path, f"{path.stem}:{kpi_id}", value_col, ts_col, label_col))
+        out.append(series_from_frame(part, path, f"{path.stem}:{kpi_id}", value_col, ts_col, label_col))
     return out
 
 

@@ -9,11 +9,14 @@ Two label styles exist:
 
 Input is either loghub's structured CSV (``LineId, [Label,] ..., Content, EventId, EventTemplate``)
 or a raw ``.log`` file, whose lines are split with the style's header pattern and whose
-templates are mined with Drain3. Every reader returns one frame, :data:`LINE_SCHEMA`.
+templates are mined with Drain3 — or a loghub system *folder*, searched for its one structured
+CSV (else its one raw log) and its ``anomaly_label.csv`` (:func:`resolve_input`). Every reader
+returns one frame, :data:`LINE_SCHEMA`.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -141,10 +144,69 @@ def read_raw(path: str | Path, style: str, needs_label: bool = True, node_column
     return _to_lines(parts.filter(ok), path, needs_label, node_column)
 
 
+@dataclass(frozen=True)
+class LoghubInput:
+    """What one ``--loghub`` argument resolves to."""
+
+    path: Path  # the structured CSV or raw log
+    style: str | None  # raw-log layout (None for a structured CSV)
+    labels: Path | None  # HDFS-style anomaly_label.csv, when given or found in the folder
+
+
+def guess_style(path: Path) -> str | None:
+    """Raw-log layout from the file or folder name (``BGL_2k.log`` → bgl); None when no name fits."""
+    names = [p.lower() for p in (path.name, path.parent.name)]
+    for style in sorted(RAW_STYLES, key=len, reverse=True):
+        if any(style in n for n in names):
+            return style
+    return None
+
+
+def _visible(root: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in root.rglob(pattern)
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def resolve_input(path: str | Path, style: str | None = None, labels: str | Path | None = None) -> LoghubInput:
+    """A loghub file or system folder → the file to read, its layout and its block-label file.
+
+    In a folder: the one ``*structured*.csv``, else the one raw ``*.log``; an ``anomaly_label.csv``
+    found there is used as the HDFS block labels when ``labels`` is not given. A raw log's
+    ``style`` defaults to the one its file or folder name spells (bgl, thunderbird, spirit, hdfs).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, None, "an existing loghub structured CSV, raw log or system folder")
+    if path.is_dir():
+        found = _visible(path, "*structured*.csv")
+        if not found:
+            found = _visible(path, "*.log")
+        if len(found) != 1:
+            raise InputError(path, None, "a folder holding exactly one loghub *_structured.csv (or else exactly one "
+                             "raw *.log); name the file instead", [p.name for p in found] or "none")
+        if labels is None:
+            label_files = _visible(path, "anomaly_label.csv")
+            if label_files:
+                labels = label_files[0]
+                log.info("%s: block labels from %s", path, labels)
+        log.info("%s: reading %s", path, found[0])
+        path = found[0]
+    if path.suffix.lower() != ".csv" and style is None:
+        style = guess_style(path)
+        if style is not None:
+            log.info("%s: raw log layout %r (from its name)", path, style)
+    return LoghubInput(path, style if path.suffix.lower() != ".csv" else None,
+                       Path(labels) if labels is not None else None)
+
+
 def read_lines(path: str | Path, style: str | None = None, needs_label: bool = True,
                node_column: str | None = None) -> pl.DataFrame:
-    """Structured CSV when the file ends in ``.csv``; otherwise a raw log of ``style``."""
+    """Structured CSV when the file ends in ``.csv``; otherwise a raw log of ``style`` (a folder is
+    resolved first, see :func:`resolve_input`)."""
     path = Path(path)
+    if path.is_dir() or style is None:
+        resolved = resolve_input(path, style)
+        path, style = resolved.path, resolved.style
     if path.suffix.lower() == ".csv":
         return read_structured(path, needs_label, node_column)
     if style is None:

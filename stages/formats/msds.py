@@ -66,24 +66,61 @@ def _json_kind(path: Path) -> str | None:
     return None
 
 
-def list_files(root: Path) -> dict[str, list[Path]]:
+def _guess(name: str) -> str | None:
+    """The modality a file that could not be classified by content was probably meant for."""
+    low = name.lower()
+    if _NODE.search(low) or "metric" in low or "glances" in low:
+        return "metrics"
+    if low.startswith("anomaly_label"):
+        return "faults"
+    if "log" in low:
+        return "logs"
+    return None
+
+
+def scan(root: Path) -> c.Scan:
+    """Classify every CSV / JSON under ``root`` by content; list what is skipped and why."""
     root = Path(root)
-    out: dict[str, list[Path]] = {"metrics": [], "traces": [], "logs": [], "faults": []}
-    for p in c.find(root, "*.csv"):
+    out = c.Scan({"metrics": [], "traces": [], "logs": [], "faults": []})
+    odd: list[tuple[Path, str]] = []
+    for p in c.find(root, "*.csv", odd=odd):
         header = c.csv_header(p)
         if "now" in header:
-            out["metrics"].append(p)
+            out.files["metrics"].append(p)
         elif "@timestamp" in header:
-            out["logs"].append(p)
+            out.files["logs"].append(p)
+        elif not p.name.startswith("anomaly_label_"):
+            why = "no Glances 'now' and no Elasticsearch '@timestamp' column"
+            modality = _guess(p.name)
+            if modality in ("metrics", "logs"):
+                out.skip(modality, p, why)
+            else:
+                out.unclaimed.append((p, why))
     rally, labels = [], [p for p in c.find(root, "anomaly_label_*.csv")]
-    for p in c.find(root, "*.json"):
+    for p in c.find(root, "*.json", odd=odd):
         kind = _json_kind(p)
         if kind == "rally":
             rally.append(p)
         elif kind == "osprofiler":
-            out["traces"].append(p)
-    out["faults"] = rally if any(_rally_hook_count(p) for p in rally) else labels
+            out.files["traces"].append(p)
+        else:
+            out.unclaimed.append((p, "neither a Rally report nor an OSProfiler trace"))
+    for p, why in odd:
+        modality = _guess(p.name) or ("traces" if p.suffix == ".json" else None)
+        if modality:
+            out.skip(modality, p, why)
+        else:
+            out.unclaimed.append((p, why))
+    if any(_rally_hook_count(p) for p in rally):
+        out.files["faults"] = rally
+        out.unclaimed += [(p, "not read: the Rally reports' hooks are the fault record") for p in labels]
+    else:
+        out.files["faults"] = labels
     return out
+
+
+def list_files(root: Path) -> dict[str, list[Path]]:
+    return scan(root).files
 
 
 def _rally_hook_count(path: Path) -> int:
@@ -93,9 +130,13 @@ def _rally_hook_count(path: Path) -> int:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path) -> pl.DataFrame:
+def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
+    """Long metric points of one Glances CSV; None when it holds no data row (header only)."""
     df = c.read_csv(path, ["now"], infer=True)
+    if df.height == 0:
+        return None
     ts = c.parse_times(df["now"], path, "now")
+    audit.series(path, ts, "now")
     keep = ts.is_not_null()
     if not keep.all():
         log.warning("%s: %d row(s) without a time dropped", path, int((~keep).sum()))
@@ -105,19 +146,33 @@ def _read_metric_file(path: Path) -> pl.DataFrame:
 
 
 def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["metrics"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["metrics"], list(found.skips("metrics"))
+    audit = c.TimeAudit("metrics")
+    frames = []
+    for p in tqdm(files, desc="msds metrics", disable=len(files) < 20):
+        frame = _read_metric_file(p, audit)
+        if frame is None:
+            skipped.append((p, "header only, no data row"))
+        else:
+            frames.append(frame)
+    c.warn_skipped("metrics", skipped, found.unclaimed)
+    c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["now"])
+    if not files and not skipped:
         return None
-    frames = [_read_metric_file(p) for p in tqdm(files, desc="msds metrics", disable=len(files) < 20)]
-    return c.shift(c.finish(frames, "metrics", ["ts", "entity", "metric"]), ["ts"], offset_s)
+    df = c.finish(frames, "metrics", ["ts", "entity", "metric"])
+    c.require_rows("metrics", df, files, skipped)
+    audit.finish(df["ts"])
+    return c.shift(df, ["ts"], offset_s)
 
 
 # ------------------------------------------------------------------ logs
 
 
-def _read_log_file(path: Path) -> pl.DataFrame:
+def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     df = c.read_csv(path, ["@timestamp", "Payload"], lossy=True)
     ts = c.parse_times(df["@timestamp"], path, "@timestamp")
+    audit.series(path, ts, "@timestamp")
     blank = pl.lit(None, dtype=pl.Utf8)
     prog = pl.col("programname").str.strip_chars().replace("", None) if "programname" in df.columns else blank
     host = pl.col("Hostname").str.strip_chars().replace("", None) if "Hostname" in df.columns else blank
@@ -135,10 +190,22 @@ def _read_log_file(path: Path) -> pl.DataFrame:
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["logs"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["logs"], list(found.skips("logs"))
+    audit = c.TimeAudit("logs")
+    frames = []
+    for p in files:
+        frame = _read_log_file(p, audit)
+        if frame.height == 0:
+            skipped.append((p, "no log line with a time"))
+        frames.append(frame)
+    c.warn_skipped("logs", skipped, found.unclaimed)
+    if not files and not skipped:
         return None
-    return c.shift(c.finish([_read_log_file(p) for p in files], "logs", ["ts", "service"]), ["ts"], offset_s)
+    df = c.finish(frames, "logs", ["ts", "service"])
+    c.require_rows("logs", df, files, skipped)
+    audit.finish(df["ts"])
+    return c.shift(df, ["ts"], offset_s)
 
 
 # ------------------------------------------------------------------ traces
@@ -178,19 +245,22 @@ def _is_error(info: dict, stop: dict | None) -> bool:
     return isinstance(stop_info, dict) and ("etype" in stop_info or "error" in stop_info)
 
 
-def _read_trace_file(path: Path) -> pl.DataFrame:
+def _read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     data = c.load_json(path)
     c.expect_key(data, "children", path, "")
     rows: dict[str, list] = {k: [] for k in ("trace_id", "span_id", "parent_id", "service", "operation",
-                                             "abs_us", "started_ms", "finished_ms", "is_error")}
+                                             "abs_us", "started_ms", "finished_ms", "is_error", "where")}
     stack = [(child, f"children[{i}]") for i, child in reversed(list(enumerate(data["children"])))]
     while stack:
         node, where = stack.pop()
         info = c.expect_key(node, "info", path, where)
         span_id = c.expect_key(node, "trace_id", path, where)
         for key in ("started", "finished"):
-            if not isinstance(info.get(key), (int, float)):
+            if isinstance(info.get(key), bool) or not isinstance(info.get(key), (int, float)):
                 raise InputError(path, f"{where}.info.{key}", "a number of milliseconds", info.get(key))
+        if info["finished"] < info["started"]:
+            raise InputError(path, f"{where}.info.finished", f"a time >= info.started ({info['started']})",
+                             info["finished"])
         start, stop = _payloads(info)
         base = (start or stop or {}).get("base_id")
         rows["trace_id"].append(base)
@@ -203,32 +273,48 @@ def _read_trace_file(path: Path) -> pl.DataFrame:
         rows["started_ms"].append(float(info["started"]))
         rows["finished_ms"].append(float(info["finished"]))
         rows["is_error"].append(_is_error(info, stop))
+        rows["where"].append(where)
         stack.extend((ch, f"{where}.children[{i}]") for i, ch in reversed(list(enumerate(node.get("children") or []))))
     df = pl.DataFrame(rows, schema_overrides={"abs_us": pl.Utf8, "trace_id": pl.Utf8})
     if df.height == 0:
         return df
+    places = df["where"]
     abs_us = c.parse_times(df["abs_us"], path, "meta.raw_payload.*-start.timestamp",
-                           row_label=lambda i: f"span {i}")
+                           row_label=lambda i: places[i])
     # Nodes without a start payload are placed from the trace's anchor (absolute - relative start).
     anchor = (abs_us - (df["started_ms"] * 1000).round(0).cast(pl.Int64)).drop_nulls()
     if anchor.len() == 0:
         raise InputError(path, "meta.raw_payload.*-start", "at least one span with an absolute start timestamp")
     base_ids = df["trace_id"].drop_nulls()
     trace_id = base_ids[0] if base_ids.len() else path.stem
+    start = abs_us.fill_null((df["started_ms"] * 1000).round(0).cast(pl.Int64) + int(anchor.min()))
+    audit.series(path, start, "meta.raw_payload.*-start.timestamp", row_label=lambda i: places[i])
     return df.with_columns(
         pl.lit(trace_id).alias("trace_id"),
-        abs_us.fill_null((df["started_ms"] * 1000).round(0).cast(pl.Int64) + int(anchor.min())).alias("start_ts"),
+        start.alias("start_ts"),
         ((pl.col("finished_ms") - pl.col("started_ms")) / 1000.0).alias("duration_s"),
     )
 
 
 def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["traces"]
-    if not files:
+    found = scan(root)
+    files, skipped = found.files["traces"], list(found.skips("traces"))
+    audit = c.TimeAudit("traces")
+    frames = []
+    for p in tqdm(files, desc="msds traces", disable=len(files) < 100):
+        frame = _read_trace_file(p, audit)
+        if frame.height == 0:
+            skipped.append((p, "a trace without spans"))
+        else:
+            frames.append(frame)
+    c.warn_skipped("traces", skipped, found.unclaimed)
+    if not files and not skipped:
         return None
-    frames = [_read_trace_file(p) for p in tqdm(files, desc="msds traces", disable=len(files) < 100)]
-    spans = c.finish([f for f in frames if f.height], "traces", ["start_ts", "trace_id", "span_id"])
-    spans = spans.unique(subset=["trace_id", "span_id"], keep="first", maintain_order=True)
+    spans = c.finish(frames, "traces", ["start_ts", "trace_id", "span_id"])
+    c.require_rows("traces", spans, files, skipped)
+    audit.finish(spans["start_ts"])
+    label = f"msds traces under {root}"
+    spans = c.cut_bad_parents(c.dedupe_spans(spans, label), label)
     return c.shift(spans, ["start_ts"], offset_s)
 
 
@@ -269,36 +355,51 @@ def _hook_kind(hook: dict) -> str:
     return m.group(1) if m else "container_restart"
 
 
-def _read_rally(path: Path) -> pl.DataFrame:
+def _read_rally(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     rows = {"start_ts": [], "end_ts": [], "entity": [], "kind": []}
     for where, hook in _rally_hooks(c.load_json(path), path):
         for ri, res in enumerate(hook.get("results") or []):
             start, end = res.get("started_at"), res.get("finished_at")
             if start is None:
                 start = end
+            place = f"{where}.results[{ri}].started_at/finished_at"
             if not isinstance(start, (int, float)) or not isinstance(end, (int, float)) or end < start:
-                raise InputError(path, f"{where}.results[{ri}].started_at/finished_at",
-                                 "epoch seconds with finished_at >= started_at", (start, end))
+                raise InputError(path, place, "epoch seconds with finished_at >= started_at", (start, end))
             rows["start_ts"].append(int(round(start * US)))
             rows["end_ts"].append(int(round(end * US)))
+            audit.value(path, rows["start_ts"][-1], place)
+            audit.value(path, rows["end_ts"][-1], place)
             rows["entity"].append(_restarted(hook, res))
             rows["kind"].append(_hook_kind(hook))
     return pl.DataFrame(rows, schema={"start_ts": pl.Int64, "end_ts": pl.Int64, "entity": pl.Utf8, "kind": pl.Utf8})
 
 
-def _read_labels(path: Path) -> pl.DataFrame:
+def _read_labels(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     df = c.read_csv(path, LABEL_COLUMNS)
     start = c.parse_times(df["start_timestamp"], path, "start_timestamp")
     end = c.parse_times(df["end_timestamp"], path, "end_timestamp")
+    audit.series(path, start, "start_timestamp")
+    audit.series(path, end, "end_timestamp")
+    bad = (end < start).fill_null(False)
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise InputError(path, f"{c.row_of(i)} column 'end_timestamp'",
+                         f"a time >= start_timestamp ({df['start_timestamp'][i]})", df["end_timestamp"][i])
     entity = pl.col("node_name") if "node_name" in df.columns else pl.lit("openstack")
     return df.with_columns(pl.Series("start_ts", start), pl.Series("end_ts", end), entity.alias("entity"),
                            pl.col("anomaly_type").alias("kind"))
 
 
 def read_faults(root: Path, offset_s: float) -> pl.DataFrame | None:
-    files = list_files(root)["faults"]
+    found = scan(root)
+    files, skipped = found.files["faults"], list(found.skips("faults"))
+    c.warn_skipped("faults", skipped, found.unclaimed)
     if not files:
+        if skipped:
+            c.require_rows("faults", None, files, skipped)
         return None
-    frames = [_read_rally(p) if p.suffix == ".json" else _read_labels(p) for p in files]
+    audit = c.TimeAudit("faults")
+    frames = [_read_rally(p, audit) if p.suffix == ".json" else _read_labels(p, audit) for p in files]
     df = c.finish(frames, "faults", ["start_ts", "entity", "kind"]).unique(maintain_order=True)
+    audit.finish(df["start_ts"])
     return c.shift(df, ["start_ts", "end_ts"], offset_s)

@@ -9,6 +9,7 @@ import abc
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,7 @@ class TorchDetector(Detector):
         seed_everything(self.seed)
         self.module: torch.nn.Module = self.build_module().to(self.device)
         self.checkpoint_dir: Path | None = None  # set by the train stage to enable resume
+        self._fit_epoch: int | None = None  # the epoch whose validation loss is being computed (NaN message)
 
     @abc.abstractmethod
     def build_module(self) -> torch.nn.Module: ...
@@ -145,8 +147,29 @@ class TorchDetector(Detector):
     def window_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, window) per-step anomaly scores of each window."""
 
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named parts of :meth:`loss`; evaluated only to say which part of a non-finite loss broke
+        (``{}``: the loss has no named parts)."""
+        return {}
+
     def parameters_to_train(self):
         return [p for p in self.module.parameters() if p.requires_grad]
+
+    def _require_finite(self, value: float, epoch: int, which: str,
+                        batch: dict[str, torch.Tensor] | None = None) -> None:
+        """Stop on a NaN/inf loss with one line naming detector, dataset, epoch and loss: training
+        on NaN silently leaves a model that scores NaN and an early stop that never improves."""
+        if math.isfinite(value):
+            return
+        parts = ""
+        if batch is not None:
+            with torch.no_grad(), autocast(self.device, self.config.train.amp):
+                terms = self.loss_terms(batch)
+            bad = [k for k, v in terms.items() if not bool(torch.isfinite(torch.as_tensor(v)).all())]
+            parts = f" (non-finite part: {', '.join(bad)})" if bad else ""
+        raise InputError(f"data/windows/{self.schema.dataset}", f"{self.name} epoch {epoch} {which}{parts}",
+                         "a finite loss (NaN/inf: look for extreme or non-finite features of this dataset, "
+                         "or lower the detector's train.lr)", value)
 
     def _to(self, arr: np.ndarray, dtype=torch.float32) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
@@ -162,14 +185,20 @@ class TorchDetector(Detector):
         return starts[:cap] if cap else starts
 
     def _eval_loss(self, ws: WindowSet) -> float:
+        """Mean loss over ``ws``; during :meth:`fit` (validation) a non-finite batch stops training."""
+        epoch = getattr(self, "_fit_epoch", None)
         self.module.eval()
         tc = self.config.train
         total, n = 0.0, 0
         with torch.no_grad():
             for starts in ws.batches(tc.batch_size):
                 with autocast(self.device, tc.amp):
-                    loss = self.loss(self.make_batch(ws, starts))
-                total += float(loss.detach()) * len(starts)
+                    batch = self.make_batch(ws, starts)
+                    loss = self.loss(batch)
+                value = float(loss.detach())
+                if epoch is not None:
+                    self._require_finite(value, epoch, f"validation loss (windows from step {int(starts[0])})", batch)
+                total += value * len(starts)
                 n += len(starts)
         return total / max(n, 1)
 
@@ -199,16 +228,26 @@ class TorchDetector(Detector):
             for i in bar:
                 starts = starts_all[i:i + tc.batch_size]
                 with autocast(self.device, tc.amp):
-                    loss = self.loss(self.make_batch(train, starts))
+                    batch = self.make_batch(train, starts)
+                    loss = self.loss(batch)
+                value = float(loss.detach())
+                self._require_finite(value, epoch + 1, f"training loss (batch {i // tc.batch_size})", batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.parameters_to_train(), tc.grad_clip)
+                    norm = float(torch.nn.utils.clip_grad_norm_(self.parameters_to_train(), tc.grad_clip))
+                    self._require_finite(norm, epoch + 1, f"gradient norm of the training loss "
+                                                          f"(batch {i // tc.batch_size})")
                 opt.step()
-                total += float(loss.detach()) * len(starts)
+                total += value * len(starts)
                 n += len(starts)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-            val_loss = self._eval_loss(val) if len(val) else total / max(n, 1)
+                bar.set_postfix(loss=f"{value:.4f}")
+            self._fit_epoch = epoch + 1
+            try:
+                val_loss = self._eval_loss(val) if len(val) else total / max(n, 1)
+            finally:
+                self._fit_epoch = None
+            self._require_finite(val_loss, epoch + 1, "validation loss" if len(val) else "training loss")
             history["epoch"].append(epoch + 1)
             history["train_loss"].append(total / max(n, 1))
             history["val_loss"].append(val_loss)

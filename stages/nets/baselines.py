@@ -87,6 +87,9 @@ class IForestConfig:
     contamination: Literal["auto"] | float = "auto"  # only affects sklearn's predict(); scores ignore it
     max_train_windows: int = 5000  # seeded subsample of training windows (0 = all)
     n_jobs: int = 1
+    # what one sample is: `window` = the flattened window; `summary` = per column mean, std, min, max
+    # and last value of the window; `step` = one grid step's features (scored step by step)
+    representation: Literal["window", "summary", "step"] = "summary"
 
     def validate(self) -> None:
         if self.n_estimators < 1:
@@ -104,7 +107,10 @@ class IForestConfig:
 
 
 class IsolationForestDetector(Detector):
-    """sklearn IsolationForest on flattened multimodal windows; score = −score_samples.
+    """sklearn IsolationForest on multimodal windows (flattened, summarised or per step); score = −score_samples.
+
+    A forest splits one feature at a time, so a flattened 32-step window spreads one signal over 32
+    weak, correlated features; window summary statistics keep it to a few strong ones.
 
     Persistence: sklearn forests are not tensors, so ``save`` writes ``config.json`` (same
     layout as every detector) plus ``model.joblib``. joblib is pickle: load only directories
@@ -119,7 +125,13 @@ class IsolationForestDetector(Detector):
         self.model: IsolationForest | None = None
 
     def _window_matrix(self, ws: WindowSet, x: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        return ws.take(x, starts).reshape(len(starts), -1)
+        rep = self.config.representation
+        if rep == "step":  # the newest step of each window: what an online detector sees
+            return x[starts + ws.window - 1]
+        w = ws.take(x, starts)
+        if rep == "window":
+            return w.reshape(len(starts), -1)
+        return np.concatenate([w.mean(1), w.std(1), w.min(1), w.max(1), w[:, -1]], axis=1)
 
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
@@ -147,6 +159,14 @@ class IsolationForestDetector(Detector):
     def score(self, windows: WindowSet) -> np.ndarray:
         if len(windows) == 0:
             return np.full(windows.n_steps, np.nan)
+        if self.config.representation == "step":  # every step scored on its own features
+            if self.model is None:
+                raise RuntimeError(f"{self.name}: score() before fit() or load()")
+            x = step_features(windows)
+            out = np.concatenate([-self.model.score_samples(x[i:i + 8 * SCORE_BATCH])
+                                  for i in range(0, len(x), 8 * SCORE_BATCH)])
+            out[: windows.window - 1] = np.nan  # as every windowed detector: no score before a full window
+            return out
         return windows.steps_from_windows(self._window_scores(windows))
 
     def save_extra(self, directory: Path) -> None:

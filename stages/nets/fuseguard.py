@@ -10,6 +10,7 @@ Every part can be switched off in params for ablation (see :class:`FuseGuardConf
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,14 +60,18 @@ class FuseGuardConfig:
     # counts the same) or "fusion" (weighted by the quality weights). A faulty modality looks
     # low-quality too, so "fusion" silences the very modality that shows the fault (measured: AUC-PR
     # 0.18 vs 0.83 on the synthetic check in the report); it stays available for ablation.
+    # Scoring (inference only; chosen on the _dev datasets by `python -m stages.tune`, README):
     # how per-modality errors (each divided by its training mean) become one step score:
     # uniform mean, fusion-weighted mean, or max (a fault seen by one modality is not averaged away)
     score_weighting: Literal["uniform", "fusion", "max"] = "uniform"
     # a modality's step score is the mean of its top fraction of unit errors (channel, edge
     # feature, log column), each divided by its own training error: a fault touches few units,
-    # and a plain mean over fifty channels dilutes it below normal noise (AUC-PR 0.27 → 0.99 on
-    # the synthetic check in the report)
+    # and a plain mean over fifty channels dilutes it below normal noise
     score_top_fraction: float = 0.05
+    # a unit's training error is floored at this multiple of its modality's median unit error
+    # before dividing by it: a unit that never moved in training (a log template never seen, an
+    # edge without errors) must not turn its first blip into a score of 1e8
+    unit_scale_floor: float = 0.1
     lambda_feat: float = 0.1
     lambda_out: float = 0.1
     lambda_energy: float = 0.1
@@ -87,6 +92,7 @@ class FuseGuardConfig:
             ("lora_r", self.lora_r >= 1, "at least 1"),
             ("prototypes", self.prototypes >= 1, "at least 1"),
             ("score_top_fraction", 0 < self.score_top_fraction <= 1, "a fraction in (0, 1]"),
+            ("unit_scale_floor", math.isfinite(self.unit_scale_floor) and self.unit_scale_floor >= 0, "0 or more"),
             ("use_metrics", self.use_metrics or self.use_traces or self.use_logs, "at least one modality switched on"),
         ]
         for key, ok, expected in checks:
@@ -220,7 +226,9 @@ class FuseGuardNet(nn.Module):
         """(B, M, W) per-step error of each modality: mean of its top units' normalised errors."""
         errs = []
         for m, sq in self.unit_errors(batch, recon).items():
-            z = sq / getattr(self, f"unit_scale_{m}").clamp_min(1e-8)
+            scale = getattr(self, f"unit_scale_{m}")
+            floor = max(1e-8, self.cfg.unit_scale_floor * float(scale.median())) if scale.numel() else 1e-8
+            z = sq / scale.clamp_min(floor)
             k = max(1, int(np.ceil(self.cfg.score_top_fraction * z.shape[-1])))
             errs.append(z.topk(k, dim=-1).values.mean(-1))
         return torch.stack(errs, dim=1)
@@ -287,12 +295,19 @@ class FuseGuard(TorchDetector):
         return batch
 
     # -- objective and scores
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weighted parts of the loss by name, so a NaN stop says which one broke."""
         out = self.module(batch)
         cfg = self.config
-        recon = torch.stack([F.mse_loss(out["recon"][m].float(), batch[m].float()) for m in self.modalities]).sum()
-        return (recon + cfg.lambda_feat * out["feat"] + cfg.lambda_out * out["out"]
-                + cfg.lambda_energy * out["energy_fit"])
+        terms = {f"recon_{m}": F.mse_loss(out["recon"][m].float(), batch[m].float()) for m in self.modalities}
+        terms.update(feat=cfg.lambda_feat * out["feat"], out=cfg.lambda_out * out["out"],
+                     energy=cfg.lambda_energy * out["energy_fit"])
+        return terms
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = self.loss_terms(batch)
+        recon = torch.stack([t[f"recon_{m}"] for m in self.modalities]).sum()
+        return recon + t["feat"] + t["out"] + t["energy"]
 
     def _scored(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-modality normalised step errors (B, M, W), fusion weights (B, M))."""

@@ -1,35 +1,48 @@
-"""InterFusion: a hierarchical VAE with an inter-metric and a temporal latent embedding.
+"""InterFusion (Li et al., KDD 2021): a hierarchical VAE with an inter-metric and a temporal embedding.
 
-Generative model of a window x (T, D):
-  z1 ~ N(0, I)                                  inter-metric embedding, (z1_dim, T/4): a compressed
-                                                 view of how the metrics move together
-  z2_t ~ N(mu_p, sigma_p)(z2_{<t}, z1)           temporal embedding, a recurrent prior conditioned on z1
-  x_t ~ N(mu_x, sigma_x)(z2_{<=t}, z1)           recurrent decoder
-Inference: q(z1 | x) by strided 1-D convolutions over time (the compression), q(z2 | x, z1) by a
-bidirectional GRU over x and the expanded z1. Training is two-stage: first the inter-metric part
-alone (q(z1|x) with a direct decoder p(x|z1)), then the whole model jointly on the ELBO.
+Generative model of a window x (T steps × D metrics), as in the paper for SMD/ASD:
 
-At test time the newest ``stride`` steps of each window are treated as missing and imputed by
-MCMC (alternately sample z ~ q(z | x̂), decode, overwrite only the masked steps); the score is
-the negative log-likelihood of the *observed* newest steps under p(x | z), z ~ q(z | x̂), which
-splits into per-metric terms — the per-metric contributions that :meth:`InterFusion.explain`
-ranks for interpretation.
+* **inter-metric embedding** ``e ~ N(0, I)`` of shape (⌈T/8⌉, D): the window compressed along
+  time. ``q(e | x)`` is five 1-D convolutions (kernel 5, three of stride 2) and ``h(e)`` five
+  transposed convolutions back to (T, D); ``h`` is shared by the prior and the posterior below.
+* **temporal embedding** ``z_t`` (3 dims per step): the prior ``p(z_t | z_{t-1}, h_t(e))`` and the
+  posterior ``q(z_t | z_{t-1}, a_t)`` are recurrent Gaussians, where ``a_{1:T}`` is a backward GRU
+  over ``h(e)`` followed by two dense layers; the posterior is refined by a RealNVP flow
+  (invertible dense + affine coupling with sigmoid scales, 20 levels).
+* ``p(x_t | z_t, e) = N(mu, sigma)`` from ``[dense(z_t), h_t(e)]`` through two dense layers.
+
+Training is two-stage: the inter-metric VAE alone first (with its own 1×1-conv decoder
+``p(x | e)``), then the whole model jointly on the ELBO (the inter-metric KL is analytic).
+
+Scoring: the newest ``tail`` steps of each window (the last point for stride 1) are masked and
+imputed by MCMC — starting from the observed values, ``mcmc_iters`` times: sample
+``e, z ~ q(· | x̂)``, *sample* ``x ~ p(x | z, e)``, overwrite the masked values only — over
+``mcmc_chains`` chains, whose imputations are averaged. The score of a step is the paper's
+reconstruction probability of the observed point under ``q(· | x̂)``: the negative log-likelihood
+averaged over ``score_samples`` draws, per metric, so it splits into the per-metric
+contributions that interpretation ranks. Every draw of scoring comes from a generator seeded by
+(seed, window start): a window's score does not depend on which batch it is scored in.
+
+Deviations from the paper, all for CPU cost and all knobs (see :class:`InterFusionConfig`):
+GRU and dense widths (paper 500), MCMC chains (paper 10) and score samples (paper 100).
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
-from stages.core.device import autocast
+from stages.core.device import limited_threads
+from stages.core.errors import InputError
 from stages.core.windowset import WindowSet
 from stages.nets.base import TorchDetector, TrainConfig
 
@@ -39,27 +52,42 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 @dataclass(frozen=True)
 class InterFusionConfig:
-    z1_dim: int = 8
-    z2_dim: int = 8
-    hidden: int = 48
-    pretrain_epochs: int = 2  # stage 1: the inter-metric part alone
-    mcmc_steps: int = 5  # imputation iterations for the masked newest steps
-    score_samples: int = 4  # z samples averaged in the score
-    logstd_min: float = -4.0  # floor of every log-sigma (keeps the likelihood bounded)
-    # fp32 by default: the Gaussian likelihoods and MCMC are precision-sensitive (amp: true to try bf16)
-    # few-shot spans hold ~50-300 windows: small batches so an epoch is several optimiser steps
-    train: TrainConfig = TrainConfig(epochs=40, batch_size=16, lr=2e-3, patience=5, max_train_windows=512,
-                                     amp=False)
+    """Paper values (ASD) in comments; widths, chains and samples cut for a 2-core CPU."""
+
+    z_dim: int = 3  # temporal embedding per step (paper: 3)
+    inter_channels: int = 0  # channels of the inter-metric embedding and h(e); 0 = the number of metrics (paper)
+    conv_kernel: int = 5  # (paper: 5)
+    rnn_hidden: int = 64  # backward GRU of q(z) (paper: 500)
+    dense_hidden: int = 64  # dense layers of q(z) and p(x|z,e) (paper: 500)
+    flow_layers: int = 20  # RealNVP levels on q(z) (paper: 20; 0 = none)
+    flow_hidden: int = 100  # coupling network width (paper: 100)
+    logstd_min: float = -5.0  # clip of every log-sigma (paper: [-5, 2])
+    logstd_max: float = 2.0
+    pretrain_epochs: int = 20  # stage 1, the inter-metric VAE alone (paper: 20)
+    mcmc_iters: int = 10  # imputation iterations (paper: 10)
+    mcmc_chains: int = 1  # chains averaged (paper: 10)
+    score_samples: int = 16  # (e, z) draws averaged in the reconstruction probability (paper: 100)
+    score_batch_size: int = 256  # windows scored at once
+    val_windows: int = 512  # evenly spaced validation windows for the early-stopping loss (0 = all)
+    cpu_threads: int = 2  # torch intra-op threads on the CPU (0 = leave torch's setting)
+    # stage 2 (paper: 20 epochs of batch 100, lr 1e-3); an epoch is a fresh subsample of training windows
+    train: TrainConfig = TrainConfig(epochs=20, batch_size=100, lr=1e-3, patience=5, max_train_windows=1500,
+                                     amp=False, grad_clip=10.0)
 
     def validate(self) -> None:
-        from stages.core.errors import InputError
+        sizes = (self.z_dim, self.rnn_hidden, self.dense_hidden, self.flow_hidden, self.conv_kernel,
+                 self.mcmc_chains, self.score_samples, self.score_batch_size)
+        if min(sizes) < 1 or min(self.inter_channels, self.flow_layers, self.mcmc_iters, self.pretrain_epochs,
+                                 self.val_windows, self.cpu_threads) < 0:
+            raise InputError("params.yaml", "interfusion", "positive sizes (counts >= 0)", sizes)
+        if self.conv_kernel % 2 == 0:
+            raise InputError("params.yaml", "interfusion.conv_kernel", "an odd kernel size", self.conv_kernel)
+        if not self.logstd_min < self.logstd_max:
+            raise InputError("params.yaml", "interfusion.logstd_min", "less than logstd_max",
+                             (self.logstd_min, self.logstd_max))
 
-        if min(self.z1_dim, self.z2_dim, self.hidden, self.mcmc_steps + 1, self.score_samples) < 1:
-            raise InputError("params.yaml", "interfusion", "positive sizes (mcmc_steps >= 0)",
-                             (self.z1_dim, self.z2_dim, self.hidden, self.mcmc_steps, self.score_samples))
 
-
-# ---------------------------------------------------------------- distributions
+# ---------------------------------------------------------------- distributions and noise
 
 
 def gaussian_loglik(x: torch.Tensor, mu: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
@@ -72,113 +100,245 @@ def gaussian_kl(mu_q: torch.Tensor, ls_q: torch.Tensor, mu_p: torch.Tensor, ls_p
     return ls_p - ls_q + (torch.exp(2 * ls_q) + (mu_q - mu_p) ** 2) / (2 * torch.exp(2 * ls_p)) - 0.5
 
 
-def _split(t: torch.Tensor, dim: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    mu, ls = t.chunk(2, dim=dim)
-    return mu, floor + F.softplus(ls - floor)  # smooth floor on log-sigma
+class NoiseTape:
+    """Standard-normal draws for a batch of windows, one independent stream per window.
+
+    ``take(shape)`` hands out the next ``prod(shape)`` draws of every window as (B, *shape); each
+    window's stream comes from a generator seeded by its own key, so scoring a window alone or in
+    any batch draws the same numbers. ``None`` keys mean plain ``torch.randn`` (training).
+    """
+
+    def __init__(self, keys: list[int] | None, per_window: int, device: torch.device):
+        self.device = device
+        self.buffer: torch.Tensor | None = None
+        self.pos = 0
+        if keys is not None:
+            g = torch.Generator()
+            rows = []
+            for k in keys:
+                g.manual_seed(int(k))
+                rows.append(torch.randn(per_window, generator=g))
+            self.buffer = torch.stack(rows).to(device)
+
+    def take(self, rows: int, *shape: int) -> torch.Tensor:
+        """(rows, *shape) draws; ``rows`` is a multiple k of the windows (k adjacent copies each)."""
+        if self.buffer is None:
+            return torch.randn(rows, *shape, device=self.device)
+        n = rows // self.buffer.shape[0] * int(np.prod(shape))
+        if self.pos + n > self.buffer.shape[1]:
+            raise RuntimeError(f"noise tape exhausted: need {n} more, have {self.buffer.shape[1] - self.pos}")
+        out = self.buffer[:, self.pos:self.pos + n]
+        self.pos += n
+        return out.reshape(rows, *shape)
+
+
+def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, ...) → (B·n, ...), the n copies of a window adjacent (rows b·n … b·n+n-1)."""
+    return t.repeat_interleave(n, dim=0) if n > 1 else t
 
 
 # ---------------------------------------------------------------- the network
 
 
-class InterFusionNet(nn.Module):
-    def __init__(self, n_dims: int, cfg: InterFusionConfig):
+def _encoder_lengths(T: int, n_down: int = 3) -> list[int]:
+    out = [T]
+    for _ in range(n_down):
+        out.append(math.ceil(out[-1] / 2))
+    return out
+
+
+class InterMetricVAE(nn.Module):
+    """q(e | x) by strided convolutions (T → ⌈T/8⌉), h(e) by transposed convolutions back to T."""
+
+    def __init__(self, n_dims: int, window: int, cfg: InterFusionConfig):
         super().__init__()
-        h, self.cfg = cfg.hidden, cfg
-        # --- inter-metric part: q(z1|x), expansion of z1 to the time axis, stage-1 decoder p(x|z1)
-        self.z1_encoder = nn.Sequential(
-            nn.Conv1d(n_dims, h, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv1d(h, h, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv1d(h, 2 * cfg.z1_dim, 1))
-        self.z1_expand = nn.Sequential(nn.Conv1d(cfg.z1_dim, h, 3, padding=1), nn.GELU())
-        self.z1_decoder = nn.Conv1d(h, 2 * n_dims, 1)
-        # --- temporal part: q(z2|x,z1), p(z2|z1), p(x|z1,z2)
-        self.z2_posterior_rnn = nn.GRU(n_dims + h, h, batch_first=True, bidirectional=True)
-        self.z2_posterior_out = nn.Linear(2 * h, 2 * cfg.z2_dim)
-        self.z2_prior_rnn = nn.GRU(cfg.z2_dim + h, h, batch_first=True)
-        self.z2_prior_out = nn.Linear(h, 2 * cfg.z2_dim)
-        self.x_rnn = nn.GRU(cfg.z2_dim + h, h, batch_first=True)
-        self.x_out = nn.Linear(h, 2 * n_dims)
+        c, k = cfg.inter_channels or n_dims, cfg.conv_kernel
+        self.cfg, self.channels = cfg, c
+        lens = _encoder_lengths(window)  # e.g. 100, 50, 25, 13
+        self.latent_len = lens[-1]
+        enc, cin = [], n_dims
+        for stride in (2, 1, 2, 1, 2):
+            enc += [nn.Conv1d(cin, c, k, stride=stride, padding=k // 2), nn.ReLU()]
+            cin = c
+        self.encoder = nn.Sequential(*enc)
+        self.q_out = nn.Conv1d(c, 2 * c, 1)
+        dec, cur = [], lens[-1]
+        for stride, target in ((2, lens[2]), (1, lens[2]), (2, lens[1]), (1, lens[1]), (2, lens[0])):
+            pad = target - (2 * cur - 1) if stride == 2 else 0  # lengths back exactly to the encoder's
+            dec += [nn.ConvTranspose1d(c, c, k, stride=stride, padding=k // 2, output_padding=pad), nn.ReLU()]
+            cur = target
+        self.deconv = nn.Sequential(*dec)
+        self.stage1_out = nn.Conv1d(c, 2 * n_dims, 1)  # p(x | e) of the pre-training stage only
 
-    # x: (B, T, D) throughout
-    def q_z1(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _split(self.z1_encoder(x.transpose(1, 2)), 1, self.cfg.logstd_min)  # (B, z1, T1) each
+    def q(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, ls = self.q_out(self.encoder(x.transpose(1, 2))).chunk(2, dim=1)  # (B, c, L) each
+        return mu, ls.clamp(self.cfg.logstd_min, self.cfg.logstd_max)
 
-    def expand_z1(self, z1: torch.Tensor, length: int) -> torch.Tensor:
-        up = F.interpolate(z1, size=length, mode="linear", align_corners=False)
-        return self.z1_expand(up).transpose(1, 2)  # (B, T, h)
+    def h(self, e: torch.Tensor) -> torch.Tensor:
+        return self.deconv(e).transpose(1, 2)  # (B, T, c)
 
-    def p_x_given_z1(self, h1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _split(self.z1_decoder(h1.transpose(1, 2)).transpose(1, 2), -1, self.cfg.logstd_min)
+    def stage1_px(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, ls = self.stage1_out(h.transpose(1, 2)).transpose(1, 2).chunk(2, dim=-1)
+        return mu, ls.clamp(self.cfg.logstd_min, self.cfg.logstd_max)
 
-    def q_z2(self, x: torch.Tensor, h1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, _ = self.z2_posterior_rnn(torch.cat([x, h1], dim=-1))
-        return _split(self.z2_posterior_out(out), -1, self.cfg.logstd_min)
 
-    def p_z2(self, z2: torch.Tensor, h1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prior of each z2_t given the (sampled) z2_{<t} and z1: teacher-forced recurrence."""
-        prev = torch.cat([torch.zeros_like(z2[:, :1]), z2[:, :-1]], dim=1)
-        out, _ = self.z2_prior_rnn(torch.cat([prev, h1], dim=-1))
-        return _split(self.z2_prior_out(out), -1, self.cfg.logstd_min)
+class CouplingLevel(nn.Module):
+    """One RealNVP level: an invertible dense map, then an affine coupling with sigmoid scales."""
 
-    def p_x(self, z2: torch.Tensor, h1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, _ = self.x_rnn(torch.cat([z2, h1], dim=-1))
-        return _split(self.x_out(out), -1, self.cfg.logstd_min)
+    def __init__(self, z_dim: int, hidden: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linalg.qr(torch.randn(z_dim, z_dim))[0])
+        self.n1 = max(z_dim // 2, 1) if z_dim > 1 else 0
+        n2 = z_dim - self.n1
+        self.net = nn.Sequential(nn.Linear(max(self.n1, 1), hidden), nn.ReLU(), nn.Linear(hidden, 2 * n2))
+        nn.init.zeros_(self.net[-1].weight)  # starts as a pure (scaled) dense map
+        nn.init.zeros_(self.net[-1].bias)
 
-    def sample_posterior(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One reparameterised pass through q(z1|x), q(z2|x,z1), the prior of z2 and p(x|z)."""
-        mu1, ls1 = self.q_z1(x)
-        z1 = mu1 + torch.exp(ls1) * torch.randn_like(mu1)
-        h1 = self.expand_z1(z1, x.shape[1])
-        mu2, ls2 = self.q_z2(x, h1)
-        z2 = mu2 + torch.exp(ls2) * torch.randn_like(mu2)
-        pmu2, pls2 = self.p_z2(z2, h1)
-        xmu, xls = self.p_x(z2, h1)
-        return {"mu1": mu1, "ls1": ls1, "h1": h1, "mu2": mu2, "ls2": ls2, "pmu2": pmu2, "pls2": pls2,
-                "xmu": xmu, "xls": xls}
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """y, log|det dy/dz| per row (last dim reduced)."""
+        y = z @ self.weight
+        log_det = torch.linalg.slogdet(self.weight)[1].expand(z.shape[:-1])
+        x1, x2 = y[..., :self.n1], y[..., self.n1:]
+        shift, pre = self.net(x1 if self.n1 else torch.zeros_like(y[..., :1])).chunk(2, dim=-1)
+        scale = torch.sigmoid(pre + 2.0)
+        y2 = x2 * scale + shift
+        return torch.cat([x1, y2], dim=-1), log_det + torch.log(scale).sum(-1)
 
+
+class InterFusionNet(nn.Module):
+    def __init__(self, n_dims: int, window: int, cfg: InterFusionConfig):
+        super().__init__()
+        self.cfg, self.n_dims, self.window = cfg, n_dims, window
+        self.inter = InterMetricVAE(n_dims, window, cfg)
+        c, hd, zd = self.inter.channels, cfg.dense_hidden, cfg.z_dim
+        # q(z | e): backward GRU over h(e), two dense layers, recurrent Gaussian (+ flow)
+        self.a_rnn = nn.GRU(c, cfg.rnn_hidden, batch_first=True)
+        self.a_dense = nn.Sequential(nn.Linear(cfg.rnn_hidden, hd), nn.ReLU(), nn.Linear(hd, hd), nn.ReLU())
+        self.qz_a = nn.Linear(hd, 2 * zd)
+        self.qz_z = nn.Linear(zd, 2 * zd, bias=False)
+        self.flow = nn.ModuleList(CouplingLevel(zd, cfg.flow_hidden) for _ in range(cfg.flow_layers))
+        # p(z | e): recurrent Gaussian on h(e)
+        self.pz = nn.Linear(c + zd, 2 * zd)
+        # p(x | z, e)
+        self.px_z = nn.Linear(zd, n_dims)
+        self.px = nn.Sequential(nn.Linear(n_dims + c, hd), nn.ReLU(), nn.Linear(hd, hd), nn.ReLU(),
+                                nn.Linear(hd, 2 * n_dims))
+
+    def _clamp(self, ls: torch.Tensor) -> torch.Tensor:
+        return ls.clamp(self.cfg.logstd_min, self.cfg.logstd_max)
+
+    # -- pieces, x: (N, T, D) throughout
+    def sample_e(self, x: torch.Tensor, noise: NoiseTape | None = None, copies: int = 1
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """e ~ q(e | x), ``copies`` independent draws per window (rows b·copies …), encoding x once."""
+        mu, ls = self.inter.q(x)
+        mu, ls = _repeat(mu, copies), _repeat(ls, copies)
+        eps = noise.take(mu.shape[0], *mu.shape[1:]) if noise is not None else torch.randn_like(mu)
+        return mu + torch.exp(ls) * eps, mu, ls
+
+    def sample_z(self, h: torch.Tensor, noise: NoiseTape | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base samples of the recurrent posterior (N, T, z) and their log-density (N, T)."""
+        a = self.a_dense(self.a_rnn(h.flip(1))[0].flip(1))  # backward in time: a_t sees h_{t..T}
+        pre = self.qz_a(a)  # the a_t part of every step at once
+        N, T, zd = h.shape[0], h.shape[1], self.cfg.z_dim
+        eps = noise.take(N, T, zd) if noise is not None else torch.randn(N, T, zd, device=h.device)
+        z_prev = torch.zeros(N, zd, device=h.device, dtype=h.dtype)
+        zs, lps = [], []
+        for t in range(T):
+            mu, ls = (pre[:, t] + self.qz_z(z_prev)).chunk(2, dim=-1)
+            ls = self._clamp(ls)
+            z_prev = mu + torch.exp(ls) * eps[:, t]
+            zs.append(z_prev)
+            lps.append((-0.5 * (LOG_2PI + eps[:, t] ** 2) - ls).sum(-1))
+        return torch.stack(zs, 1), torch.stack(lps, 1)
+
+    def apply_flow(self, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z, log_det = z0, torch.zeros(z0.shape[:-1], device=z0.device, dtype=z0.dtype)
+        for level in self.flow:
+            z, ld = level(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def prior_z_loglik(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """log p(z_t | z_{t-1}, h_t) (N, T), all steps at once (z is given)."""
+        prev = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
+        mu, ls = self.pz(torch.cat([h, prev], dim=-1)).chunk(2, dim=-1)
+        return gaussian_loglik(z, mu, self._clamp(ls)).sum(-1)
+
+    def p_x(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, ls = self.px(torch.cat([self.px_z(z), h], dim=-1)).chunk(2, dim=-1)
+        return mu, self._clamp(ls)
+
+    # -- training objectives (per window, (B,))
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-window ELBO terms (B,): reconstruction log-likelihood and the two KLs."""
-        s = self.sample_posterior(x)
-        s = {k: v.float() for k, v in s.items()}  # likelihoods in fp32 even under autocast
-        recon = gaussian_loglik(x.float(), s["xmu"], s["xls"]).sum(dim=(1, 2))
-        kl1 = gaussian_kl(s["mu1"], s["ls1"], torch.zeros_like(s["mu1"]), torch.zeros_like(s["ls1"])).sum(dim=(1, 2))
-        kl2 = gaussian_kl(s["mu2"], s["ls2"], s["pmu2"], s["pls2"]).sum(dim=(1, 2))
-        return {"recon": recon, "kl_z1": kl1, "kl_z2": kl2}
+        """Single-sample ELBO terms: reconstruction, KL of e (analytic), KL of z (sampled, flow included)."""
+        e, mu_e, ls_e = self.sample_e(x)
+        h = self.inter.h(e)
+        z0, log_q0 = self.sample_z(h)
+        z, log_det = self.apply_flow(z0)
+        recon = gaussian_loglik(x, *self.p_x(z, h)).sum(dim=(1, 2))
+        kl_e = gaussian_kl(mu_e, ls_e, torch.zeros_like(mu_e), torch.zeros_like(ls_e)).sum(dim=(1, 2))
+        kl_z = (log_q0 - log_det - self.prior_z_loglik(z, h)).sum(dim=1)
+        return {"recon": recon, "kl_e": kl_e, "kl_z": kl_z}
 
     def stage1_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """ELBO of the inter-metric part alone (z1 → x directly), used to pre-train it."""
-        mu1, ls1 = self.q_z1(x)
-        z1 = mu1 + torch.exp(ls1) * torch.randn_like(mu1)
-        xmu, xls = self.p_x_given_z1(self.expand_z1(z1, x.shape[1]))
-        mu1, ls1 = mu1.float(), ls1.float()
-        recon = gaussian_loglik(x.float(), xmu.float(), xls.float()).sum(dim=(1, 2))
-        kl1 = gaussian_kl(mu1, ls1, torch.zeros_like(mu1), torch.zeros_like(ls1)).sum(dim=(1, 2))
-        return {"recon": recon, "kl_z1": kl1}
+        """ELBO of the inter-metric VAE alone (e → x through its own decoder), to pre-train it."""
+        e, mu_e, ls_e = self.sample_e(x)
+        recon = gaussian_loglik(x, *self.inter.stage1_px(self.inter.h(e))).sum(dim=(1, 2))
+        kl_e = gaussian_kl(mu_e, ls_e, torch.zeros_like(mu_e), torch.zeros_like(ls_e)).sum(dim=(1, 2))
+        return {"recon": recon, "kl_e": kl_e}
 
-    def inter_metric_parameters(self) -> list[nn.Parameter]:
-        return [*self.z1_encoder.parameters(), *self.z1_expand.parameters(), *self.z1_decoder.parameters()]
+    def stage1_parameters(self) -> list[nn.Parameter]:
+        return list(self.inter.parameters())
 
-    @torch.no_grad()
-    def impute(self, x: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
-        """MCMC imputation: masked entries (mask True, shape (B, T)) are replaced by samples'
-        decoded means, ``steps`` times; observed entries are returned bit-identical."""
-        m = mask[:, :, None].expand_as(x)
-        xh = torch.where(m, torch.zeros_like(x), x)  # start from the training mean (data are z-scored)
-        for _ in range(steps):
-            xh = torch.where(m, self.sample_posterior(xh)["xmu"].to(x.dtype), x)
-        return xh
+    def joint_parameters(self) -> list[nn.Parameter]:
+        skip = {id(p) for p in self.inter.stage1_out.parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
 
-    @torch.no_grad()
-    def point_nll(self, x: torch.Tensor, mask: torch.Tensor, steps: int, samples: int) -> torch.Tensor:
-        """Per-metric negative log-likelihood (B, T, D) of the observed x at masked steps (0 elsewhere),
-        with z drawn from q(z | imputed x); the likelihood is averaged over ``samples`` draws."""
-        xh = self.impute(x, mask, steps)
-        lls = []
-        for _ in range(samples):
-            s = self.sample_posterior(xh)
-            lls.append(gaussian_loglik(x.float(), s["xmu"].float(), s["xls"].float()))
-        ll = torch.logsumexp(torch.stack(lls), dim=0) - math.log(samples)
-        return -ll * mask[:, :, None]
+    # -- test time
+    def decode_tail(self, x: torch.Tensor, tail: int, noise: NoiseTape | None, copies: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e, z) ~ q(· | x), ``copies`` draws per window, and p(x | z, e) at the newest ``tail`` steps
+        only: mean, logstd (N·copies, tail, D)."""
+        e, _, _ = self.sample_e(x, noise, copies)
+        h = self.inter.h(e)
+        z0, _ = self.sample_z(h, noise)
+        z, _ = self.apply_flow(z0[:, -tail:])
+        return self.p_x(z, h[:, -tail:])
+
+    def impute(self, x: torch.Tensor, tail: int, iters: int, chains: int = 1,
+               noise: NoiseTape | None = None) -> torch.Tensor:
+        """MCMC imputation of the newest ``tail`` steps: start from the observed values, then ``iters``
+        times sample (e, z) ~ q(· | x̂) and x ~ p(x | z, e) and overwrite the masked steps only;
+        ``chains`` chains averaged. Observed steps come back bit-identical."""
+        B, T, D = x.shape
+        xh = _repeat(x, chains)
+        for _ in range(iters):
+            mu, ls = self.decode_tail(xh, tail, noise)
+            eps = noise.take(B * chains, tail, D) if noise is not None else torch.randn_like(mu)
+            xh = torch.cat([xh[:, :T - tail], mu + torch.exp(ls) * eps], dim=1)
+        if chains > 1:
+            xh = xh.reshape(B, chains, T, D).mean(dim=1)
+        return torch.cat([x[:, :T - tail], xh[:, T - tail:]], dim=1)
+
+    def tail_nll(self, x: torch.Tensor, tail: int, iters: int, chains: int, samples: int,
+                 noise: NoiseTape | None = None) -> torch.Tensor:
+        """Per-metric reconstruction NLL (B, tail, D) of the observed newest steps: −E_q[log p(x | z, e)]
+        with q conditioned on the MCMC-imputed window, averaged over ``samples`` draws."""
+        B, T, D = x.shape
+        xh = self.impute(x, tail, iters, chains, noise)
+        mu, ls = self.decode_tail(xh, tail, noise, copies=samples)
+        ll = gaussian_loglik(_repeat(x[:, T - tail:], samples), mu, ls)
+        return -ll.reshape(B, samples, tail, D).mean(dim=1)
+
+    @staticmethod
+    def noise_per_window(cfg: InterFusionConfig, e_shape: tuple[int, int], window: int, tail: int, n_dims: int
+                         ) -> int:
+        """How many draws one window's scoring takes (what :class:`NoiseTape` must hold)."""
+        per_pass = e_shape[0] * e_shape[1] + window * cfg.z_dim
+        return (cfg.mcmc_iters * cfg.mcmc_chains * (per_pass + tail * n_dims)
+                + cfg.score_samples * per_pass)
 
 
 # ---------------------------------------------------------------- interpretation
@@ -228,34 +388,59 @@ class InterFusion(TorchDetector):
     name = "interfusion"
     Config = InterFusionConfig
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, window: int | None = None, **kwargs: Any):
+        self._window = window
         super().__init__(*args, **kwargs)
         self.threshold: float | None = None  # set by whoever chose it (label-free) to enable segment ranking
         self._stage = "joint"
         self._cache: tuple[tuple, np.ndarray] | None = None  # (windows key, contributions): score then explain
 
     def build_module(self) -> nn.Module:
-        return InterFusionNet(max(self.schema.n_metric, 1), self.config)
+        # the window fixes the conv/deconv lengths; unknown until fit() unless given
+        return _Lazy() if self._window is None else InterFusionNet(max(self.schema.n_metric, 1), self._window,
+                                                                    self.config)
 
-    def _tail(self, ws: WindowSet) -> int:
+    def _ensure_module(self, window: int) -> None:
+        if isinstance(self.module, _Lazy) or self.module.window != window:
+            if not isinstance(self.module, _Lazy):
+                raise ValueError(f"{self.name}: built for window {self.module.window}, got windows of {window}")
+            self._window = window
+            torch.manual_seed(self.seed)
+            self.module = InterFusionNet(max(self.schema.n_metric, 1), window, self.config).to(self.device)
+
+    @staticmethod
+    def _tail(ws: WindowSet) -> int:
         return max(1, min(ws.stride, ws.window - 1))
 
     def make_batch(self, ws: WindowSet, starts: np.ndarray) -> dict[str, torch.Tensor]:
         x = np.nan_to_num(ws.take(ws.metric, starts))  # an unfilled gap must not poison a batch
-        mask = np.zeros(x.shape[:2], dtype=bool)
-        mask[:, ws.window - self._tail(ws):] = True
-        return {"x": self._to(x), "mask": self._to(mask, torch.bool)}
+        return {"x": self._to(x)}
+
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["x"]
+        return self.module.stage1_terms(x) if self._stage == "inter_metric" else self.module.elbo_terms(x)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = batch["x"]
-        terms = self.module.stage1_terms(x) if self._stage == "inter_metric" else self.module.elbo_terms(x)
-        elbo = terms["recon"] - terms["kl_z1"] - terms.get("kl_z2", 0.0)
-        return -(elbo.mean()) / (x.shape[1] * x.shape[2])
+        """−ELBO per window and metric-step (the base loop stops on a non-finite value, naming the epoch)."""
+        t = self.loss_terms(batch)
+        elbo = t["recon"] - t["kl_e"] - t.get("kl_z", 0.0)
+        return -(elbo.mean()) / (batch["x"].shape[1] * batch["x"].shape[2])
 
     def parameters_to_train(self):
-        params = self.module.inter_metric_parameters() if self._stage == "inter_metric" \
-            else list(self.module.parameters())
+        params = self.module.stage1_parameters() if self._stage == "inter_metric" else self.module.joint_parameters()
         return [p for p in params if p.requires_grad]
+
+    def _eval_loss(self, ws: WindowSet) -> float:
+        """Validation loss on ``val_windows`` evenly spaced windows (one draw each), seeded."""
+        cap = self.config.val_windows
+        if cap and len(ws) > cap:
+            ws = dataclasses.replace(ws, starts=ws.starts[np.linspace(0, len(ws) - 1, cap).round().astype(int)])
+        state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed + 7)
+        try:
+            return super()._eval_loss(ws)
+        finally:
+            torch.random.set_rng_state(state)
 
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
@@ -263,59 +448,72 @@ class InterFusion(TorchDetector):
         t0 = time.perf_counter()
         if train.schema.n_metric == 0:
             raise ValueError(f"{self.name}: dataset {train.schema.dataset!r} has no metric channel")
+        self._ensure_module(train.window)
         self._cache = None
         history: dict[str, list[float]] = {}
         resuming = self.checkpoint_dir is not None and (self.checkpoint_dir / "last.pt").exists()
-        if self.config.pretrain_epochs and not resuming:
-            from dataclasses import replace
-
-            joint_cfg = self.config
-            self._stage = "inter_metric"
-            self.config = replace(joint_cfg, train=replace(joint_cfg.train, epochs=self.config.pretrain_epochs))
-            saved_ckpt, self.checkpoint_dir = self.checkpoint_dir, None
-            try:
-                stage1 = super().fit(train, val)
-            finally:
-                self.config, self.checkpoint_dir, self._stage = joint_cfg, saved_ckpt, "joint"
-            history["stage1_train_loss"] = stage1["train_loss"]
-            history["stage1_val_loss"] = stage1["val_loss"]
-        history.update(super().fit(train, val))
+        with limited_threads(self.config.cpu_threads, self.device):
+            if self.config.pretrain_epochs and not resuming:
+                joint_cfg = self.config
+                self._stage = "inter_metric"
+                self.config = replace(joint_cfg, train=replace(joint_cfg.train, epochs=self.config.pretrain_epochs))
+                saved_ckpt, self.checkpoint_dir = self.checkpoint_dir, None
+                try:
+                    stage1 = super().fit(train, val)
+                finally:
+                    self.config, self.checkpoint_dir, self._stage = joint_cfg, saved_ckpt, "joint"
+                history["stage1_train_loss"] = stage1["train_loss"]
+                history["stage1_val_loss"] = stage1["val_loss"]
+            history.update(super().fit(train, val))
         history["fit_seconds"] = [time.perf_counter() - t0]
         return history
 
     def window_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.module.point_nll(batch["x"], batch["mask"], self.config.mcmc_steps,
-                                     self.config.score_samples).sum(dim=-1)
+        raise NotImplementedError("InterFusion scores through contributions()")
+
+    def window_contributions(self, ws: WindowSet, starts: np.ndarray) -> np.ndarray:
+        """(W, tail, D) per-metric NLL of the newest ``tail`` steps of the windows at ``starts``."""
+        cfg, tail = self.config, self._tail(ws)
+        net: InterFusionNet = self.module
+        per_window = net.noise_per_window(cfg, (net.inter.channels, net.inter.latent_len), ws.window, tail,
+                                          net.n_dims)
+        keys = [self.seed * 1_000_003 + int(s) for s in starts]
+        net.eval()
+        with torch.inference_mode():
+            noise = NoiseTape(keys, per_window, self.device)
+            b = self.make_batch(ws, starts)
+            return net.tail_nll(b["x"], tail, cfg.mcmc_iters, cfg.mcmc_chains, cfg.score_samples,
+                                noise).float().cpu().numpy()
 
     def contributions(self, ws: WindowSet) -> np.ndarray:
         """Per-step, per-metric score terms (T, D) (NaN where unscored); rows sum to :meth:`score`."""
+        import hashlib
+
         digest = hashlib.blake2b(np.ascontiguousarray(ws.metric).tobytes(), digest_size=16)
         digest.update(np.ascontiguousarray(ws.starts).tobytes())
         key = (digest.hexdigest(), ws.metric.shape, ws.window, ws.stride)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1].copy()
-        self.module.eval()
-        tc = self.config.train
-        rows = []
-        torch.manual_seed(self.seed)  # the MCMC draws are part of the score: keep them reproducible
-        with torch.no_grad():
-            for starts in ws.batches(tc.batch_size):
-                b = self.make_batch(ws, starts)
-                with autocast(self.device, tc.amp):
-                    nll = self.module.point_nll(b["x"], b["mask"], self.config.mcmc_steps, self.config.score_samples)
-                rows.append(nll.float().cpu().numpy())
         D = ws.metric.shape[1]
-        if not rows:
+        if len(ws) == 0:
             return np.full((ws.n_steps, D), np.nan)
-        per_window = np.concatenate(rows)  # (W, L, D)
-        out = np.stack([ws.steps_from_windows(per_window[:, :, d]) for d in range(D)], axis=1)
+        self._ensure_module(ws.window)
+        self.module.eval()
+        tail, bs = self._tail(ws), self.config.score_batch_size
+        rows = []
+        with limited_threads(self.config.cpu_threads, self.device), torch.inference_mode():
+            for i in tqdm(range(0, len(ws), bs), desc=f"{self.name} scoring {ws.name or ''}".rstrip(),
+                          leave=False, disable=None):
+                rows.append(self.window_contributions(ws, ws.starts[i:i + bs]))
+        per_window = np.concatenate(rows)  # (W, tail, D)
+        full = np.zeros((len(ws), ws.window, D))
+        full[:, ws.window - tail:] = per_window
+        out = np.stack([ws.steps_from_windows(full[:, :, d]) for d in range(D)], axis=1)
         self._cache = (key, out)
         return out.copy()
 
     def score(self, windows: WindowSet) -> np.ndarray:
-        contrib = self.contributions(windows)
-        out = contrib.sum(axis=1)  # NaN rows stay NaN
-        return out
+        return self.contributions(windows).sum(axis=1)  # NaN rows stay NaN
 
     def explain(self, windows: WindowSet, threshold: float | None = None) -> dict[str, Any]:
         """Per-metric contributions and, given a label-free threshold, each alarm run's ranked metrics."""
@@ -328,3 +526,23 @@ class InterFusion(TorchDetector):
             out["alarms"] = alarms
             out["anomalies"] = rank_segments(contrib, alarms, out["channels"])
         return out
+
+    # -- persistence: the window is part of the architecture
+    def state(self) -> dict[str, torch.Tensor]:
+        if isinstance(self.module, _Lazy):
+            raise RuntimeError(f"{self.name}: nothing to save before fit()")
+        return {**self.module.state_dict(), "_window": torch.tensor(self.module.window)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        window = int(state.pop("_window"))
+        self._window = None
+        self.module = _Lazy()
+        self._ensure_module(window)
+        self.module.load_state_dict(state)
+
+
+class _Lazy(nn.Module):
+    """Placeholder until the window length (part of the architecture) is known."""
+
+    window = None

@@ -36,6 +36,7 @@ from stages.core.windowset import WindowSet
 from stages.nets.base import TorchDetector, TrainConfig
 
 log = logging.getLogger(__name__)
+SCORE_BATCH = 512  # windows per forward pass when scoring (training batches stay config.train.batch_size)
 
 
 @dataclass(frozen=True)
@@ -437,7 +438,7 @@ class KADDisformer(TorchDetector):
         C, tc = ws.metric.shape[1], self.config.train
         rows = []
         with torch.no_grad():
-            for starts in ws.batches(max(1, tc.batch_size)):
+            for starts in ws.batches(max(SCORE_BATCH, tc.batch_size)):  # windows are independent: batch wide
                 with autocast(self.device, tc.amp):
                     err = self.window_scores(self.make_batch(ws, starts)).float().cpu().numpy()
                 rows.append(err.reshape(len(starts), C, ws.window)[:, :, ws.window - self.tail:])

@@ -51,7 +51,7 @@ MIN_STEPS = 10  # optimiser steps per epoch on tiny few-shot sets
 
 @dataclass(frozen=True)
 class MetaLogConfig:
-    source: str = "synth_gaia"  # source system (dataset name); ignored when equal to the target
+    source: str | None = None  # source system; None = the first of datasets.<target>.sources; ignored when equal to the target
     mode: Literal["meta", "zero_shot"] = "meta"
     word_vectors: str = "backbone"  # 'backbone' (LLM input embeddings, offline) or a GloVe text file
     per_service: bool = False  # one sequence per (window, service); a window scores its worst service
@@ -166,6 +166,20 @@ def balanced_batch(labels: np.ndarray, size: int, share: float, rng: np.random.G
                            rng.choice(neg, n_neg, replace=n_neg > len(neg))])
 
 
+def labelled_subset(target: LogSequences, percent: float, seed: int) -> LogSequences:
+    """Keep all known normals and ``percent`` % of the anomalies (at least one), chosen by seed: the
+    few labels a cross-system method may read on its target."""
+    if percent >= 100:
+        return target
+    pos = np.flatnonzero(target.labels == 1)
+    rng = np.random.default_rng(seed)
+    keep_pos = rng.choice(pos, max(1, int(round(len(pos) * percent / 100))), replace=False) if len(pos) else pos
+    keep = np.sort(np.concatenate([np.flatnonzero(target.labels == 0), keep_pos]))
+    log.info("target keeps %d of %d labelled anomalies and %d normals", len(keep_pos), len(pos),
+             int((target.labels == 0).sum()))
+    return target.subset(keep, renumber=False)
+
+
 class MetaLog(Detector):
     name = "metalog"
     Config = MetaLogConfig
@@ -205,17 +219,7 @@ class MetaLog(Detector):
 
     # ------------------------------------------------------------ training on log sequences
     def _labelled_target(self, target: LogSequences) -> LogSequences:
-        """Keep all known normals and ``labelled_anomaly_percent`` of the anomalies (≥ 1), chosen by seed."""
-        pct = self.config.labelled_anomaly_percent
-        if pct >= 100:
-            return target
-        pos = np.flatnonzero(target.labels == 1)
-        rng = np.random.default_rng(self.seed)
-        keep_pos = rng.choice(pos, max(1, int(round(len(pos) * pct / 100))), replace=False) if len(pos) else pos
-        keep = np.sort(np.concatenate([np.flatnonzero(target.labels == 0), keep_pos]))
-        log.info("metalog: target keeps %d of %d labelled anomalies and %d normals", len(keep_pos), len(pos),
-                 int((target.labels == 0).sum()))
-        return target.subset(keep, renumber=False)
+        return labelled_subset(target, self.config.labelled_anomaly_percent, self.seed)
 
     def fit_sequences(self, target: LogSequences | None, sources: list[LogSequences]) -> dict[str, list[float]]:
         """Train on labelled sequences; see the module docstring for what each mode reads."""
@@ -279,7 +283,7 @@ class MetaLog(Detector):
                     if tc.grad_clip:
                         nn.utils.clip_grad_norm_(self.module.parameters(), tc.grad_clip)
                     opt.step()
-                    ls, lt = float(loss.detach()), float("nan")
+                    ls, lt = float(loss.detach()), 0.0
                 src_total += ls
                 tgt_total += lt
             history["epoch"].append(epoch + 1)
@@ -287,8 +291,11 @@ class MetaLog(Detector):
             if meta:
                 history["target_loss"].append(tgt_total / n_batches)
             history["seconds"].append(time.perf_counter() - t0)
-            log.info("metalog epoch %d: source/train loss %.4f target loss %.4f", epoch + 1,
-                     history["train_loss"][-1], tgt_total / n_batches)
+            if meta:
+                log.info("metalog epoch %d: source loss %.4f target loss %.4f", epoch + 1,
+                         history["train_loss"][-1], history["target_loss"][-1])
+            else:  # supervised on one system: there is no separate target loss to report
+                log.info("metalog epoch %d: train loss %.4f", epoch + 1, history["train_loss"][-1])
         return history
 
     def _batch(self, encoded: tuple, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -313,12 +320,13 @@ class MetaLog(Detector):
 
     # ------------------------------------------------------------ pipeline interface
     def source_datasets(self, target: str, available: list[str]) -> list[str]:
-        src = self.config.source
+        """The source system: ``metalog.source``, or else the first of ``datasets.<target>.sources``."""
+        src = self.config.source or (available[0] if available else None)
         if not src or src == target:
             return []
         if src not in available:
-            raise InputError("params.yaml", "metalog.source", f"one of the pipeline's datasets {sorted(available)}",
-                             src)
+            raise InputError("params.yaml", "metalog.source",
+                             f"one of datasets.{target}.sources {sorted(available)} (or null)", src)
         return [src]
 
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None

@@ -12,8 +12,12 @@ Two signals per log block (a grid window in the pipeline, a line window or sessi
 
 A logistic regression fitted on training blocks (container probability computed leave-out, so
 a block never votes for itself) weighs the two; the operating threshold is the best-F1 cut on
-those training scores (``self.threshold``). TF-IDF is fitted on training blocks only; templates
-never seen in training share one extra "unseen" TF-IDF column.
+those training scores (``self.threshold``). Both signals of the training blocks fed to that fit
+are *out-of-fold* (``oof_folds`` chronological folds: errors from a model that never trained on
+the fold, votes from a container without it): in-sample errors of memorised training blocks are
+far below those of any new block, and a block's own burst votes for it, so a weighting and
+threshold fitted in-sample flag nearly every test block. TF-IDF is fitted on training blocks
+only; templates never seen in training share one extra "unseen" TF-IDF column.
 """
 from __future__ import annotations
 
@@ -53,14 +57,15 @@ class XLSTMLogADConfig:
     slstm_at: list[int] = field(default_factory=lambda: [1])  # sLSTM block positions; [] = mLSTM only
     num_heads: int = 4
     container_max: int = 20000  # most recent labelled training blocks kept as neighbours
+    oof_folds: int = 3  # chronological folds for out-of-fold training errors (0/1: in-sample, biased low)
     cpu_threads: int = 1  # torch threads on the CPU while fitting/scoring (see core.device.limited_threads); 0 = as is
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=32, lr=3e-3, patience=2,
                                                                   max_train_windows=1024))
 
     def validate(self) -> None:
-        if self.top_k < 1 or self.max_len < 1 or self.container_max < 1:
-            raise InputError("params.yaml", "xlstm_logad", "positive top_k, max_len and container_max",
-                             (self.top_k, self.max_len, self.container_max))
+        if self.top_k < 1 or self.max_len < 1 or self.container_max < 1 or self.oof_folds < 0:
+            raise InputError("params.yaml", "xlstm_logad", "positive top_k, max_len, container_max; oof_folds >= 0",
+                             (self.top_k, self.max_len, self.container_max, self.oof_folds))
         if self.embed_dim % self.num_heads:
             raise InputError("params.yaml", "xlstm_logad.embed_dim", f"a multiple of num_heads={self.num_heads}",
                              self.embed_dim)
@@ -182,13 +187,19 @@ class XLSTMLogAD(Detector):
             self.module = XLSTMReconstructor(in_dim, self.n_cols, c, use_slstm=False).to(self.device)
 
     # ------------------------------------------------------------ training on log sequences
+    def _forward(self, x: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+        """Reconstruct a batch cut to its longest sequence: the stack is causal, so positions after
+        every sequence's end change nothing but cost time (a 20-line window in a 64-event context)."""
+        width = max(int(lengths.max()), 1) if len(lengths) else 1
+        return self.module(torch.from_numpy(np.ascontiguousarray(x[:, :width])).to(self.device),
+                           torch.from_numpy(lengths).to(self.device))
+
     def _errors(self, x: np.ndarray, lengths: np.ndarray, target: np.ndarray) -> np.ndarray:
         self.module.eval()
         out = []
         with torch.no_grad():
             for i in range(0, len(x), 256):
-                rec = self.module(torch.from_numpy(x[i:i + 256]).to(self.device),
-                                  torch.from_numpy(lengths[i:i + 256]).to(self.device))
+                rec = self._forward(x[i:i + 256], lengths[i:i + 256])
                 out.append(((rec - torch.from_numpy(target[i:i + 256]).to(self.device)) ** 2).mean(1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
@@ -222,20 +233,62 @@ class XLSTMLogAD(Detector):
         normal = np.flatnonzero(train.labels == 0)
         if len(normal) == 0:
             raise InputError(train.name or None, "labels", "some normal training blocks to learn reconstruction")
+        err_tr = self._out_of_fold_errors(x_tr, len_tr, y_tr, train.labels, val, vectors)
         self._build(vectors.shape[1])
         history = self._train_reconstruction(x_tr[normal], len_tr[normal], y_tr[normal], val, vectors)
-        err_tr = self._errors(x_tr, len_tr, y_tr)
+        if err_tr is None:
+            err_tr = self._errors(x_tr, len_tr, y_tr)
         self.err_mu, self.err_sd = float(err_tr[normal].mean()), float(err_tr[normal].std() + 1e-8)
         # container: the most recent labelled training blocks
         keep = np.arange(max(0, len(train) - c.container_max), len(train))
         self.container = block_vectors(train.counts[keep], vectors)
         self.container_labels = train.labels[keep].astype(np.float32)
         self.container_pos = train.window[keep].astype(np.int64)
-        p_tr = container_probability(block_vectors(train.counts, vectors), self.container, self.container_labels,
-                                     c.top_k, train.window, self.container_pos, exclude_radius=max(overlap, 1))
+        query = block_vectors(train.counts, vectors)
+        fold = self._folds(len(train))
+        if fold is None:
+            p_tr = container_probability(query, self.container, self.container_labels, c.top_k, train.window,
+                                         self.container_pos, exclude_radius=max(overlap, 1))
+        else:  # out-of-fold votes too: a block's own burst is not in the container when it is scored
+            p_tr = np.zeros(len(train))
+            for f in range(int(fold.max()) + 1):
+                held, keys = fold == f, fold[keep] != f
+                p_tr[held] = container_probability(query[held], self.container[keys], self.container_labels[keys],
+                                                   c.top_k, train.window[held], self.container_pos[keys],
+                                                   exclude_radius=max(overlap, 1))
         self._fit_weighting(np.column_stack([p_tr, self._z(err_tr)]), train.labels)
         history["threshold"] = [self.threshold]
         return history
+
+    def _folds(self, n: int) -> np.ndarray | None:
+        """Contiguous chronological fold of each of ``n`` training blocks; None when folds are off."""
+        k = self.config.oof_folds
+        if k < 2 or n < 2 * k:
+            return None
+        return np.minimum(np.arange(n) * k // n, k - 1)
+
+    def _out_of_fold_errors(self, x: np.ndarray, lengths: np.ndarray, y: np.ndarray, labels: np.ndarray,
+                            val: LogSequences | None, vectors: np.ndarray) -> np.ndarray | None:
+        """Reconstruction error of each training block from a model trained on the other folds' normals.
+
+        Folds are contiguous in time, so each error is measured the way a test block's is: on data
+        the model has not seen, later or earlier in the log. None when folds are off or too small.
+        """
+        fold = self._folds(len(x))
+        if fold is None:
+            return None
+        err = np.full(len(x), np.nan)
+        for f in tqdm(range(int(fold.max()) + 1), desc="xlstm_logad out-of-fold", leave=False, disable=None):
+            fit_idx = np.flatnonzero((fold != f) & (labels == 0))
+            if len(fit_idx) == 0:
+                return None
+            seed_everything(self.seed + 1 + f)
+            self._build(vectors.shape[1])
+            self._train_reconstruction(x[fit_idx], lengths[fit_idx], y[fit_idx], val, vectors, quiet=True)
+            held = np.flatnonzero(fold == f)
+            err[held] = self._errors(x[held], lengths[held], y[held])
+        seed_everything(self.seed)
+        return err
 
     def _z(self, err: np.ndarray) -> np.ndarray:
         return np.clip((err - self.err_mu) / self.err_sd, *Z_CLIP)
@@ -252,7 +305,8 @@ class XLSTMLogAD(Detector):
         if labels.any() and not labels.all():
             prec, rec, thr = precision_recall_curve(labels, scores)
             f1 = 2 * prec * rec / np.maximum(prec + rec, 1e-12)
-            self.threshold = float(thr[int(np.argmax(f1[:-1]))])
+            # the PR curve alarms at score >= thr, evaluation at score > threshold: step just below it
+            self.threshold = float(np.nextafter(thr[int(np.argmax(f1[:-1]))], -np.inf))
         else:
             self.threshold = 0.5
 
@@ -260,7 +314,7 @@ class XLSTMLogAD(Detector):
         return 1.0 / (1.0 + np.exp(-(feats @ self.coef + self.intercept)))
 
     def _train_reconstruction(self, x: np.ndarray, lengths: np.ndarray, y: np.ndarray, val: LogSequences | None,
-                              vectors: np.ndarray) -> dict[str, list[float]]:
+                              vectors: np.ndarray, quiet: bool = False) -> dict[str, list[float]]:
         tc = self.config.train
         opt = torch.optim.AdamW(self.module.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         if val is not None and len(val):
@@ -277,7 +331,7 @@ class XLSTMLogAD(Detector):
             for i in tqdm(range(0, len(order), tc.batch_size), desc=f"xlstm_logad epoch {epoch + 1}/{tc.epochs}",
                           leave=False, disable=None):
                 b = order[i:i + tc.batch_size]
-                rec = self.module(torch.from_numpy(x[b]).to(self.device), torch.from_numpy(lengths[b]).to(self.device))
+                rec = self._forward(x[b], lengths[b])
                 loss = ((rec - torch.from_numpy(y[b]).to(self.device)) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -290,7 +344,8 @@ class XLSTMLogAD(Detector):
             for key, v in (("epoch", epoch + 1), ("train_loss", train_loss), ("val_loss", val_loss),
                            ("seconds", time.perf_counter() - t0)):
                 history[key].append(v)
-            log.info("xlstm_logad epoch %d: reconstruction train %.5f val %.5f", epoch + 1, train_loss, val_loss)
+            log.log(logging.DEBUG if quiet else logging.INFO,
+                    "xlstm_logad epoch %d: reconstruction train %.5f val %.5f", epoch + 1, train_loss, val_loss)
             if val_loss < best - 1e-7:
                 best, bad = val_loss, 0
                 best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}

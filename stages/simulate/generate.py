@@ -12,11 +12,13 @@ from tqdm import tqdm
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir
 from stages.core.params import PARAMS_FILE
+from stages.simulate.benign import schedule_background
 from stages.simulate.faults import schedule_faults
 from stages.simulate.params import FORMATS, SynthParams
 from stages.simulate.system import build_system, stable_seed
 from stages.simulate.templates import build_book
 from stages.simulate.traffic import simulate_chunk
+from stages.simulate.truth import truth_document, write_truth
 from stages.simulate.writers_common import WriterContext
 from stages.simulate.writers_eadro import NATIVE_KIND as EADRO_KIND
 from stages.simulate.writers_eadro import EadroWriter
@@ -46,7 +48,8 @@ def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthPara
     """Write the dump of ``dataset_name`` at ``out_dir`` (replaced atomically) and return a summary.
 
     The dataset name enters the seed through a stable hash, so the three synthetic systems differ
-    while each is byte-for-byte reproducible.
+    while each is byte-for-byte reproducible. Besides the native files, the dump holds the
+    ground-truth sidecar ``synth_truth.json`` (faults with intensity and severity, benign events).
     """
     if fmt not in FORMATS:
         raise InputError(PARAMS_FILE, f"datasets.{dataset_name}.format", f"one of {', '.join(FORMATS)}", fmt)
@@ -58,6 +61,8 @@ def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthPara
     t_start = parse_start(params.start_utc[fmt], fmt)
     t_end = t_start + params.hours * 3600.0
     faults = schedule_faults(system, t_start, t_end, params, rng)
+    background = schedule_background(system, t_start, t_end, params, rng)
+    truth = truth_document(system, faults, background, t_start, t_end)
     chunks = chunk_bounds(t_start, t_end, params.chunk_hours * 3600.0)
     with atomic_dir(out_dir) as root:
         writer = WRITERS[fmt](WriterContext(root=root, system=system, book=book, faults=faults,
@@ -65,10 +70,11 @@ def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthPara
         trace_offset = 0
         for i, (t0, t1) in enumerate(tqdm(chunks, desc=f"synth {dataset_name}", unit="chunk", disable=None)):
             crng = np.random.default_rng(stable_seed(ds_seed, "chunk", str(i)))
-            chunk = simulate_chunk(system, book, faults, t0, t1, t_start, trace_offset, params, crng)
+            chunk = simulate_chunk(system, book, faults, background, t0, t1, t_start, trace_offset, params, crng)
             writer.write_chunk(chunk, crng)
             trace_offset += chunk.n_traces
         counts = writer.finish()
+        write_truth(root, truth)
         n_bytes = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         n_files = sum(1 for p in root.rglob("*") if p.is_file())
     summary = {
@@ -83,9 +89,11 @@ def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthPara
         "edges": [[system.services[a].name, system.services[b].name] for a, b in system.edges],
         "faults": [
             {"kind": f.kind, "native_kind": _native_kind(fmt, f.kind), "entity": f.entity,
-             "service": system.services[f.service].name, "start_ts": f.start, "end_ts": f.end}
+             "service": system.services[f.service].name, "start_ts": f.start, "end_ts": round(f.end, 6),
+             "intensity": f.intensity, "severity": f.severity}
             for f in faults
         ],
+        "benign": truth["benign"],
         "n_traces": counts["traces"],
         "n_spans": counts["spans"],
         "n_log_lines": counts["log_lines"],

@@ -39,6 +39,9 @@ MSDS_AGENTS = (
 )
 MSDS_NODES = ("wally113", "wally117", "wally122", "wally123", "wally124", "wally125", "wally126", "wally127")
 
+# OpenStack requests are large traces (many RPC / REST calls per request): msds trees are bigger.
+TREE_SHAPE = {"msds": (60, 0.7, 0.6), "eadro": (14, 0.45, 0.0), "gaia": (14, 0.45, 0.0)}  # (max nodes, take, repeat)
+
 VERBS = ("query", "get", "create", "update", "check", "find", "list", "verify", "calculate", "reserve")
 NOUNS = ("Ticket", "Route", "Station", "Order", "Price", "Seat", "Contacts", "Token", "Trip", "Info", "Train")
 
@@ -147,8 +150,12 @@ def _random_dag(n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
 
 
 def _call_tree(root_path: list[int], children: dict[int, list[int]], rng: np.random.Generator,
-               max_nodes: int = 14) -> tuple[list[int], list[int]]:
-    """Grow a call tree from the frontend: follow ``root_path`` then random callees (DFS pre-order)."""
+               max_nodes: int = 14, take_p: float = 0.45, repeat: float = 0.0) -> tuple[list[int], list[int]]:
+    """Grow a call tree from the frontend: follow ``root_path`` then random callees (DFS pre-order).
+
+    ``take_p``: chance that a service calls each of its callees; ``repeat``: chance that a call
+    is made once more (OpenStack requests poll and fan out the same RPC several times).
+    """
     services: list[int] = []
     parents: list[int] = []
     forced = {(root_path[i], root_path[i + 1]) for i in range(len(root_path) - 1)}
@@ -160,9 +167,11 @@ def _call_tree(root_path: list[int], children: dict[int, list[int]], rng: np.ran
         for callee in children.get(svc, []):
             if len(services) >= max_nodes:
                 return
-            take = (svc, callee) in forced or (depth < 4 and rng.random() < 0.45)
+            take = (svc, callee) in forced or (depth < 4 and rng.random() < take_p)
             if take:
                 visit(callee, me, depth + 1)
+                while repeat > 0 and len(services) < max_nodes and rng.random() < repeat:
+                    visit(callee, me, depth + 1)
 
     visit(root_path[0], -1, 0)
     return services, parents
@@ -190,8 +199,9 @@ def build_system(fmt: str, params: SynthParams, rng: np.random.Generator) -> Sys
         callers.setdefault(b, []).append(a)
 
     trees: list[tuple[list[int], list[int]]] = []
+    max_nodes, take_p, repeat = TREE_SHAPE[fmt]
     for _ in range(params.request_types):
-        trees.append(_call_tree([0], children, rng))
+        trees.append(_call_tree([0], children, rng, max_nodes, take_p, repeat))
     # Every service must be reachable by some request type, or faults on it would be invisible.
     covered = {s for t in trees for s in t[0]}
     for svc in range(1, n):
@@ -201,7 +211,7 @@ def build_system(fmt: str, params: SynthParams, rng: np.random.Generator) -> Sys
         while path[-1] != 0:
             path.append(callers[path[-1]][0])
         path.reverse()
-        tree = _call_tree(path, children, rng)
+        tree = _call_tree(path, children, rng, max_nodes, take_p, repeat)
         trees.append(tree)
         covered.update(tree[0])
 

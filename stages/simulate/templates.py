@@ -1,7 +1,9 @@
 """Log message templates with variable parts (ids, numbers, IPs), so Drain3 has something to mine.
 
 Each format has its own flavour (Spring Boot controllers, GAIA Python services, OpenStack
-daemons). Exception templates appear ONLY during error bursts, so a burst brings new templates.
+daemons). Exception templates come from retries and timeouts at a low rate all the time; an
+error burst raises their rate, it does not bring templates of its own. Startup, shutdown and
+batch-job lines come from benign events (deploys, nightly jobs), never from faults.
 """
 from __future__ import annotations
 
@@ -41,6 +43,19 @@ POOLS: dict[str, dict[str, tuple[str, ...]]] = {
             "org.springframework.dao.DataAccessResourceFailureException: Timed out after {num} ms while waiting "
             "for a server",
         ),
+        "startup": (
+            "Starting {App} v1.0 on {hex} with PID 1 (/app/{App}.jar started by root in /app)",
+            "Tomcat initialized with port(s): {port} (http)",
+            "Root WebApplicationContext: initialization completed in {ms} ms",
+            "Tomcat started on port(s): {port} (http) with context path ''",
+            "Started {App} in {sec} seconds (JVM running for {sec})",
+        ),
+        "shutdown": ("Shutting down ExecutorService 'applicationTaskExecutor'",),
+        "batch": (
+            "[{Svc} Service][Batch] Job {word} started",
+            "[{Svc} Service][Batch] Job {word} processed {num} records in {ms} ms",
+            "[{Svc} Service][Batch] Job {word} finished: {num} records",
+        ),
     },
     "gaia": {
         "info": (
@@ -58,6 +73,17 @@ POOLS: dict[str, dict[str, tuple[str, ...]]] = {
             "Traceback (most recent call last): KeyError: '{word}' in handler {op}",
             "redis.exceptions.ConnectionError: Error 111 connecting to {ip}:{port}. Connection refused.",
             "pymysql.err.OperationalError: (2013, 'Lost connection to MySQL server during query ({num})')",
+        ),
+        "startup": (
+            "* Serving Flask app '{peer}' (lazy loading)",
+            "* Running on http://{ip}:{port}/ (Press CTRL+C to quit)",
+            "service {peer} registered itself at http://{ip}:{port}",
+        ),
+        "shutdown": ("received SIGTERM, shutting down {peer}",),
+        "batch": (
+            "batch job {word} started",
+            "batch job {word} progress: {num} rows in {ms} ms",
+            "batch job {word} finished in {sec} s",
         ),
     },
     "msds": {
@@ -79,6 +105,17 @@ POOLS: dict[str, dict[str, tuple[str, ...]]] = {
             "connecting to monitor ({num})",
             "DBConnectionError: (pymysql.err.OperationalError) (2003, \"Can't connect to MySQL server on '{ip}'\")",
         ),
+        "startup": (
+            "Starting {peer} node (version 20.6.1)",
+            "Connected to AMQP server on {ip}:5672",
+            "Creating RPC server for service {peer} on {host}",
+        ),
+        "shutdown": ("Caught SIGTERM, stopping children",),
+        "batch": (
+            "[req-{uuid}] Running periodic task ComputeManager._run_image_cache_manager_pass",
+            "[req-{uuid}] Image cache manager: verified {num} base files in {sec}s",
+            "[req-{uuid}] Periodic task _run_image_cache_manager_pass finished: removed {num} files",
+        ),
     },
 }
 
@@ -99,7 +136,10 @@ class TemplateBook:
     warn: tuple[np.ndarray, ...]
     error: tuple[np.ndarray, ...]
     loss: int  # template id for a caller's failed-call line
-    exceptions: np.ndarray  # template ids only seen in error bursts
+    exceptions: np.ndarray  # exception template ids (retries and timeouts; more of them in error bursts)
+    startup: tuple[np.ndarray, ...]  # per service: lines written, in order, when it starts
+    shutdown: tuple[np.ndarray, ...]  # per service: lines written when it stops
+    batch: tuple[np.ndarray, ...]  # per service: (job started, progress, job finished)
 
 
 def _fields(text: str) -> frozenset[str]:
@@ -114,23 +154,28 @@ def build_book(system: System, rng: np.random.Generator) -> TemplateBook:
         templates.append(Template(level=level, text=text, fields=_fields(text)))
         return len(templates) - 1
 
-    info, warn, error = [], [], []
+    info, warn, error, startup, shutdown, batch = [], [], [], [], [], []
     for svc in system.services:
         # Each service gets its own copies (bound to its name) of a random subset of the pool.
         display = svc.name.removeprefix("ts-").removesuffix("-service").replace("-", " ").title()
         op = svc.module.rsplit(".", 1)[-1]
+        app = display.replace(" ", "") + "Application"
 
         def bind(text: str) -> str:
-            return text.replace("{Svc}", display).replace("{Op}", op)
+            return text.replace("{Svc}", display).replace("{Op}", op).replace("{App}", app)
 
         picks = rng.choice(len(pool["info"]), size=min(4, len(pool["info"])), replace=False)
         info.append(np.asarray([add(INFO, bind(pool["info"][i])) for i in sorted(picks)], dtype=np.int64))
         warn.append(np.asarray([add(WARN, bind(t)) for t in pool["warn"]], dtype=np.int64))
         error.append(np.asarray([add(ERROR, bind(t)) for t in pool["error"]], dtype=np.int64))
+        startup.append(np.asarray([add(INFO, bind(t)) for t in pool["startup"]], dtype=np.int64))
+        shutdown.append(np.asarray([add(INFO, bind(t)) for t in pool["shutdown"]], dtype=np.int64))
+        batch.append(np.asarray([add(INFO, bind(t)) for t in pool["batch"]], dtype=np.int64))
     loss = add(ERROR, pool["loss"][0].replace("{Svc}", "Client"))
     exceptions = np.asarray([add(ERROR, t) for t in pool["exception"]], dtype=np.int64)
     return TemplateBook(templates=tuple(templates), info=tuple(info), warn=tuple(warn), error=tuple(error),
-                        loss=loss, exceptions=exceptions)
+                        loss=loss, exceptions=exceptions, startup=tuple(startup), shutdown=tuple(shutdown),
+                        batch=tuple(batch))
 
 
 def render_messages(book: TemplateBook, system: System, template: np.ndarray, service: np.ndarray,

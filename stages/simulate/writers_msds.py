@@ -17,6 +17,7 @@ from stages.simulate.traffic import Chunk
 from stages.simulate.writers_common import Writer, WriterContext, time_strings, uuid_ids
 
 CEST_SHIFT_S = 2 * 3600
+DUPLICATE_ROW_SHARE = 0.02  # Glances sometimes writes two rows in one printed second
 CORES = 8
 MEMORY_BYTES = 64 * 1024**3
 LOG_FILE = "logs_aggregated_concurrent.csv"
@@ -42,30 +43,35 @@ class MsdsWriter(Writer):
         self.started.add(path)
 
     def write_chunk(self, chunk: Chunk, rng: np.random.Generator) -> None:
-        self._metrics(chunk)
+        self._metrics(chunk, rng)
         self._logs(chunk)
         self._traces(chunk)
 
-    def _metrics(self, chunk: Chunk) -> None:
+    def _metrics(self, chunk: Chunk, rng: np.random.Generator) -> None:
         m = chunk.metrics
-        now = [f"{t} CEST" for t in time_strings(np.floor(m.ts), "%Y-%m-%d %H:%M:%S", CEST_SHIFT_S)]
+        # Sub-second intervals repeat printed seconds by themselves; longer ones get a few repeated rows.
+        rows = np.arange(len(m.ts))
+        if self.ctx.params.metric_interval_s["msds"] >= 1.0:
+            rows = np.sort(np.r_[rows, np.flatnonzero(rng.random(len(m.ts)) < DUPLICATE_ROW_SHARE)])
+        now = [f"{t} CEST" for t in time_strings(np.floor(m.ts[rows]), "%Y-%m-%d %H:%M:%S", CEST_SHIFT_S)]
         window = max(1, int(round(60 / self.ctx.params.metric_interval_s["msds"])))
         for e, node in enumerate(self.ctx.system.entities):
-            user = np.clip(m.cpu[:, e] * 40, 0, 95)
+            cpu = m.cpu[rows, e]
+            user = np.clip(cpu * 40, 0, 95)
             system_pct = np.clip(user * 0.2, 0, 100 - user)
-            run_queue = m.cpu[:, e] * CORES * 0.6
+            run_queue = cpu * CORES * 0.6
             # The real glances_out.csv columns first, in their order; then further Glances fields.
             df = pl.DataFrame({
                 "now": now,
                 "cpu.user": np.round(user, 1),
-                "mem.used": np.round(m.mem[:, e] * MEMORY_BYTES).astype(np.int64),
+                "mem.used": np.round(m.mem[rows, e] * MEMORY_BYTES).astype(np.int64),
                 "load.cpucore": np.full(len(now), CORES),
                 "load.min1": np.round(_moving_mean(run_queue, window), 2),
                 "load.min5": np.round(_moving_mean(run_queue, 5 * window), 2),
                 "load.min15": np.round(_moving_mean(run_queue, 15 * window), 2),
                 "cpu.system": np.round(system_pct, 1),
                 "cpu.idle": np.round(100 - user - system_pct, 1),
-                "mem.percent": np.round(m.mem[:, e] * 100, 1),
+                "mem.percent": np.round(m.mem[rows, e] * 100, 1),
             })
             self._append(self.ctx.root / "metrics" / f"{node}_metrics.csv", df)
             self.counts["metric_rows"] += df.height

@@ -52,6 +52,7 @@ class Aligned:
     log_columns: list[tuple[str, int]]
     labels: np.ndarray
     kinds: np.ndarray
+    severity: np.ndarray  # per step: the fault's severity class (synthetic ground truth) or ""
     spans: dict[str, tuple[int, int] | None]  # modality → (first ts, last ts) before alignment
 
 
@@ -128,15 +129,39 @@ def align(features: Path, step_s: float, params: WindowParams) -> Aligned:
 
     labels_df = pl.read_parquet(features / "labels.parquet")
     g = pl.DataFrame({"ts": grid_ts})
-    lab = g.join(labels_df.select("ts", "label", "kind"), on="ts", how="left").sort("ts")
+    if "severity" not in labels_df.columns:
+        labels_df = labels_df.with_columns(pl.lit("").alias("severity"))
+    lab = g.join(labels_df.select("ts", "label", "kind", "severity"), on="ts", how="left").sort("ts")
     labels = lab["label"].fill_null(0).to_numpy().astype(np.int8)
     kinds = lab["kind"].fill_null("").to_numpy().astype(str)
+    severity = lab["severity"].fill_null("").to_numpy().astype(str)
     return Aligned(grid_ts, metric, metric_cols, trace.astype(np.float32), edges, log_arr.astype(np.float32),
-                   log_columns, labels, kinds, spans)
+                   log_columns, labels, kinds, severity, spans)
+
+
+def fewshot_blocks(train_steps: int, window: int, split: SplitParams) -> list[list[int]]:
+    """[start, end) blocks of the few-shot subset inside the training span [0, train_steps).
+
+    ``spread`` lays ``fewshot_blocks`` equal blocks evenly from the first to the last training step,
+    so the subset sees every part of the daily cycle instead of one nightly trough; each block
+    holds at least one window (fewer, longer blocks when the budget is too small). ``head`` is the
+    first ``fewshot_percent`` of the span in one block.
+    """
+    budget = min(train_steps, max(window, math.ceil(train_steps * split.fewshot_percent / 100.0)))
+    n_blocks = 1 if split.fewshot_layout == "head" else max(1, min(split.fewshot_blocks, budget // window))
+    length = budget // n_blocks
+    if n_blocks == 1:
+        return [[0, budget]]
+    gap = (train_steps - length * n_blocks) / (n_blocks - 1)
+    starts = [int(round(i * (length + gap))) for i in range(n_blocks)]
+    return [[s, min(s + length, train_steps)] for s in starts]
 
 
 def split_ranges(n_steps: int, window: int, split: SplitParams) -> dict[str, list[int]]:
-    """Chronological [start, end) step ranges with a purge gap of ``purge_windows`` windows between them."""
+    """Chronological [start, end) step ranges with a purge gap of ``purge_windows`` windows between them.
+
+    ``fewshot`` is the hull of the few-shot blocks (see :func:`fewshot_blocks`, stored apart).
+    """
     purge = split.purge_windows * window
     a = int(n_steps * split.train)
     b = int(n_steps * (split.train + split.val))
@@ -145,27 +170,32 @@ def split_ranges(n_steps: int, window: int, split: SplitParams) -> dict[str, lis
         "val": [min(a + purge, b), b],
         "test": [min(b + purge, n_steps), n_steps],
     }
-    fewshot_end = max(window, math.ceil(a * split.fewshot_percent / 100.0))
-    ranges["fewshot"] = [0, min(fewshot_end, a)]
     for name, (s, e) in ranges.items():
         if e - s < window:
             raise InputError("params.yaml", "split / windows.length",
                              f"split '{name}' to hold at least one window of {window} steps "
                              f"(it has {e - s} of {n_steps} grid steps): use a longer dump, a shorter window "
-                             "or other split fractions")
+                             "or other split fractions (per dataset: datasets.<name>.split / .windows)")
+    blocks = fewshot_blocks(a, window, split)
+    ranges["fewshot"] = [blocks[0][0], blocks[-1][1]]
     return ranges
 
 
-def check_split_labels(labels: np.ndarray, ranges: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+def check_split_labels(labels: np.ndarray, ranges: dict[str, list[int]],
+                       blocks: list[list[int]] | None = None) -> dict[str, dict[str, int]]:
     """Counts per split; refuse a split with no normal step (nothing to learn or calibrate from)."""
     out = {}
     for name, (s, e) in ranges.items():
-        lab = labels[s:e]
+        lab = (np.concatenate([labels[a:b] for a, b in blocks]) if name == "fewshot" and blocks
+               else labels[s:e])
         normal = int((lab == 0).sum())
         if normal == 0:
-            raise InputError("params.yaml", f"split.{name}",
-                             f"split '{name}' to contain normal (label 0) steps; all {e - s} are anomalous")
-        out[name] = {"steps": e - s, "anomalous_steps": int(lab.sum()), "normal_steps": normal}
+            key = "split.fewshot_percent" if name == "fewshot" else f"split.{name}"
+            raise InputError("params.yaml", key,
+                             f"split '{name}' to contain normal (label 0) steps; all {len(lab)} are anomalous — "
+                             "give this dataset other fractions (datasets.<name>.split) or a dump with "
+                             "fault-free time")
+        out[name] = {"steps": int(len(lab)), "anomalous_steps": int(lab.sum()), "normal_steps": normal}
     return out
 
 
