@@ -203,11 +203,14 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     step_s = test.schema.step_s
     metrics: dict[str, Any] = evaluate(test_scores, test.labels, thresholds, step_s=step_s,
                                        vus_window=params.vus_window)
-    metrics["by_kind"] = evaluate_by_group(test_scores, test.labels, test.kinds, thresholds, step_s)
+    metrics["by_kind"] = evaluate_by_group(test_scores, test.labels, test.kinds, thresholds, step_s,
+                                           vus_window=params.vus_window)
     if (test.severity[test.labels > 0] != "").any():
-        metrics["by_severity"] = evaluate_by_group(test_scores, test.labels, test.severity, thresholds, step_s)
+        metrics["by_severity"] = evaluate_by_group(test_scores, test.labels, test.severity, thresholds, step_s,
+                                                   vus_window=params.vus_window)
     if params.bootstrap:
         ci = block_bootstrap_ci(test_scores, test.labels, thresholds, n_boot=params.bootstrap,
+                                metrics=("auc_pr", "vus_pr", "event_f1", "auc_roc"),
                                 level=params.interval_level, seed=0, vus_window=params.vus_window)
         metrics["ci"] = {k: list(v) for k, v in ci.items()}
     train_peak = _num(train_info, "peak_memory_mb", train_json)
@@ -230,10 +233,8 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         metrics["explain"] = scalars
 
     # 4. plot data, all computed before anything is written
-    series = score_series(test.ts, test_scores, test.labels, float(np.nanmedian(thresholds)), params.series_points)
-    for row in series:  # the alarm and threshold in force at that step (DSPOT moves it)
-        row["threshold"] = float(thresholds[row["t"]])
-        row["alarm"] = int(test_scores[row["t"]] > thresholds[row["t"]])
+    # per row: the alarm and the threshold in force at that step (DSPOT moves it)
+    series = score_series(test.ts, test_scores, test.labels, thresholds, params.series_points)
     series_schema = {"t": pl.Int64, "ts": pl.String, "score": pl.Float64, "threshold": pl.Float64,
                      "label": pl.Int64, "alarm": pl.Int64}
     scores_df = (pl.DataFrame([{k: r.get(k) for k in series_schema} for r in series], schema=series_schema,

@@ -31,7 +31,7 @@ FLOORS = ("random", "pca", "iforest")
 COLUMNS: list[tuple[str, str, int, str | None]] = [
     ("auc_pr", "AUC-PR", 3, "auc_pr"),
     ("vus_pr", "VUS-PR", 3, "vus_pr"),
-    ("auc_roc", "AUC-ROC", 3, None),
+    ("auc_roc", "AUC-ROC", 3, "auc_roc"),
     ("vus_roc", "VUS-ROC", 3, None),
     ("f1", "F1", 3, None),
     ("event_precision", "event P", 3, None),

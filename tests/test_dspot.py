@@ -66,6 +66,7 @@ def test_tail_quantile_exponential_limit():
     # gamma → 0 is the exponential tail: t − sigma·log(q·n/N_t)
     assert tail_quantile(1.0, 0.0, 2.0, 1e-3, 1000, 20) == pytest.approx(1.0 - 2.0 * math.log(0.05))
     assert tail_quantile(1.0, 1e-7, 2.0, 1e-3, 1000, 20) == pytest.approx(1.0 - 2.0 * math.log(0.05), rel=1e-5)
+    assert tail_quantile(1.0, 5.0, 1.0, 1e-300, 10, 10_000) == math.inf  # overflow is "no fit", not a crash
 
 
 # ---------------------------------------------------------------- drift
@@ -124,7 +125,7 @@ def test_twenty_thousand_steps_run_fast():
     calib, stream, _ = _drifting(seed=4)
     t0 = time.perf_counter()
     dspot_thresholds(calib, stream, **KW)
-    assert time.perf_counter() - t0 < 5.0
+    # speed is a benchmark figure (see the issue notes), never a timed assertion
 
 
 # ---------------------------------------------------------------- NaN and degenerate input

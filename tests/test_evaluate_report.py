@@ -82,7 +82,7 @@ def test_evaluate_writes_metrics_and_plot_data(workdir):
                 "detector", "dataset", "vus_pr", "vus_roc", "event_precision", "event_f1", "ci", "protocol",
                 "threshold_final"):
         assert key in saved, key
-    assert set(saved["ci"]) == {"auc_pr", "vus_pr", "event_f1"}
+    assert set(saved["ci"]) == {"auc_pr", "vus_pr", "event_f1", "auc_roc"}
     lo, hi = saved["ci"]["auc_pr"]
     assert lo <= saved["auc_pr"] <= hi
     assert saved["n_events"] == 3 and saved["n_test_windows"] == len(range(0, 104 - WINDOW + 1, STRIDE))

@@ -10,19 +10,23 @@ import numpy as np
 import pytest
 
 from stages.core.errors import InputError
+from stages.core.dspot import dspot_thresholds
 from stages.core.evaluation import (
     ThresholdParams,
     choose_threshold,
     evaluate,
+    evaluate_by_group,
     evaluate_by_kind,
     fit_gpd,
     point_adjust,
     pr_curve,
     score_series,
     segments,
+    stream_thresholds,
     write_metrics_json,
 )
 from stages.core.params import build
+from stages.core.vus import vus
 
 # Two events: steps 1-2 and 5-7. At threshold 0.5 the alarms are steps 2, 3, 5, 6, 7.
 LABELS = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0])
@@ -164,7 +168,8 @@ def test_quantile_and_max_methods():
 
 
 @pytest.mark.parametrize("raw", [{"method": "oracle"}, {"quantile": 1.5}, {"pot_init_level": 1.0},
-                                 {"pot_risk": 0.5}])
+                                 {"pot_risk": 0.5}, {"dspot_depth": 0}, {"dspot_init_level": 0.0},
+                                 {"dspot_risk": 0.05}, {"dspot_refit_every": 0}, {"dspot_depth": 2.5}])
 def test_threshold_params_reject_bad_values(raw):
     with pytest.raises(InputError):
         build(ThresholdParams, raw, where="evaluate.threshold")
@@ -240,3 +245,132 @@ def test_contamination_rule_takes_the_matching_quantile():
         np.quantile(x, 0.5))
     with pytest.raises(InputError, match="contamination"):
         build(ThresholdParams, {"method": "contamination", "contamination": 1.5}, where="evaluate.threshold")
+
+
+# ---------------------------------------------------------------- event precision / F1
+
+
+def test_event_precision_and_f1_by_hand():
+    m = evaluate(SCORES, LABELS, threshold=0.5)
+    # alarm runs [2,4) and [5,8): both touch an event
+    assert (m["n_alarm_segments"], m["event_precision"], m["event_f1"]) == (2, 1.0, 1.0)
+    scores = np.array([0.9, 0.0, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9])
+    m = evaluate(scores, LABELS, threshold=0.5)
+    # alarm runs [0,1), [2,3), [8,9): only [2,3) touches an event; events: 1 of 2 detected
+    assert m["n_alarm_segments"] == 3 and m["event_precision"] == pytest.approx(1 / 3)
+    assert m["event_recall"] == 0.5 and m["event_f1"] == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+    none = evaluate(SCORES, LABELS, threshold=10.0)
+    assert (none["n_alarm_segments"], none["event_precision"], none["event_f1"]) == (0, 0.0, 0.0)
+    normal_only = evaluate(SCORES, np.zeros(9, int), threshold=0.5)
+    assert normal_only["event_precision"] == 0.0 and math.isnan(normal_only["event_f1"])
+
+
+def test_one_alarm_run_spanning_two_events_counts_once():
+    labels = np.array([0, 1, 1, 0, 1, 1, 0, 0])
+    scores = np.array([0, 1, 1, 1, 1, 1, 0, 0], dtype=float)
+    m = evaluate(scores, labels, threshold=0.5)
+    assert m["n_alarm_segments"] == 1 and m["event_precision"] == 1.0 and m["event_recall"] == 1.0
+
+
+# ---------------------------------------------------------------- per-step thresholds
+
+
+def test_per_step_threshold_array():
+    thr = np.array([0.0, 0.5, 0.5, 0.85, 0.5, 0.8, 0.5, 0.5, 0.2])
+    m = evaluate(SCORES, LABELS, thr)
+    # alarms: step 0 (0.1 > 0), 2 (0.9), 5 (0.7 ≤ 0.8: no), 6, 7, 8 (0.3 > 0.2); step 3 (0.8 ≤ 0.85: no)
+    assert m["n_alarms"] == 5 and m["precision"] == pytest.approx(3 / 5) and m["recall"] == pytest.approx(3 / 5)
+    assert m["threshold"] == 0.5 and m["threshold_final"] == 0.2  # median and last value
+    assert m["mean_delay_s"] == pytest.approx((1 + 1) / 2)
+    const = evaluate(SCORES, LABELS, np.full(9, 0.5))
+    scalar = evaluate(SCORES, LABELS, 0.5)
+    assert const == scalar and scalar["threshold_final"] == 0.5
+    with pytest.raises(ValueError, match="threshold array"):
+        evaluate(SCORES, LABELS, np.zeros(8))
+
+
+def test_per_step_thresholds_drop_with_nan_scores():
+    scores = np.r_[np.nan, SCORES]
+    thr = np.r_[-1.0, np.full(9, 0.5)]  # the unscored step's threshold must not matter
+    m = evaluate(scores, np.r_[1, LABELS], thr)
+    ref = evaluate(SCORES, LABELS, 0.5)
+    assert {k: v for k, v in m.items() if not k.startswith("threshold")} == \
+        {k: v for k, v in ref.items() if not k.startswith("threshold")}
+
+
+def test_vus_keys_match_the_vus_module():
+    rng = np.random.default_rng(0)
+    labels = np.zeros(600, int)
+    labels[100:130] = labels[400:420] = 1
+    scores = rng.normal(size=600) + labels
+    m = evaluate(scores, labels, 1.0, vus_window=40)
+    assert (m["vus_roc"], m["vus_pr"]) == vus(scores, labels, 40)
+    assert evaluate(scores, labels, 1.0)["vus_pr"] == vus(scores, labels)[1]  # default window 100
+    assert 0 < m["vus_pr"] < 1 and 0.5 < m["vus_roc"] < 1
+    one = evaluate(scores, np.zeros(600, int), 1.0)
+    assert math.isnan(one["vus_pr"]) and math.isnan(one["vus_roc"])
+
+
+def test_score_series_with_a_moving_threshold():
+    scores = np.r_[np.zeros(5), [2.0], np.zeros(4)]
+    thr = np.r_[np.full(5, 1.0), [3.0], np.full(4, 1.0)]  # the spike sits under its own step's threshold
+    rows = score_series(None, scores, np.zeros(10), thr, max_points=10)
+    assert [r["alarm"] for r in rows] == [0] * 10 and rows[5]["threshold"] == 3.0
+    assert list(rows[0]) == ["t", "score", "label", "alarm", "threshold"]
+    assert "threshold" not in score_series(None, scores, np.zeros(10), 1.0)[0]  # scalar: columns unchanged
+
+
+# ---------------------------------------------------------------- by group
+
+
+def test_by_group_with_intensity_classes_and_moving_threshold():
+    labels = np.array([0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 0])
+    groups = np.array(["", "severe", "severe", "", "", "subtle", "subtle", "", "", "severe", ""])
+    scores = np.array([0.1, 0.9, 0.8, 0.2, 0.1, 0.4, 0.35, 0.3, 0.0, 0.7, np.nan])
+    thr = np.full(11, 0.5)
+    thr[5:7] = 0.3  # a lower threshold during the subtle fault catches it
+    by = evaluate_by_group(scores, labels, groups, thr)
+    assert set(by) == {"severe", "subtle"}
+    assert set(by["severe"]) == {"auc_pr", "auc_roc", "vus_pr", "recall", "event_recall", "mean_delay_s",
+                                 "n_events", "n_anomalous"}
+    assert by["severe"]["n_events"] == 2 and by["severe"]["n_anomalous"] == 3 and by["severe"]["recall"] == 1.0
+    assert by["subtle"]["event_recall"] == 1.0 and by["subtle"]["n_anomalous"] == 2
+    flat = evaluate_by_group(scores, labels, groups, 0.5)
+    assert flat["subtle"]["event_recall"] == 0.0
+    assert evaluate_by_kind(scores, labels, groups, thr) == by
+    with pytest.raises(ValueError):
+        evaluate_by_group(scores, labels, groups[:-1], 0.5)
+
+
+# ---------------------------------------------------------------- threshold rules
+
+
+def test_dspot_is_the_default_and_reads_no_labels():
+    p = ThresholdParams()
+    assert p.method == "dspot"
+    assert list(inspect.signature(stream_thresholds).parameters) == ["val_scores", "test_scores", "params"]
+    rng = np.random.default_rng(0)
+    val, test = rng.normal(size=3000), rng.normal(size=2000) + np.linspace(0, 5, 2000)
+    thr = stream_thresholds(val, test, p)
+    ref = dspot_thresholds(val, test, depth=p.dspot_depth, init_level=p.dspot_init_level, risk=p.dspot_risk)
+    np.testing.assert_array_equal(thr, ref)
+    assert choose_threshold(val, p) == thr[0]  # the threshold in force at the first test step
+    assert thr[-1] > thr[0] + 3.0  # it followed the drift
+
+
+@pytest.mark.parametrize("method", ["pot", "val_quantile", "val_max", "contamination"])
+def test_static_rules_give_a_constant_stream(method):
+    rng = np.random.default_rng(1)
+    val, test = rng.exponential(size=3000), rng.exponential(size=50)
+    p = ThresholdParams(method=method, contamination=0.05)
+    thr = stream_thresholds(val, test, p)
+    assert thr.shape == (50,) and (thr == choose_threshold(val, p)).all()
+
+
+def test_dspot_degenerate_validation_falls_back_to_quantile(caplog):
+    p = ThresholdParams(quantile=0.9)
+    short = np.arange(40, dtype=float)  # shorter than the default depth
+    with caplog.at_level(logging.WARNING):
+        assert choose_threshold(short, p) == pytest.approx(np.quantile(short, 0.9))
+        assert stream_thresholds(short, np.zeros(4), p).tolist() == [pytest.approx(np.quantile(short, 0.9))] * 4
+    assert "falling back" in caplog.text

@@ -135,7 +135,8 @@ def test_fault_schedule_is_irregular_and_graded(dumps, fmt):
     assert minutes.max() / minutes.min() >= 3, "durations must vary over the 2-20 min range"
     assert {f["severity"] for f in faults} == {"subtle", "moderate", "severe"}
     intensity = {s: [f["intensity"] for f in faults if f["severity"] == s] for s in ("subtle", "moderate", "severe")}
-    assert max(intensity["subtle"]) < min(intensity["moderate"]) and max(intensity["moderate"]) < min(intensity["severe"])
+    assert max(intensity["subtle"]) < min(intensity["moderate"])
+    assert max(intensity["moderate"]) < min(intensity["severe"])
     assert {f["kind"] for f in faults} == set(params.fault_kinds)
 
 

@@ -99,7 +99,8 @@ def test_mcmc_sampling_changes_only_the_masked_values():
 
     def imputed(seed: int) -> torch.Tensor:
         with torch.inference_mode():
-            return net.impute(x, tail=2, iters=4, chains=2, noise=NoiseTape([seed + i for i in range(4)], per, x.device))
+            tape = NoiseTape([seed + i for i in range(4)], per, x.device)
+            return net.impute(x, tail=2, iters=4, chains=2, noise=tape)
 
     a, b = imputed(0), imputed(100)
     assert torch.equal(a[:, :-2], x[:, :-2]) and torch.equal(b[:, :-2], x[:, :-2])  # observed bit-identical

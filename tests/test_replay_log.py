@@ -81,7 +81,7 @@ def test_one_class_test_split_is_refused(tmp_path, capsys, method):
         capsys.readouterr()
         assert replay([method, *args, "--window", "10", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "test split (units 33-40 of 40)" in err[0] and "0 anomalous of 8" in err[0]
+        assert len(err) == 1 and "test split (units 33-40 of 40; " in err[0] and "0 anomalous of 8" in err[0]
         assert not out.exists() and not out.with_suffix(".md").exists()
 
 

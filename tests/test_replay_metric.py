@@ -176,6 +176,7 @@ def test_kad_disformer_replay_end_to_end(tmp_path):
     out = tmp_path / "kad.json"
     rc = main(["kad_disformer", "--kpi-dir", str(kpis), "--pretrain-fraction", "0.34", "--window", "16",
                "--fewshot-fraction", "0.2", "--val-fraction", "0.2", "--threshold", "val_quantile", "--out", str(out),
+               "--n-boot", "20",
                "-S", "d_model=16", "-S", "layers=1", "-S", "ff_dim=32", "-S", "pretrain_epochs=1",
                "-S", "pretrain_samples=256", "-S", "train.epochs=2", "-S", "train.max_train_windows=64"])
     assert rc == 0
@@ -269,12 +270,16 @@ def test_interfusion_replay_end_to_end(tmp_path):
     write_pkl_set(tmp_path / "pkl", "machine-9-9", train, test, label, "100-105:3\n200-205:1\n")
     out = tmp_path / "if.json"
     rc = main(["interfusion", "--pkl-dir", str(tmp_path / "pkl"), "--name", "machine-9-9", "--window", "16",
-               "--out", str(out), "-S", "hidden=16", "-S", "z1_dim=4", "-S", "z2_dim=4", "-S", "mcmc_steps=2",
-               "-S", "score_samples=2", "-S", "pretrain_epochs=1", "-S", "train.epochs=4"])
+               "--out", str(out), "--floors", "pca", "-S", "rnn_hidden=16", "-S", "dense_hidden=16",
+               "-S", "flow_layers=2", "-S", "flow_hidden=8", "-S", "mcmc_iters=2", "-S", "score_samples=2",
+               "-S", "pretrain_epochs=3", "-S", "train.epochs=6", "-S", "train.max_train_windows=256"])
     assert rc == 0
     m = json.loads(out.read_text())
     assert PIPELINE_KEYS <= set(m)
     assert m["n_steps"] == 300 and m["test_context_steps"] == 15 and m["n_anomalous"] == 12
+    assert m["window"] == 16 and m["config"]["mcmc_iters"] == 2 and m["stage1_epochs_run"] >= 1
+    assert set(m["floors"]) == {"pca"} and m["floors"]["pca"]["n_steps"] == 300
+    assert out.with_suffix(".md").read_text().count("| interfusion |") == 1
     for key in ("interpretation_hitrate_100", "interpretation_hitrate_150", "interpretation_hitrate_100_all_labelled"):
         assert key in m
     assert m["interpretation_hitrate_100_all_labelled"] >= 0.5

@@ -110,11 +110,17 @@ def fit_gpd(excesses: np.ndarray, near: float | None = None) -> tuple[float, flo
 
 
 def tail_quantile(t: float, gamma: float, sigma: float, risk: float, n_obs: int, n_peaks: int) -> float:
-    """SPOT's z_q = t + sigma/gamma·((q·n/N_t)^-gamma − 1), the score exceeded with probability ``risk``."""
+    """SPOT's z_q = t + sigma/gamma·((q·n/N_t)^-gamma − 1), the score exceeded with probability ``risk``.
+
+    inf when the power overflows (an absurd fit); callers treat a non-finite z_q as "no fit".
+    """
     r = risk * n_obs / n_peaks
     if abs(gamma) < 1e-9:
         return t - sigma * math.log(r)
-    return t + sigma / gamma * (r ** (-gamma) - 1.0)
+    try:
+        return t + sigma / gamma * (r ** (-gamma) - 1.0)
+    except OverflowError:
+        return math.inf
 
 
 # ------------------------------------------------------------------ DSPOT
@@ -171,8 +177,9 @@ class DSpot:
         self._peaks = np.empty(max(64, 2 * len(peaks)))
         self._peaks[:len(peaks)] = peaks
         self._n_peaks = len(peaks)
-        if not self._refit():
-            log.warning("DSPOT: GPD fit on the calibration peaks failed; falling back")
+        if not self._refit() or not math.isfinite(self.z):
+            log.warning("DSPOT: GPD fit on the calibration peaks failed (gamma=%s, sigma=%s); falling back",
+                        self.gamma, self.sigma)
             return False
         self._buf = c[-d:].copy()
         self._pos, self._sum, self._updates = 0, float(self._buf.sum()), 0

@@ -1,13 +1,15 @@
 """Honest evaluation: label-free thresholds, metrics at that threshold, oracle numbers kept apart.
 
-The operating threshold comes from validation *scores* only (:func:`choose_threshold` takes no
-labels, so it cannot peek). :func:`evaluate` reports threshold-free ranking metrics (AUC-PR,
-AUC-ROC), point-wise and event-wise metrics at the chosen threshold, the legacy point-adjusted F1,
-and — clearly named ``*_oracle`` — the best F1 over all thresholds, which papers often report but
-which needs test labels and therefore never chooses anything here.
+The operating threshold comes from *scores* only (:func:`choose_threshold` and
+:func:`stream_thresholds` take no labels, so they cannot peek): validation scores, plus — for the
+default drift-aware DSPOT — the test scores seen so far, causally. :func:`evaluate` reports
+threshold-free ranking metrics (AUC-PR, AUC-ROC, VUS-PR, VUS-ROC), point-wise and event-wise
+precision/recall/F1 at the chosen (possibly per-step) threshold, the legacy point-adjusted F1, and
+— clearly named ``*_oracle`` — the best F1 over all thresholds, which papers often report but which
+needs test labels and therefore never chooses anything here.
 
-Alarm rule everywhere: a step alarms when ``score > threshold`` (strictly), so ``val_max`` raises
-no alarm on the validation span itself.
+Alarm rule everywhere: a step alarms when ``score > threshold`` (strictly; ``threshold[t]`` for a
+per-step array), so ``val_max`` raises no alarm on the validation span itself.
 """
 from __future__ import annotations
 

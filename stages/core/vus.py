@@ -9,8 +9,12 @@ after a labelled fault earns credit, and the number is free of a threshold choic
 This reproduces ``TSB_AD.evaluation.metrics.get_metrics(score, labels, slidingWindow=window)``
 ["VUS-ROC"/"VUS-PR"] (TSB-AD, NeurIPS 2024, default ``version='opt'``, 250 thresholds) to float
 round-off, but replaces its Python loops over windows × thresholds × segments with array
-arithmetic over (threshold, window) tables: O(n log n + near·window) instead of
-O(window · thresholds · n).
+arithmetic over (threshold, window) tables: a sort, O(n) passes, and one (thresholds × window/2)
+@ (window/2 × window) product, instead of O(window · thresholds · n) interpreted work
+(~10-30 ms for 20,000 steps and window 100, against minutes).
+
+Note the default ``window`` is get_metrics' default (100 steps); TSB-AD's own benchmark instead
+sets it per series to the dominant period of the data (``find_length_rank``).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import numpy as np
 
 DEFAULT_WINDOW = 100  # TSB-AD's get_metrics default slidingWindow
 DEFAULT_THRESHOLDS = 250  # TSB-AD's `thre`
-_CHUNK_ELEMS = 4_000_000  # cap on the near-steps × windows table held at once
+_CHUNK_ELEMS = 4_000_000  # cap on the overlap-steps × windows table held at once
 
 
 def _runs(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,11 +52,33 @@ def _edge_distances(near: np.ndarray, starts: np.ndarray, ends: np.ndarray, big:
     return np.minimum(dl1, dr1), np.minimum(np.maximum(dl1, dr1), np.minimum(dl2, dr2))
 
 
+class _RangeMin:
+    """Sparse table: min of ``x[a..b]`` (inclusive) for arrays of (a, b) in O(1) each, after O(n log n) setup."""
+
+    def __init__(self, x: np.ndarray):
+        self.levels = [x]
+        k = 1
+        while 2 * k <= len(x):
+            prev = self.levels[-1]
+            self.levels.append(np.minimum(prev[:-k], prev[k:]))
+            k *= 2
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        span = b - a + 1
+        lvl = np.floor(np.log2(span)).astype(np.int64)
+        out = np.empty(len(a), dtype=self.levels[0].dtype)
+        for k in np.unique(lvl):
+            sel = lvl == k
+            tab = self.levels[k]
+            out[sel] = np.minimum(tab[a[sel]], tab[b[sel] - (1 << k) + 1])
+        return out
+
+
 def _overlap_weights(fj: np.ndarray, d1: np.ndarray, d2: np.ndarray, soft: np.ndarray, hs: np.ndarray,
                      T: int) -> np.ndarray:
     """Σ over steps alarmed at threshold ≤ j of their buffer weight at window w, as a (T, W+1) table."""
     out = np.zeros((T, len(hs)))
-    step = max(1, _CHUNK_ELEMS // len(fj))
+    step = max(1, _CHUNK_ELEMS // len(hs))
     for c0 in range(0, len(fj), step):
         f, a, b = fj[c0:c0 + step], d1[c0:c0 + step], d2[c0:c0 + step]
         weight = np.where(b[:, None] <= hs[None, :], 1.0, soft[np.minimum(a, len(soft) - 1)])
@@ -88,7 +114,6 @@ def vus(scores: np.ndarray, labels: np.ndarray, window: int = DEFAULT_WINDOW,
     n_pred = _cum_counts(first, T)
     tp_core = _cum_counts(first[y], T)  # alarmed anomalous steps
     starts, ends = _runs(y)
-    K = len(starts)
 
     # buffer steps: normal steps within H of a segment. A step's weight at window w depends on its
     # nearest (d1) and second-nearest (d2) segment edge: 0 if d1 > w//2; sqrt(1 - d1/w) if only
@@ -115,7 +140,7 @@ def vus(scores: np.ndarray, labels: np.ndarray, window: int = DEFAULT_WINDOW,
 
     # existence: share of merged buffered segments touched by an alarm, per window (depends on w // 2)
     exist_ratio = np.empty((T, W + 1))
-    first_ext = np.append(first, T)
+    range_min = _RangeMin(first)
     gaps = starts[1:] - ends[:-1]
     by_h: dict[int, np.ndarray] = {}
     for w in range(W + 1):
@@ -124,10 +149,7 @@ def vus(scores: np.ndarray, labels: np.ndarray, window: int = DEFAULT_WINDOW,
             new = np.concatenate([[True], gaps > 2 * h])
             a = np.maximum(starts[new] - h, 0)
             b = np.minimum(ends[np.concatenate([new[1:], [True]])] + h, n - 1)
-            bounds = np.empty(2 * len(a), dtype=np.int64)
-            bounds[0::2], bounds[1::2] = a, b + 1
-            region_first = np.minimum.reduceat(first_ext, bounds)[0::2]
-            by_h[h] = _cum_counts(region_first, T) / len(a)
+            by_h[h] = _cum_counts(range_min(a, b), T) / len(a)
         exist_ratio[:, w] = by_h[h]
 
     tp = tp_core[:, None] + buf_tp

@@ -116,6 +116,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA
     max_train_windows: int = 0  # 0 = all; otherwise a deterministic subsample per epoch
     grad_clip: float = 1.0
+    # early stopping reads the loss on at most this many evenly spaced validation windows (0 = all):
+    # a week-long validation span would otherwise cost more per epoch than the few-shot training
+    max_val_windows: int = 512
 
 
 class TorchDetector(Detector):
@@ -218,6 +221,10 @@ class TorchDetector(Detector):
             history, best, bad, start_epoch = saved["history"], saved["best"], saved["bad"], saved["epoch"] + 1
             best_state = saved["best_state"]
             log.info("%s: resumed from %s at epoch %d", self.name, ckpt, start_epoch)
+        val_es = val
+        if tc.max_val_windows and len(val) > tc.max_val_windows:
+            pick = np.unique(np.linspace(0, len(val) - 1, tc.max_val_windows).round().astype(np.int64))
+            val_es = dataclasses.replace(val, starts=val.starts[pick])
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.perf_counter()
             self.module.train()
@@ -244,7 +251,7 @@ class TorchDetector(Detector):
                 bar.set_postfix(loss=f"{value:.4f}")
             self._fit_epoch = epoch + 1
             try:
-                val_loss = self._eval_loss(val) if len(val) else total / max(n, 1)
+                val_loss = self._eval_loss(val_es) if len(val) else total / max(n, 1)
             finally:
                 self._fit_epoch = None
             self._require_finite(val_loss, epoch + 1, "validation loss" if len(val) else "training loss")

@@ -325,7 +325,11 @@ class KADDisformer(TorchDetector):
     def pretrain(self, sources: dict[str, WindowSet], window: int) -> list[float]:
         """Fit common + personal slot 0 on sequences of every KPI of ``sources``; returns epoch losses."""
         cfg = self.config
-        pool = [self._source(ws) for ws in sources.values() if len(ws) and ws.window == window]
+        # a source cut in other windows (a real dump with short windows, synthetic sources with long
+        # ones) is re-cut at the target's window length: KPI sequences do not depend on it
+        resized = [ws if ws.window == window else dataclasses.replace(ws, window=window, starts=None)
+                   for ws in sources.values()]
+        pool = [self._source(ws) for ws in resized if len(ws)]
         if not pool:
             raise ValueError(f"{self.name}: no pre-training source with complete windows of length {window}")
         self.window = window

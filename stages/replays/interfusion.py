@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--floor-window", type=int, default=None,
                     help="window of the floors (default: the method's); same split, normalisation and test steps")
     ap.add_argument("--out", default="metrics/replays/interfusion.json")
+    ap.add_argument("--save-model", metavar="DIR", help="also save the trained detector there (config + tensors)")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="detector config override, dotted keys (e.g. -S train.epochs=3); repeatable")
     return ap
@@ -128,6 +129,8 @@ def run(args: argparse.Namespace) -> ReplayResult:
     t0, c0 = time.perf_counter(), time.process_time()
     history = det.fit(train, val)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    if args.save_model:
+        det.save(args.save_model)
     tp = ThresholdParams(method=args.threshold)
     threshold = choose_threshold(det.score(val), tp)  # scores only
     det.threshold = threshold
@@ -144,7 +147,7 @@ def run(args: argparse.Namespace) -> ReplayResult:
         train_seconds=train_s, score_seconds=score_s, score_windows_per_s=len(test) / max(score_s, 1e-9),
         # CPU time of this process (all threads): on a shared machine, what the run costs without contention
         train_cpu_seconds=train_cpu, score_cpu_windows_per_s=len(test) / max(score_cpu, 1e-9),
-        device=str(det.device), torch_threads=torch.get_num_threads() if config.cpu_threads == 0 else config.cpu_threads,
+        device=str(det.device), torch_threads=config.cpu_threads or torch.get_num_threads(),
         seed=args.seed, window=args.window, val_fraction=args.val_fraction, test_context_steps=n_ctx,
         epochs_run=len(history.get("epoch", [])), stage1_epochs_run=len(history.get("stage1_train_loss", [])),
         config=dataclasses.asdict(config),

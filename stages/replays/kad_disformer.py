@@ -256,7 +256,8 @@ def markdown(metrics: dict[str, Any], protocol: str) -> str:
             per[f"{short} · {k}"] = with_ci(v, v.get("intervals"))
     return (f"### KAD-Disformer on {metrics['dataset']} ({protocol}, labels: {metrics['labels']})\n\n"
             f"Pooled over {metrics['n_target_kpis']} unseen KPIs ({metrics['n_test_windows']} test steps); "
-            "95% block-bootstrap intervals in brackets; floors fitted on the same few-shot span.\n\n"
+            "95% block-bootstrap intervals over fault events in brackets (none for a span with one event); "
+            "floors fitted on the same few-shot span, thresholds from their own validation scores.\n\n"
             + table(pooled, EXTRA_COLUMNS) + "\n#### Per KPI\n\n" + table(per, EXTRA_COLUMNS))
 
 

@@ -90,7 +90,8 @@ def split_target(seqs: LogSequences, path: str, train: float, val: float
     """Chronological train / val / test; a test split of one class stops the replay (exit 2)."""
     tr, va, te = chronological_split(seqs, train, val)
     first = len(tr) + len(va)
-    require_two_classes(te.labels, path, f"test split (units {first + 1}-{len(seqs)} of {len(seqs)})")
+    require_two_classes(te.labels, path, f"test split (units {first + 1}-{len(seqs)} of {len(seqs)}; "
+                                         f"{int(seqs.labels.sum())} anomalous in the whole system)")
     return tr, va, te
 
 
@@ -168,8 +169,9 @@ def log_report(method: str, scores: np.ndarray, threshold: float, threshold_rule
     metrics["intervals"] = ci
     metrics["floors"] = {k: {**v, "intervals": floor_cis.get(k)} for k, v in floors.items()}
     rows = {method: with_ci(metrics, ci), **{k: with_ci(v, floor_cis.get(k)) for k, v in floors.items()}}
-    md = (f"### {title}\n\n{len(test)} test windows ({int(test.labels.sum())} anomalous); 95% block-bootstrap "
-          f"intervals in brackets. Floors: template-count vectors of the same windows.\n\n"
+    md = (f"### {title}\n\n{len(test)} test windows ({int(test.labels.sum())} anomalous, {metrics['n_events']} "
+          "events); 95% block-bootstrap intervals over the events in brackets (few events: coarse). Floors: "
+          "template-count vectors of the same windows.\n\n"
           + table(rows, EXTRA_COLUMNS))
     return metrics, md
 

@@ -54,7 +54,8 @@ class SynthParams:
     services: int = 10  # services (eadro/gaia instances; msds OpenStack services)
     msds_nodes: int = 5  # OpenStack hosts wally1NN that run the msds services
     request_types: int = 6  # distinct call trees (APIs) the frontend serves
-    requests_per_s: float | dict[str, float] = field(default_factory=_default_rates)  # traced requests/s, one or per format
+    # Traced requests per second: one rate for every format, or one per format.
+    requests_per_s: float | dict[str, float] = field(default_factory=_default_rates)
     daily_amplitude: float = 0.5  # relative amplitude of the daily load sinusoid
     load_noise: float = 0.08  # relative noise of the load curve
     log_lines_per_request: float = 0.7  # mean log lines per service visit (services that log)
