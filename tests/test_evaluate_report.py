@@ -194,3 +194,21 @@ def test_contamination_threshold_is_estimated_from_fewshot_training_labels(workd
     m = evaluate_stage.run(DS, "pca", raw={"evaluate": {"threshold": {"method": "contamination"}}})
     assert m["contamination"] == pytest.approx(((b - a) // 5) / (b - a))
     assert m["threshold_method"] == "contamination"
+
+
+def test_report_gives_mean_and_interval_across_seeds(workdir):
+    evaluate_stage.run(DS, "pca", raw=RAW)
+    src = workdir / "metrics" / "eval" / DS / "pca.json"
+    for k, auc in (("s1", 0.2), ("s2", 0.4)):
+        dst = workdir / "metrics" / "eval" / f"{DS}_{k}" / "pca.json"
+        dst.parent.mkdir(parents=True)
+        dst.write_text(json.dumps({**json.loads(src.read_text()), "auc_pr": auc}))
+    entry = {"format": "eadro", "raw": "x", "group": DS}
+    raw = {"pipeline": {"datasets": [DS, f"{DS}_s1", f"{DS}_s2"], "detectors": ["pca"]},
+           "datasets": {DS: {"format": "eadro", "raw": "x"}, f"{DS}_s1": entry, f"{DS}_s2": entry}}
+    summary = report_stage.run(raw=raw)
+    cell = summary["across_seeds"][DS]["pca"]["auc_pr"]
+    base = json.loads(src.read_text())["auc_pr"]
+    assert cell["n"] == 3 and cell["mean"] == pytest.approx((base + 0.6) / 3)
+    assert cell["lo"] < cell["mean"] < cell["hi"]
+    assert "Across generator seeds" in (workdir / "metrics" / "summary.md").read_text()
