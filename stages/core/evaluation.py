@@ -46,7 +46,8 @@ class ThresholdParams:
     * ``val_quantile``: the ``quantile`` of validation *scores*. ``val_max``: their maximum. No labels.
     * ``contamination``: the ``1 - contamination`` quantile of validation *scores*. The only rule
       that reads labels: when ``contamination`` is null, the evaluate stage sets it to the
-      anomalous share of the labelled few-shot *training* span (never validation or test labels).
+      anomalous share of the labels of the first ``protocol.labelled_events`` faults of the
+      few-shot *training* subset (never validation or test labels).
 
     ``quantile`` is also the fallback of ``dspot``/``pot`` when no GPD can be fitted.
 
