@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from stages.core.device import autocast, pick_device, seed_everything
+from stages.core.device import autocast, limited_threads, pick_device, seed_everything
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.params import LLMParams, build
@@ -119,6 +119,8 @@ class TrainConfig:
     # early stopping reads the loss on at most this many evenly spaced validation windows (0 = all):
     # a week-long validation span would otherwise cost more per epoch than the few-shot training
     max_val_windows: int = 512
+    # windows per forward pass when scoring (eval mode: windows are independent, so wider is cheaper)
+    score_batch_size: int = 128
 
 
 class TorchDetector(Detector):
@@ -205,8 +207,18 @@ class TorchDetector(Detector):
                 n += len(starts)
         return total / max(n, 1)
 
+    @property
+    def cpu_threads(self) -> int:
+        """Torch threads for fitting and scoring on the CPU (the config's ``cpu_threads``; 0 = as set)."""
+        return int(getattr(self.config, "cpu_threads", 0))
+
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
+        with limited_threads(self.cpu_threads, self.device):
+            return self._fit(train, val, sources)
+
+    def _fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
+             ) -> dict[str, list[float]]:
         tc = self.config.train
         if len(train) == 0:
             raise ValueError(f"{self.name}: the training split has no complete window")
@@ -280,8 +292,8 @@ class TorchDetector(Detector):
         self.module.eval()
         tc = self.config.train
         rows = []
-        with torch.no_grad():
-            for starts in windows.batches(tc.batch_size):
+        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
+            for starts in windows.batches(max(tc.batch_size, tc.score_batch_size)):
                 with autocast(self.device, tc.amp):
                     rows.append(self.window_scores(self.make_batch(windows, starts)).float().cpu().numpy())
         if not rows:
