@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stages.core import distributed
 from stages.core.cli import run_stage
 from stages.core.errors import InputError
 from stages.core.device import deterministic_threads
@@ -56,6 +57,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         models_root: Path = Path("models"), metrics_root: Path = Path("metrics"),
         word_pca_root: Path = Path("models/word_pca")) -> dict:
     raw = load_checked() if raw is None else raw
+    distributed.init_from_env()  # under torchrun: join the process group (README, "Scale out")
     threads = deterministic_threads()  # same bits on any machine of this kind (README, "Repeatability")
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -112,6 +114,10 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         if seconds > 0 else None, "sources": sorted(sources), "history": history,
     }
     info["threads"] = threads
+    info["world_size"] = distributed.world_size()
+    if not distributed.is_main():  # rank 0 writes; the others only helped to train
+        log.info("%s/%s: rank %d done", ds, detector, distributed.rank())
+        return info
     # the model folder and its training curve are published together, all-or-nothing
     with staged_targets(models_root / ds / detector, metrics_root / "train" / ds / f"{detector}.csv") as (tmp, curve):
         tmp.mkdir()
@@ -128,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dataset")
     ap.add_argument("detector")
     args = ap.parse_args(argv)
-    return run_stage(lambda: run(args.dataset, args.detector))
+    try:
+        return run_stage(lambda: run(args.dataset, args.detector))
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
