@@ -281,6 +281,8 @@ class TorchDetector(Detector):
                 total += distributed.mean_over_ranks(value) * len(batch_starts)
                 n += len(batch_starts)
                 bar.set_postfix(loss=f"{value:.4f}")
+            history.setdefault("optimise_seconds", []).append(time.perf_counter() - t0)  # without validation
+            history.setdefault("optimise_windows", []).append(float(n))
             self._fit_epoch = epoch + 1
             try:
                 val_loss = self._eval_loss(val_es) if n_val else total / max(n, 1)
