@@ -8,7 +8,7 @@ import jsonpickle
 import polars as pl
 import pytest
 
-from stages.features.drain_cache import CachedMiner, TokenMasker, space_local
+from stages.features.drain_cache import DEFAULT_CACHE_SIZE, CachedMiner, TokenMasker, space_local
 from stages.features.log_templates import clean_logs, mine_templates, new_miner
 from stages.features.params import LogsParams, MaskRule
 from stages.formats import read_modality
@@ -16,7 +16,7 @@ from stages.formats import read_modality
 PARAMS = LogsParams()
 
 
-def plain_and_cached(lines: list[str], params: LogsParams, cache_size: int = 1 << 18):
+def plain_and_cached(lines: list[str], params: LogsParams, cache_size: int = DEFAULT_CACHE_SIZE):
     plain = new_miner(params)
     plain_ids = [plain.add_log_message(line)["cluster_id"] for line in lines]
     cached = CachedMiner(new_miner(params), cache_size=cache_size)
@@ -28,7 +28,7 @@ def clusters(miner) -> list[tuple[int, str, int]]:
     return [(c.cluster_id, c.get_template(), c.size) for c in miner.drain.clusters]
 
 
-def assert_identical(lines: list[str], params: LogsParams, cache_size: int = 1 << 18) -> CachedMiner:
+def assert_identical(lines: list[str], params: LogsParams, cache_size: int = DEFAULT_CACHE_SIZE) -> CachedMiner:
     plain, plain_ids, cached, cached_ids = plain_and_cached(lines, params, cache_size)
     assert cached_ids == plain_ids
     assert clusters(cached.miner) == clusters(plain)
@@ -132,8 +132,8 @@ def random_stream(rng: random.Random, n: int) -> list[str]:
 
 
 @pytest.mark.parametrize("sim_th,depth,max_children,max_clusters,cache_size", [
-    (0.4, 4, 100, None, 1 << 18), (0.3, 3, 2, None, 8), (0.5, 5, 3, None, 1 << 18), (0.8, 4, 2, None, 3),
-    (0.4, 4, 100, 5, 1 << 18), (0.3, 5, 3, 3, 8)])
+    (0.4, 4, 100, None, DEFAULT_CACHE_SIZE), (0.3, 3, 2, None, 8), (0.5, 5, 3, None, DEFAULT_CACHE_SIZE),
+    (0.8, 4, 2, None, 3), (0.4, 4, 100, 5, DEFAULT_CACHE_SIZE), (0.3, 5, 3, 3, 8)])
 def test_random_streams_give_plain_drain3_results(sim_th, depth, max_children, max_clusters, cache_size):
     params = LogsParams(sim_th=sim_th, depth=depth, max_children=max_children, max_clusters=max_clusters)
     naive_differs = 0
@@ -178,3 +178,12 @@ def test_mine_templates_keeps_plain_drain3_state(shared_data, tt_lines):
             plain.add_log_message(line)
             plain.add_log_message(line)
         assert jsonpickle.dumps(mined.miners[service].drain, keys=True) == jsonpickle.dumps(plain.drain, keys=True)
+
+
+def test_bench_compares_like_for_like(tt_lines):
+    from stages.bench_drain import compare, table
+
+    row = compare("tt", {s: tt_lines[s] for s in sorted(tt_lines)[:3]}, PARAMS, rounds=2)
+    assert row["identical"] and row["lines"] == sum(len(tt_lines[s]) for s in sorted(tt_lines)[:3])
+    assert len(row["plain_cpu_s"]) == len(row["cached_cpu_s"]) == 2
+    assert "| tt |" in table([row]) and "| yes |" in table([row])

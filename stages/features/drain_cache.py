@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - older interpreters
 log = logging.getLogger(__name__)
 
 SPACE = 32  # ord(" "): the separator masking can split on
-DEFAULT_CACHE_SIZE = 1 << 18  # entries per cache; a full cache is emptied (exactness does not depend on it)
+DEFAULT_CACHE_SIZE = 1 << 16  # entries per cache; a full cache is emptied (exactness does not depend on it)
 _REPEATS = tuple(getattr(C, name) for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(C, name))
 _NO_SPACE_CATEGORIES = {C.CATEGORY_DIGIT, C.CATEGORY_WORD, C.CATEGORY_NOT_SPACE}
 _SPACE_CATEGORIES = {C.CATEGORY_SPACE, C.CATEGORY_NOT_DIGIT, C.CATEGORY_NOT_WORD}
