@@ -38,8 +38,8 @@ from stages.scoring.alarms import (CSV_COLUMNS, Units, alarm_segments, feature_u
                                    parse_explain)
 from stages.scoring.features import Carry, build_block, read_frames
 from stages.scoring.frozen import FrozenState, Paths, load_frozen
-from stages.scoring.stream import (Context, StreamState, Threshold, calibrate, context_need, keep_from,
-                                   window_ends, window_set)
+from stages.scoring.stream import (Context, StreamState, Threshold, calibrate, context_need, history_steps,
+                                   keep_from, window_ends, window_set)
 
 log = logging.getLogger("stages.score")
 SPARK_PAD = 30  # steps of raw series shown on each side of an alarm
@@ -164,7 +164,7 @@ def run(args: ScoreArgs) -> dict:
     from stages.nets.registry import detector_class
 
     det = detector_class(frozen.detector).load(frozen.model_dir / "detector", schema)
-    history = det.history_steps()
+    history = history_steps(det)
     need = context_need(frozen.window, frozen.stride, history)
 
     t0 = time.perf_counter()

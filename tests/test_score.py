@@ -182,6 +182,25 @@ def test_chunk_by_chunk_gives_the_alarms_of_the_whole(project, tmp_path, detecto
         assert a["alarm"].sum() > 0
 
 
+def test_eadro_chunk_folders_one_after_the_other_equal_the_whole_dump(project, tmp_path):
+    """Real streams arrive as Eadro chunk folders: scoring them in turn with --resume equals the parent."""
+    root, raw, dumps = project
+    dump = new_dump(raw, tmp_path / "chunked", "c", chunk_hours=0.5)
+    folders = sorted(p for p in dump.iterdir() if p.is_dir())
+    assert len(folders) == 3
+    whole = run_score(root, "fuseguard", dump, tmp_path / "whole")
+    prev = None
+    for i, folder in enumerate(folders):
+        out = tmp_path / f"chunk{i}"
+        run_score(root, "fuseguard", folder, out, *(["--resume", str(prev)] if prev else []))
+        prev = out
+    a = pl.read_parquet(tmp_path / "whole" / "scores.parquet")
+    b = pl.concat([pl.read_parquet(tmp_path / f"chunk{i}" / "scores.parquet") for i in range(3)])
+    assert whole["pending_steps"] == json.loads((prev / "summary.json").read_text())["pending_steps"]
+    assert a["ts"].to_list() == b["ts"].to_list() and a["alarm"].to_list() == b["alarm"].to_list()
+    np.testing.assert_allclose(b["score"].to_numpy(), a["score"].to_numpy(), rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
 def test_a_gap_longer_than_the_context_restarts_the_windows(project, tmp_path):
     root, raw, dumps = project
     first = tmp_path / "first"

@@ -68,11 +68,6 @@ class Detector(abc.ABC):
         """Optional extra outputs (fusion weights, per-metric contributions)."""
         return {}
 
-    def history_steps(self) -> int:
-        """Grid steps before a window's first step that its score reads (0: a window is self-contained).
-        A stream scored piece by piece keeps this much more context (stages.score)."""
-        return 0
-
     # -- persistence: JSON config + tensors (+ extra files); subclasses override the hooks
     def state(self) -> dict[str, torch.Tensor]:
         return {}

@@ -482,12 +482,6 @@ class KADDisformer(TorchDetector):
         out[ok] = aggregate_channels(cs[ok], self.config.aggregate, self.config.topk)
         return out
 
-    def history_steps(self) -> int:
-        """History features read up to ``history_periods`` × the longest KPI period before a window."""
-        if not self.config.use_history or self.periods is None or not len(self.periods):
-            return 0
-        return int(np.max(self.periods)) * self.config.history_periods
-
     def explain(self, windows: WindowSet) -> dict[str, Any]:
         return {"channel_scores": self.channel_scores(windows), "channels": list(windows.schema.metric_channels)}
 

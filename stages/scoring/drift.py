@@ -67,20 +67,40 @@ def log_drift(lines: dict[str, int], unmatched: dict[str, int], known_services: 
 
 
 def grid_drift(step_s: float, dump_interval_s: float | None, train_observed_share: float | None) -> dict:
-    """The dump's metric sampling interval against the one training implies.
+    """The dump's metric sampling interval against the one training implies (features are always built
+    on the training grid step; what changes with the interval is how many points a step averages).
 
     Training's interval is estimated from the share of grid steps its channels had a point in
-    (``1 - missing_fraction`` of ``metrics_stats.json``): ``step / share`` when below 1, else at most one step.
+    (``1 - missing_fraction`` of ``metrics_stats.json``): ``step / share`` when below 1; with a point in
+    every step it is only known to be at most one step (``training_interval_is_upper_bound``).
+    ``differs``: the dump is sampled more coarsely or finely than that (by more than ``GRID_TOLERANCE``).
     """
-    train_interval = None
+    train_interval, upper = None, False
     if train_observed_share is not None and train_observed_share > 0:
+        upper = train_observed_share >= 0.999
         train_interval = step_s / min(1.0, train_observed_share)
     differs = False
     if dump_interval_s is not None and train_interval is not None:
-        a, b = max(dump_interval_s, step_s), max(train_interval, step_s)
-        differs = not (1 / GRID_TOLERANCE <= a / b <= GRID_TOLERANCE)
+        ratio = max(dump_interval_s, step_s) / max(train_interval, step_s)
+        differs = not (1 / GRID_TOLERANCE <= ratio <= GRID_TOLERANCE)
+        if not upper and dump_interval_s < step_s / GRID_TOLERANCE:  # training had gaps, the dump averages
+            differs = True
+    per_step = step_s / dump_interval_s if dump_interval_s else None
     return {"step_s": step_s, "dump_metric_interval_s": dump_interval_s,
-            "training_metric_interval_s_estimated": train_interval, "differs": differs}
+            "training_metric_interval_s": train_interval, "training_interval_is_upper_bound": upper,
+            "dump_points_per_step": per_step, "differs": differs}
+
+
+COUNT_NOTES = (  # (section, count key, note) of every count worth a line
+    ("metrics", "n_unseen_entities", "{n_unseen_entities} unseen metric entities (e.g. {first})"),
+    ("metrics", "n_unseen_channels", "{n_unseen_channels} unseen metric channels, ignored"),
+    ("metrics", "n_missing_channels", "{n_missing_channels} trained metric channels without data"),
+    ("traces", "n_unseen_edges", "{n_unseen_edges} unseen call edges ({unseen_edge_calls} calls), ignored"),
+    ("traces", "n_unseen_services", "{n_unseen_services} unseen services in traces"),
+    ("traces", "n_missing_edges", "{n_missing_edges} trained call edges without calls"),
+    ("logs", "n_unseen_template_lines", "{n_unseen_template_lines} log lines of unseen templates ({per})"),
+    ("logs", "n_unseen_services", "{n_unseen_services} services log without a trained miner"),
+)
 
 
 def notes(drift: dict) -> list[str]:
@@ -91,28 +111,17 @@ def notes(drift: dict) -> list[str]:
                    "training median)")
     g = drift.get("grid") or {}
     if g.get("differs"):
+        bound = "≤ " if g["training_interval_is_upper_bound"] else "~"
         out.append(f"metric sampling interval {g['dump_metric_interval_s']:.3g} s differs from training's "
-                   f"~{g['training_metric_interval_s_estimated']:.3g} s (grid step {g['step_s']:g} s)")
-    m = drift.get("metrics") or {}
-    if m.get("n_unseen_entities"):
-        out.append(f"{m['n_unseen_entities']} unseen metric entities (e.g. {', '.join(m['unseen_entities'][:3])})")
-    if m.get("n_unseen_channels"):
-        out.append(f"{m['n_unseen_channels']} unseen metric channels, ignored")
-    if m.get("n_missing_channels"):
-        out.append(f"{m['n_missing_channels']} trained metric channels without data")
-    t = drift.get("traces") or {}
-    if t.get("n_unseen_edges"):
-        out.append(f"{t['n_unseen_edges']} unseen call edges ({t['unseen_edge_calls']} calls), ignored")
-    if t.get("n_unseen_services"):
-        out.append(f"{t['n_unseen_services']} unseen services in traces")
-    if t.get("n_missing_edges"):
-        out.append(f"{t['n_missing_edges']} trained call edges without calls")
-    lg = drift.get("logs") or {}
-    if lg.get("n_unseen_template_lines"):
-        per = ", ".join(f"{s}: {n}" for s, n in list(lg["unseen_template_lines"].items())[:3])
-        out.append(f"{lg['n_unseen_template_lines']} log lines of unseen templates ({per})")
-    if lg.get("n_unseen_services"):
-        out.append(f"{lg['n_unseen_services']} services log without a trained miner")
-    for line in drift.get("stream", []):
-        out.append(line)
-    return out
+                   f"{bound}{g['training_metric_interval_s']:.3g} s (grid step {g['step_s']:g} s)")
+    elif (g.get("dump_points_per_step") or 0) >= GRID_TOLERANCE:
+        out.append(f"metrics sampled every {g['dump_metric_interval_s']:.3g} s: each {g['step_s']:g} s grid step "
+                   f"averages ~{g['dump_points_per_step']:.0f} points (training's interval is known only to be "
+                   f"≤ {g['training_metric_interval_s']:.3g} s)")
+    for section, key, text in COUNT_NOTES:
+        part = drift.get(section) or {}
+        if part.get(key):
+            out.append(text.format(**part, first=", ".join(part.get("unseen_entities", [])[:3]),
+                                   per=", ".join(f"{s}: {n}" for s, n in
+                                                 list(part.get("unseen_template_lines", {}).items())[:3])))
+    return out + list(drift.get("stream", []))

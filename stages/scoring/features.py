@@ -117,12 +117,14 @@ def _in_range(df: pl.DataFrame, col: str, lo_us: int, hi_us: int) -> pl.DataFram
     return df.filter((pl.col(col) >= lo_us) & (pl.col(col) < hi_us))
 
 
-def _outside(span: tuple[int, int] | None, k0: int, T: int) -> np.ndarray:
-    """Rows of [k0, k0+T) outside a modality's own [first, last] data steps (all of them when absent)."""
+def _outside(span: tuple[int, int] | None, k0: int, T: int, margin: int = 0) -> np.ndarray:
+    """Rows of [k0, k0+T) more than ``margin`` steps outside a modality's own [first, last] data steps
+    (all of them when the modality is absent). The margin (one window) keeps quiet stretches at a dump's
+    edges — no request in the last minute of a chunk — as they are: steps without calls."""
     k = k0 + np.arange(T)
     if span is None:
         return np.ones(T, dtype=bool)
-    return (k < span[0]) | (k > span[1])
+    return (k < span[0] - margin) | (k > span[1] + margin)
 
 
 def _metric_interval(points: pl.DataFrame) -> float | None:
@@ -185,7 +187,7 @@ def trace_block(frozen: FrozenState, frames: Frames, k0: int, T: int, carry: Car
     feats["latency"] = forward_fill(raw_latency, None, carry.latency_value, age) if E else raw_latency
     for i, feat in enumerate(EDGE_FEATURES):
         out[:, :, i] = frozen.edge_scaling[feat].apply(feats[feat])
-    out[_outside(frames.span_steps("traces", step), k0, T)] = 0.0  # no trace data there: training median
+    out[_outside(frames.span_steps("traces", step), k0, T, frozen.window)] = 0.0  # no trace data: training median
     value, k = last_observed(raw_latency, k0, carry.latency_value, carry.latency_k)
     per_edge = calls.group_by(["caller", "callee"]).len()
     edge_calls = {f"{a}->{b}": int(n) for a, b, n in per_edge.iter_rows()}
@@ -235,7 +237,7 @@ def log_block(frozen: FrozenState, frames: Frames, k0: int, T: int
         ev = np.concatenate(rows).astype(np.int64)
         events = ev[np.lexsort((ev[:, 2], ev[:, 1], ev[:, 0]))]
     feats = np.log1p(counts).astype(np.float32)
-    outside = _outside(frames.span_steps("logs", step), k0, T)
+    outside = _outside(frames.span_steps("logs", step), k0, T, frozen.window)
     feats[outside] = frozen.log_fill
     return feats, events, unseen_steps, {"logs": drift_mod.log_drift(n_lines, n_unmatched, known)}
 
@@ -252,6 +254,6 @@ def build_block(frozen: FrozenState, frames: Frames, k0: int, k1: int, carry: Ca
     coverage = {}
     for m in SCORED_MODALITIES:
         span = frames.span_steps(m, frozen.step_us)
-        coverage[m] = 0.0 if span is None or T == 0 else float((~_outside(span, k0, T)).mean())
+        coverage[m] = 0.0 if span is None or T == 0 else float((~_outside(span, k0, T)).mean())  # no margin
     drift["coverage"] = coverage
     return StepBlock(k0, metric.astype(np.float32), trace, logs, events, unseen, carry, drift)

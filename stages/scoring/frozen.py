@@ -109,6 +109,7 @@ def frozen_files(paths: Paths, model_dir: Path) -> dict[str, Path]:
              "windows/schema.json": paths.windows / "schema.json",
              "windows/splits.json": paths.windows / "splits.json",
              "windows/template_embeddings.npy": paths.windows / "template_embeddings.npy",
+             "windows/grid.npz": paths.windows / "grid.npz",  # validation scores calibrate the threshold
              "word_pca/word_pca.npy": paths.word_pca / "word_pca.npy"}
     for folder, prefix in ((paths.features / "drain3", "features/drain3/"), (model_dir / "detector", "model/")):
         if folder.is_dir():

@@ -4,7 +4,7 @@ Windows end on absolute grid steps that are multiples of the stride (``k % strid
 step is always scored by the same window whichever piece it arrives in. A run outputs the steps up
 to its last window end; the few steps after it (fewer than a stride) are *pending* and scored by
 the next run. The state keeps the context the next windows need (``window - stride`` steps plus
-the detector's :meth:`~stages.nets.base.Detector.history_steps`, and the pending steps), the gap-fill
+the detector's look-back (:func:`history_steps`), and the pending steps), the gap-fill
 carry of the features, the DSPOT threshold model and an alarm segment still open at the end.
 
 Saved as ``state.json`` (scalars, the DSPOT state: floats round-trip exactly through ``json``)
@@ -193,6 +193,19 @@ class StreamState:
             if isinstance(exc, InputError):
                 raise
             raise InputError(state_path, None, f"a readable score state ({type(exc).__name__}: {exc})") from None
+
+
+def history_steps(detector: Any) -> int:
+    """Grid steps before a window's first step that a detector's score reads.
+
+    Only KAD-Disformer looks back: its history features read ``history_periods`` × each KPI's dominant
+    period earlier (``periods``, fixed at training). Every other detector reads its window alone.
+    Kept here rather than on the detector so the trained models (and their DVC stages) stay as they are.
+    """
+    cfg, periods = getattr(detector, "config", None), getattr(detector, "periods", None)
+    if not getattr(cfg, "use_history", False) or periods is None or not len(periods):
+        return 0
+    return int(np.max(periods)) * int(getattr(cfg, "history_periods", 1))
 
 
 def context_need(window: int, stride: int, history: int) -> int:
