@@ -107,7 +107,8 @@ def start_stream(frozen: FrozenState, state: StreamState | None, lo: int, need: 
                      "windows warm up again")
         return Context.empty(schema, lo), lo, state.carry, notes
     if lo < state.next_k:
-        log.info("resuming at %s: earlier data of the dump was scored by a previous run", iso(state.next_k * frozen.step_us))
+        log.info("resuming at %s: earlier data of the dump was scored by a previous run",
+                 iso(state.next_k * frozen.step_us))
     return state.context, state.pending_k, state.carry, notes
 
 
@@ -196,7 +197,8 @@ def run(args: ScoreArgs) -> dict:
     score = np.asarray(scores, np.float64)[rows]
     thr, alarm = threshold.run(score)
     ex = parse_explain(explain, rows, ctx.n)
-    units_all = feature_units(schema, ctx.metric, ctx.trace, ctx.log, frozen.log_fill)
+    units_all = feature_units(schema, ctx.metric, ctx.trace, ctx.log, frozen.log_fill, frozen.metric_scaling,
+                              frozen.edge_scaling)
     units = Units(units_all.names, units_all.modality, units_all.deviation[rows], units_all.value[rows])
     alarm_rows, open_alarm = alarm_segments(pending_k, score, thr, alarm, ex, units, frozen.detector, step_us,
                                             state.open_alarm if state is not None else None)
@@ -212,8 +214,9 @@ def run(args: ScoreArgs) -> dict:
         frozen.dataset, frozen.detector, frozen.fingerprint, next_k=hi, pending_k=out_end,
         context=ctx.tail(keep_from(out_end, ctx.k0, frozen.window, frozen.stride, history)), carry=block.carry,
         threshold=threshold, open_alarm=open_alarm,
-        runs=(state.runs if state is not None else []) + [{"dump": str(args.dump), "from": iso(k0 * step_us),
-                                                            "to": iso(hi * step_us), "output_until": iso(out_end * step_us)}])
+        runs=(state.runs if state is not None else []) + [
+            {"dump": str(args.dump), "from": iso(k0 * step_us), "to": iso(hi * step_us),
+             "output_until": iso(out_end * step_us)}])
     summary: dict[str, Any] = {
         "dataset": frozen.dataset, "detector": frozen.detector, "model_dir": str(args.model_dir),
         "dump": str(args.dump), "format": fmt, "step_s": schema.step_s, "window": frozen.window,

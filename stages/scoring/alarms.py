@@ -68,19 +68,27 @@ class Units:
     names: list[str]
     modality: np.ndarray  # (U,) "metric" | "trace" | "log"
     deviation: np.ndarray  # (T, U)
-    value: np.ndarray  # (T, U) the plotted value: z (metric/trace) or log1p count (log)
+    value: np.ndarray  # (T, U) the plotted value in the unit's own terms (see feature_units)
 
 
 def feature_units(schema: FeatureSchema, metric: np.ndarray, trace: np.ndarray, log: np.ndarray,
-                  log_fill: np.ndarray) -> Units:
+                  log_fill: np.ndarray, metric_scaling=None, edge_scaling: dict | None = None) -> Units:
+    """Deviation: |z| of the frozen scaling (metrics, edge features), |log1p count - training median| (logs).
+    Value: back in the unit's own terms where the scalings are given (metric units, seconds, log1p calls,
+    error fraction; a value beyond ±clip spreads shows at the clip) and lines per step for logs."""
     T = len(metric)
     trace_flat = trace.reshape(T, -1)
     trace_names = [f"{a}->{b}/{f}" for a, b in schema.edges for f in EDGE_FEATURES]
-    log_names = [f"{s}/{schema.templates[k][:60]}" if k < len(schema.templates) else f"{s}/{k}"
-                 for s, k in schema.log_columns]
+    log_names = [f"{s}/#{k} {schema.templates[k][:60]}" if k < len(schema.templates) else f"{s}/#{k}"
+                 for s, k in schema.log_columns]  # the template id keeps names unique
     names = list(schema.metric_channels) + trace_names + log_names
     modality = np.array(["metric"] * metric.shape[1] + ["trace"] * trace_flat.shape[1] + ["log"] * log.shape[1])
-    value = np.concatenate([metric, trace_flat, log], axis=1).astype(np.float64)
+    m_val = metric * metric_scaling.scale + metric_scaling.centre if metric_scaling is not None else metric
+    t_val = trace.astype(np.float64)
+    if edge_scaling is not None and trace.shape[1]:
+        t_val = np.stack([trace[:, :, i] * edge_scaling[f].scale + edge_scaling[f].centre
+                          for i, f in enumerate(EDGE_FEATURES)], axis=2)
+    value = np.concatenate([m_val, t_val.reshape(T, -1), np.expm1(log)], axis=1).astype(np.float64)
     dev = np.concatenate([np.abs(metric), np.abs(trace_flat), np.abs(log - log_fill[None, :])], axis=1)
     return Units(names, modality, dev.astype(np.float64), value)
 

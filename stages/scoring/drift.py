@@ -25,19 +25,22 @@ def _top_counts(counts: dict[str, int]) -> dict[str, int]:
     return {k: int(v) for k, v in top}
 
 
-def metric_drift(seen: Iterable[str], schema: FeatureSchema, observed: np.ndarray) -> dict:
+def metric_drift(seen: Iterable[str], schema: FeatureSchema, observed: np.ndarray,
+                 dropped: Iterable[str] = ()) -> dict:
     """``seen``: every ``entity/metric`` column of the dump in the scored span; ``observed``: per schema
-    channel, whether it had a finite point."""
+    channel, whether it had a finite point; ``dropped``: columns the metrics stage saw in training and
+    dropped (constant there, or without training data), which are not new."""
     seen = set(seen)
     known = set(schema.metric_channels)
-    unseen = seen - known
+    was_dropped = (seen - known) & set(dropped)
+    unseen = seen - known - was_dropped
     entities = set(schema.metric_entities)
     unseen_entities = {c.split("/", 1)[0] for c in unseen} - entities
     missing = [c for c, ok in zip(schema.metric_channels, observed) if not ok]
     return {"unseen_entities": _cut(unseen_entities), "n_unseen_entities": len(unseen_entities),
             "unseen_channels": _cut(unseen), "n_unseen_channels": len(unseen),
             "missing_channels": _cut(missing), "n_missing_channels": len(missing),
-            "channels_scored": int(np.sum(observed))}
+            "channels_scored": int(np.sum(observed)), "n_dropped_in_training": len(was_dropped)}
 
 
 def trace_drift(edge_calls: dict[str, int], services: Iterable[str], schema: FeatureSchema) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from stages.core.errors import InputError
+from stages.core.io import read_json
 from stages.features.log_templates import UNKNOWN_SERVICE, clean_logs
 from stages.features.metric_matrix import forward_fill, last_observed, step_means, with_column_names
 from stages.features.trace_features import clean_spans, edge_step_features, service_calls
@@ -157,18 +158,20 @@ def metric_block(frozen: FrozenState, frames: Frames, k0: int, T: int, carry: Ca
     filled = forward_fill(x, frozen.max_gap_steps, carry.metric_value, age) if C else x
     z = frozen.metric_scaling.apply(filled)
     value, k = last_observed(x, k0, carry.metric_value, carry.metric_k)
-    drift["metrics"] = drift_mod.metric_drift(seen, schema, ~np.isnan(x).all(axis=0) if T else np.zeros(C, bool))
-    train_share = _train_observed_share(frozen)
+    stats = read_json(frozen.paths.features / "metrics_stats.json")
+    dropped = [d.get("column") for d in stats.get("dropped") or [] if isinstance(d, dict)]
+    drift["metrics"] = drift_mod.metric_drift(seen, schema, ~np.isnan(x).all(axis=0) if T else np.zeros(C, bool),
+                                              dropped)
+    train_share = _train_observed_share(stats, schema.metric_channels)
     drift["grid"] = drift_mod.grid_drift(schema.step_s, interval, train_share)
     new_carry = Carry(value, k, carry.latency_value, carry.latency_k)
     return z, new_carry, drift
 
 
-def _train_observed_share(frozen: FrozenState) -> float | None:
-    from stages.core.io import read_json
-
-    cols = read_json(frozen.paths.features / "metrics_stats.json").get("columns") or {}
-    miss = [float(c.get("missing_fraction", 0.0)) for n, c in cols.items() if n in set(frozen.schema.metric_channels)]
+def _train_observed_share(stats: dict, channels: list[str]) -> float | None:
+    """Median share of training grid steps the model's metric channels had a point in."""
+    cols = stats.get("columns") or {}
+    miss = [float(cols[n].get("missing_fraction", 0.0)) for n in channels if isinstance(cols.get(n), dict)]
     return 1.0 - float(np.median(miss)) if miss else None
 
 

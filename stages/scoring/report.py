@@ -3,7 +3,8 @@
 Top: score and threshold over time with alarms shaded; below, one lane per modality on the same
 time axis (the detector's own per-modality score where it has one, else how far the modality's
 features sit from their training median); then one card per alarm with its contributors and the
-raw (frozen-scaled) series of its top features around it; then the drift findings.
+series of its top features around it (in their own units, saturating at the clip of the frozen
+scaling); then the drift findings.
 Long runs are drawn from bucket maxima (``MAX_POINTS`` per line), so spikes stay visible.
 """
 from __future__ import annotations
@@ -20,11 +21,15 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px} .meta{color:#555;font-size:13px}
 svg{display:block;background:#fafafa;border:1px solid #ddd;margin:4px 0}
-.score{fill:none;stroke:#1f77b4;stroke-width:1.2} .threshold{fill:none;stroke:#d62728;stroke-width:1;stroke-dasharray:4 3}
-.alarm{fill:#d62728;fill-opacity:.18} .alarm-band{fill:#d62728;fill-opacity:.12} .lane-line{fill:none;stroke:#444;stroke-width:1}
+.score{fill:none;stroke:#1f77b4;stroke-width:1.2}
+.threshold{fill:none;stroke:#d62728;stroke-width:1;stroke-dasharray:4 3}
+.alarm{fill:#d62728;fill-opacity:.18} .alarm-band{fill:#d62728;fill-opacity:.12}
+.lane-line{fill:none;stroke:#444;stroke-width:1}
 .unseen{fill:none;stroke:#ff7f0e;stroke-width:1;stroke-dasharray:2 2} .axis{font-size:10px;fill:#666}
-.lane-title{font-size:11px;fill:#333;font-weight:600} .card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:8px 0}
-.card h3{font-size:14px;margin:0 0 4px} table{border-collapse:collapse;font-size:12px} td,th{padding:2px 8px;text-align:left}
+.lane-title{font-size:11px;fill:#333;font-weight:600}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;margin:8px 0}
+.card h3{font-size:14px;margin:0 0 4px} table{border-collapse:collapse;font-size:12px}
+td,th{padding:2px 8px;text-align:left}
 .drift li{font-size:13px} .ok{color:#2ca02c} .warn{color:#b35900} .spark-row{display:flex;gap:8px;flex-wrap:wrap}
 .spark-title{font-size:10px;fill:#333}
 """
@@ -101,10 +106,12 @@ def _alarm_rects(alarms: list[dict], k0: int, n: int, height: int, cls: str) -> 
     out = []
     for a in alarms:
         s, e = max(a["_start_k"] - k0, 0), min(a["_end_k"] - k0, n)
-        if e <= s:
-            continue
-        out.append(f'<rect class="{cls}" x="{x(s):.1f}" y="0" width="{max(x(e) - x(s), 1.0):.1f}" height="{height - 12}">'
-                   f'<title>{html.escape(a["start"])} – {html.escape(a["end"])}: peak {a["peak_score"]:.4g}</title></rect>')
+        if e <= s:  # a segment that ended with the previous run (reported again, closed): a mark at the start
+            s = e = 0
+        width = max(x(e) - x(s), 1.0)
+        title = f'{html.escape(a["start"])} – {html.escape(a["end"])}: peak {a["peak_score"]:.4g}'
+        out.append(f'<rect class="{cls}" x="{x(s):.1f}" y="0" width="{width:.1f}" height="{height - 12}">'
+                   f'<title>{title}</title></rect>')
     return "".join(out)
 
 
@@ -116,7 +123,8 @@ def main_chart(ts_us: np.ndarray, k0: int, score: np.ndarray, thr: np.ndarray, a
     lo, hi = _range(s, t)
     body = (_alarm_rects(alarms, k0, n, H_MAIN, "alarm") + _polyline(xs, s, lo, hi, H_MAIN, "score")
             + _polyline(xs, t, lo, hi, H_MAIN, "threshold") + _ticks(ts_us, H_MAIN)
-            + f'<text class="axis" x="2" y="12">{hi:.3g}</text><text class="axis" x="2" y="{H_MAIN - 16}">{lo:.3g}</text>'
+            + f'<text class="axis" x="2" y="12">{hi:.3g}</text>'
+            + f'<text class="axis" x="2" y="{H_MAIN - 16}">{lo:.3g}</text>'
             + f'<text class="axis" x="{W - 12}" y="12" text-anchor="end">score (blue, bucket max) · threshold (red, '
             'dashed) · alarms shaded · UTC</text>')
     return (f'<svg id="score-chart" class="chart" viewBox="0 0 {W} {H_MAIN}" width="{W}" height="{H_MAIN}" '

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,7 +215,3 @@ def context_need(window: int, stride: int, history: int) -> int:
 def keep_from(out_end: int, row0: int, window: int, stride: int, history: int) -> int:
     """First absolute step the next run needs: the next window's start minus the detector's history."""
     return max(row0, out_end + stride - window - history)
-
-
-def finite_or_none(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
