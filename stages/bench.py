@@ -7,6 +7,11 @@
         training and scoring windows/s on synthetic windows, on CUDA when present (bf16 and fp32)
         else on the CPU; peak memory.
 
+    python -m stages.bench score MODEL_DIR [--hours 24] [--workdir DIR]
+        generate a new dump of the model's system (synth --variant), score it whole with
+        ``stages.score`` (cold: includes the threshold calibration on validation scores), then as two
+        halves with --resume (the streaming steady state); wall seconds per phase and steps/s.
+
 Results are printed as JSON and written to ``bench/<name>.json``.
 """
 from __future__ import annotations
@@ -173,6 +178,55 @@ def bench_train(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(), "runs": runs}
 
 
+def bench_score(args: argparse.Namespace) -> dict:
+    from stages.core.params import build, dataset, load_raw
+    from stages.score import ScoreArgs, run as score_run
+    from stages.scoring.frozen import Paths, load_frozen
+    from stages.simulate.generate import generate
+    from stages.simulate.params import SynthParams
+
+    root = Path(args.root)
+    frozen = load_frozen(args.model_dir, Paths(root))
+    raw = load_raw(root / "params.yaml")
+    ds = dataset(frozen.dataset, raw)
+    with np.load(frozen.paths.windows / "grid.npz") as z:  # start the new dump an hour after the training data
+        last_s = int(z["ts"][-1]) // 1_000_000
+    start = np.datetime64((last_s // 3600 + 1) * 3600, "s")
+    synth = dict(raw.get("synth") or {})
+    synth.update(hours=args.hours, start_utc={**(synth.get("start_utc") or {}), ds.format: str(start)})
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
+    dump = work / f"{frozen.dataset}_new_{args.hours:g}h"
+    t0 = time.perf_counter()
+    summary = generate(frozen.dataset, ds.format, dump, build(SynthParams, synth, where="synth"),
+                       int(raw.get("seed", 0)), variant="bench")
+    gen_s = time.perf_counter() - t0
+
+    def timed(out: str, *extra: str) -> tuple[float, dict]:
+        a = ScoreArgs(Path(args.model_dir), dump, out=work / out, paths=Paths(root))
+        for flag, value in zip(extra[::2], extra[1::2]):
+            setattr(a, flag, value)
+        t = time.perf_counter()
+        s = score_run(a)
+        return time.perf_counter() - t, s
+
+    whole_s, whole = timed("whole")
+    mid = str(start + np.timedelta64(int(args.hours * 1800), "s"))
+    first_s, _ = timed("half1", "to_ts", mid)
+    second_s, second = timed("half2", "resume", work / "half1")
+    steps = whole["steps_output"]
+    return {"model_dir": str(args.model_dir), "dataset": frozen.dataset, "detector": frozen.detector,
+            "hours": args.hours, "dump": str(dump), "generate_s": round(gen_s, 1),
+            "dump_mb": round(sum(p.stat().st_size for p in dump.rglob("*") if p.is_file()) / 2**20, 1),
+            "spans": summary["n_spans"], "log_lines": summary["n_log_lines"], "steps": steps,
+            "cold_whole": {"wall_s": round(whole_s, 2), "steps_per_s": round(steps / whole_s, 1),
+                           "phases_s": {k: round(v, 2) for k, v in whole["timing_s"].items()},
+                           "alarms": whole["alarms"]},
+            "resumed_second_half": {"wall_s": round(second_s, 2), "steps": second["steps_output"],
+                                    "steps_per_s": round(second["steps_output"] / second_s, 1),
+                                    "phases_s": {k: round(v, 2) for k, v in second["timing_s"].items()}},
+            "cold_first_half_wall_s": round(first_s, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,9 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log-columns", type=int, default=100)
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=32)
+    sc = sub.add_parser("score")
+    sc.add_argument("model_dir", help="models/<dataset>/<detector> of a pipeline run")
+    sc.add_argument("--hours", type=float, default=24.0)
+    sc.add_argument("--root", default=".", help="repository root holding params.yaml, data/ and models/")
+    sc.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
 
     def run() -> None:
+        if args.what == "score":
+            result = bench_score(args)
+            write_json(result, Path("bench") / f"score_{result['dataset']}_{result['detector']}.json")
+            print(json.dumps(result, indent=2, default=str))
+            return
         result = bench_ingest(args) if args.what == "ingest" else bench_train(args)
         name = f"{args.what}_{getattr(args, 'format', None) or args.detector}_{getattr(args, 'profile', '')}"
         write_json(result, Path("bench") / f"{name.rstrip('_')}.json")

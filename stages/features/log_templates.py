@@ -194,6 +194,28 @@ class SavedMiners:
             return None
         return self.cluster_to_template[service or UNKNOWN_SERVICE].get(cluster.cluster_id)
 
+    def match_many(self, service: str, lines: list[str]) -> np.ndarray:
+        """template_id of every line of one service (-1: no template matches, or no miner for the service).
+
+        Same result as :meth:`match` line by line; lines are masked first and each distinct masked
+        line is matched once (production logs repeat), and the miners are never updated.
+        """
+        out = np.full(len(lines), -1, dtype=np.int64)
+        miner = self.miners.get(service or UNKNOWN_SERVICE)
+        if miner is None:
+            return out
+        mapping = self.cluster_to_template[service or UNKNOWN_SERVICE]
+        cache: dict[str, int] = {}
+        for i, line in enumerate(lines):
+            masked = miner.masker.mask(line or "")
+            tid = cache.get(masked)
+            if tid is None:
+                cluster = miner.drain.match(masked, "fallback")
+                tid = -1 if cluster is None else mapping.get(cluster.cluster_id, -1)
+                cache[masked] = tid
+            out[i] = tid
+        return out
+
 
 def load_miners(directory: str | Path) -> SavedMiners:
     directory = Path(directory)
