@@ -38,6 +38,7 @@ from stages.core.errors import InputError
 from stages.core.frames import US
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
+from stages.formats._metric_points import MetricPoints
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,11 @@ def _rally_hook_count(path: Path) -> int:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
-    """Long metric points of one Glances CSV; None when it holds no data row (header only)."""
+def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> bool:
+    """Adds one Glances CSV to ``points``; False when it holds no data row (header only)."""
     df = c.read_csv(path, ["now"], infer=True)
     if df.height == 0:
-        return None
+        return False
     ts = c.parse_times(df["now"], path, "now")
     audit.series(path, ts, "now")
     keep = ts.is_not_null()
@@ -142,25 +143,23 @@ def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
         log.warning("%s: %d row(s) without a time dropped", path, int((~keep).sum()))
         df, ts = df.filter(keep), ts.filter(keep)
     m = _NODE.search(path.name)
-    return c.melt_metrics(df, ts, m.group(1) if m else path.stem, path, skip=["now"])
+    c.melt_metrics(df, ts, m.group(1) if m else path.stem, path, skip=["now"], points=points)
+    return True
 
 
 def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
     found = scan(root)
     files, skipped = found.files["metrics"], list(found.skips("metrics"))
     audit = c.TimeAudit("metrics")
-    frames = []
+    points = MetricPoints()
     for p in tqdm(files, desc="msds metrics", disable=len(files) < 20):
-        frame = _read_metric_file(p, audit)
-        if frame is None:
+        if not _read_metric_file(p, audit, points):
             skipped.append((p, "header only, no data row"))
-        else:
-            frames.append(frame)
     c.warn_skipped("metrics", skipped, found.unclaimed)
     c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["now"])
     if not files and not skipped:
         return None
-    df = c.finish(frames, "metrics", ["ts", "entity", "metric"])
+    df = points.frame()
     c.require_rows("metrics", df, files, skipped)
     audit.finish(df["ts"])
     return c.shift(df, ["ts"], offset_s)
