@@ -642,6 +642,13 @@ class TimeAudit:
             row = int(rows[i]) if rows is not None else int(i)
             self._keep(path, int(ts[i]), f"{row_label(row)} column '{column}'")
 
+    def values(self, path: Path | str, times: list[int], column: str, places: list[str]) -> None:
+        """:meth:`series` for a Python list of times without nulls; ``places[i]`` names value i."""
+        if not times:
+            return
+        for i in (min(range(len(times)), key=times.__getitem__), max(range(len(times)), key=times.__getitem__)):
+            self._keep(path, int(times[i]), f"{places[i]} column '{column}'")
+
     def finish(self, ts: pl.Series | None) -> None:
         if ts is None or ts.len() == 0 or not self._ext:
             return
