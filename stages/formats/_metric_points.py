@@ -64,6 +64,7 @@ class MetricPoints:
         rows = _Rows(self._files, e_rank, m_rank)
         self._files = []
         ts, e, m, values = rows.points(len(entities), len(metrics))
+        del rows  # its arrays, before the text columns are built
         if self._missing:
             keep = ~np.isnan(values)
             ts, e, m, values = ts[keep], e[keep], m[keep], values[keep]
@@ -93,7 +94,7 @@ class _Rows:
         k = np.array([len(f.columns) for f in files], np.int64)
         self.ts = np.concatenate([f.ts for f in files])
         self.e = _runs(e_rank[[f.entity for f in files]], n)
-        self.k = _runs(k, n)
+        self.k = _runs(k.astype(np.min_scalar_type(int(k.max()))), n)
         self.values = np.empty(int((n * k).sum()), np.float64)
         self.metric = np.empty(len(self.values), m_rank.dtype)
         lo_m, hi_m = np.empty(len(files), m_rank.dtype), np.empty(len(files), m_rank.dtype)
@@ -125,9 +126,11 @@ class _Rows:
             values = self.values.reshape(-1, width)[order].reshape(-1)
             metric = np.broadcast_to(self.layout, (len(order), width)).reshape(-1)
             return _each(self.ts[order], width), _each(self.e[order], width), metric, values
+        if int(k.max()) == 1:  # one metric per row (GAIA files): slots are rows
+            values, metric = self.values[order], self.metric[order]
         else:
-            first = np.cumsum(self.k) - self.k  # first slot of each row
-            shift = np.repeat(first[order] - (np.cumsum(k) - k), k)
+            first = np.cumsum(self.k, dtype=np.int64) - self.k  # first slot of each row
+            shift = _each(first[order] - (np.cumsum(k, dtype=np.int64) - k), k)
             slots = np.arange(len(self.values), dtype=np.int64) + shift
             values, metric = self.values[slots], self.metric[slots]
         return _each(self.ts[order], k), _each(self.e[order], k), metric, values
@@ -144,11 +147,12 @@ class _Rows:
         order = None if bool(np.all(key[1:] >= key[:-1])) else np.argsort(key, kind="stable")
         if order is not None:
             key = key[order]
-        same = (key[1:] // n_m) == (key[:-1] // n_m)  # neighbours at one (ts, entity)
-        if same.any():
-            hi = self.m_hi if order is None else self.m_hi[order]
-            lo_next = key[1:] % n_m
-            if bool(np.any(same & (hi[:-1] >= lo_next))):
+        group = key // n_m  # (ts, entity) of each row
+        tied = np.flatnonzero(group[1:] == group[:-1])  # rows followed by one at the same (ts, entity)
+        del group
+        if tied.size:
+            hi = self.m_hi[tied if order is None else order[tied]]
+            if bool(np.any(hi >= key[tied + 1] % n_m)):
                 return False  # their metric sets overlap or interleave
         return order
 
