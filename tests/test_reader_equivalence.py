@@ -257,3 +257,15 @@ def test_gaia_metric_files_one_series_each(tmp_path: Path):
         (1625097630 * US, "webservice1", "docker_cpu_pct", 2.5),
         (1625097630 * US, "webservice1", "docker_mem_rss", 8.0),
     ]
+
+
+@pytest.mark.parametrize("values", [
+    [1625097600000, 1625097630000, None],  # GAIA: epoch ms
+    [1650269873, 1650269874],  # Eadro: epoch s
+    [1574157601123456, -5],  # µs and a value of another unit: per-value units
+    [1574157601123456789, 1574157601123456000],  # ns
+    [2**40, 2**40 + 1],  # ms whose µs product passes 2**53
+])
+def test_integer_epochs_as_the_float_path(values: list):
+    s = pl.Series("t", values, dtype=pl.Int64)
+    assert_frame_equal(c.epoch_to_us(s).to_frame(), c.epoch_to_us(s.cast(pl.Float64)).to_frame(), check_exact=True)

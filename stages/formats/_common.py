@@ -93,12 +93,13 @@ def walk(root: Path) -> tuple[list[Path], list[Path]]:
     return sorted(files), sorted(other)
 
 
-def find(root: Path, *patterns: str, exclude: Iterable[str] = (), odd: list[tuple[Path, str]] | None = None
-         ) -> list[Path]:
+def find(root: Path, *patterns: str, exclude: Iterable[str] = (), odd: list[tuple[Path, str]] | None = None,
+         walked: tuple[list[Path], list[Path]] | None = None) -> list[Path]:
     """Regular files under ``root`` (recursively) matching any glob pattern; sorted, hidden/macOS junk skipped.
 
-    Entries that match but are not regular files are appended to ``odd`` as (path, why)."""
-    files, other = walk(root)
+    Entries that match but are not regular files are appended to ``odd`` as (path, why).
+    ``walked``: :func:`walk`'s result for ``root``, when the caller lists several patterns."""
+    files, other = walked if walked is not None else walk(root)
     skip = tuple(exclude)
 
     def wanted(p: Path) -> bool:
@@ -517,6 +518,9 @@ def is_numeric_column(col: pl.Series) -> bool:
 
 def epoch_to_us(values: pl.Series) -> pl.Series:
     """Epoch numbers in s, ms, µs or ns (decided per value by magnitude) → Int64 µs."""
+    exact = _integer_epoch_to_us(values)
+    if exact is not None:
+        return exact
     v = values.cast(pl.Float64)
     a = v.abs()
     scale = (
@@ -526,6 +530,27 @@ def epoch_to_us(values: pl.Series) -> pl.Series:
         .otherwise(pl.lit(1e-3))
     )
     return pl.select((pl.lit(v) * scale).round(0).cast(pl.Int64)).to_series().rename(values.name)
+
+
+_UNITS = ((1e11, 1_000_000), (1e14, 1_000), (1e17, 1))  # |value| below → µs per unit (else ns: ÷1000)
+_SMALL_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)  # all fit an Int64
+
+
+def _integer_epoch_to_us(values: pl.Series) -> pl.Series | None:
+    """:func:`epoch_to_us` of integers all in one unit, by an integer product: the float path's
+    result exactly, when every product stays below 2**53 (the float product is exact there)."""
+    if values.dtype not in _SMALL_INTS or values.null_count() == values.len():
+        return None
+    a = values.cast(pl.Int64).abs()
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0:  # abs of the most negative Int64 wraps
+        return None
+    for limit, scale in _UNITS:
+        if hi < limit:
+            if lo >= limit / 1000 or limit == 1e11:  # the same unit for every value
+                return None if hi * scale >= 2**53 else (values.cast(pl.Int64) * scale).rename(values.name)
+            return None
+    return None
 
 
 _DT_FORMATS = ("%Y-%m-%d %H:%M:%S%.f", "%Y/%m/%d %H:%M:%S%.f", "%b %d, %Y @ %H:%M:%S%.f", "%Y-%m-%d")
@@ -574,9 +599,12 @@ def parse_times(col: pl.Series, path: Path | str, column: str, *, tz_offset_s: f
         .alias("clean"),
     )
     parsed = None
+    missing = frame["clean"].null_count()
     for fmt in _DT_FORMATS:
         p = frame["clean"].str.to_datetime(fmt, strict=False, time_unit="us")
         parsed = p if parsed is None else parsed.fill_null(p)
+        if parsed.null_count() == missing:
+            break  # every text parsed: later formats could fill nothing
     numeric = s.str.contains(_NUMBER).fill_null(False)
     if numeric.any():  # a column mixing epoch numbers and date strings
         epoch = epoch_to_us(s.cast(pl.Float64, strict=False))

@@ -145,6 +145,8 @@ class _Rows:
         key *= n_m
         key += self.m_lo
         order = None if bool(np.all(key[1:] >= key[:-1])) else np.argsort(key, kind="stable")
+        if int(self.k.max()) == 1:
+            return order  # one point per row: the row order is the point order, ties included
         if order is not None:
             key = key[order]
         group = key // n_m  # (ts, entity) of each row

@@ -90,7 +90,8 @@ def scan(root: Path, modality: str | None = None) -> c.Scan:
     want = set(MODALITIES if modality is None else (modality,))
     out = c.Scan({"metrics": [], "traces": [], "logs": [], "faults": []})
     odd: list[tuple[Path, str]] = []
-    csvs = c.find(root, "*.csv", odd=odd)
+    walked = c.walk(root)  # once for both patterns: a dump holds thousands of trace files
+    csvs = c.find(root, "*.csv", odd=odd, walked=walked)
     for p in csvs if want & {"metrics", "logs"} else ():
         header = c.csv_header(p)
         if "now" in header:
@@ -105,7 +106,7 @@ def scan(root: Path, modality: str | None = None) -> c.Scan:
             else:
                 out.unclaimed.append((p, why))
     rally, labels = [], [p for p in csvs if p.name.startswith("anomaly_label_")]
-    jsons = c.find(root, "*.json", odd=odd)  # listed always (not opened): odd entries are named per modality
+    jsons = c.find(root, "*.json", odd=odd, walked=walked)  # listed always (not opened): odd entries are named per modality
     for p in jsons if want & {"traces", "faults"} else ():
         kind = _json_kind(p)
         if kind == "rally":
