@@ -12,7 +12,8 @@ Peak RSS is the child's own high-water mark, ``VmHWM`` in ``/proc/self/status``;
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is used only where /proc is absent, because on
 Linux a child started by fork+exec inherits the parent's ``maxrss`` (a bench parent that has
 just generated a large dump would report its own peak for every modality). With ``--repeat``
-each child runs that many times: the fastest time and the highest peak are reported.
+each child runs that many times, project and reference alternating: the fastest time and the
+highest peak are reported.
 
 Printed: a markdown table (rows/s, MB/s, peak RSS, project/reference ratios), then the JSON
 also written to ``bench/ingest_<format>.json``.
@@ -149,10 +150,17 @@ def _spawn(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _measure(spec: dict, repeat: int) -> dict:
-    runs = [_spawn(spec) for _ in range(repeat)]
-    best = min(runs, key=lambda r: r["read_s"])
-    return {**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": len(runs)}
+def _measure(specs: list[dict], repeat: int) -> list[dict]:
+    """Each spec ``repeat`` times, alternating, so that a busy machine slows both readers alike."""
+    runs: list[list[dict]] = [[] for _ in specs]
+    for _ in range(repeat):
+        for spec, done in zip(specs, runs):
+            done.append(_spawn(spec))
+    out = []
+    for done in runs:
+        best = min(done, key=lambda r: r["read_s"])
+        out.append({**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in done), "runs": len(done)})
+    return out
 
 
 # ------------------------------------------------------------------ dump
@@ -260,12 +268,14 @@ def bench_ingest(args: argparse.Namespace) -> dict:
         files = [str(p) for p in listed.get(modality, [])]
         mb = sum(Path(p).stat().st_size for p in files) / 2**20
         spec = {"format": fmt, "root": str(root), "modality": modality, "files": files, "step_s": args.step_s}
-        proj = _measure({**spec, "what": "project", "features": not args.no_features}, args.repeat)
+        specs = [{**spec, "what": "project", "features": not args.no_features}]
+        specs += [{**spec, "what": "reference"}] if files else []
+        proj, *ref = _measure(specs, args.repeat)
         results["modalities"][modality] = {**proj, "files": len(files), "input_mb": round(mb, 2),
                                            "rows_per_s": round(proj["rows"] / proj["read_s"], 1)
                                            if proj["read_s"] else None}
-        if files:
-            results["reference"][modality] = _measure({**spec, "what": "reference"}, args.repeat)
+        if ref:
+            results["reference"][modality] = ref[0]
         log.info("%s: project %s reference %s", modality, proj, results["reference"].get(modality))
     results["table"] = table(results)
     return results
