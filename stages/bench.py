@@ -1,8 +1,9 @@
 """Benchmarks, one command each (speed is measured here, never asserted in tests).
 
-    python -m stages.bench ingest [--hours 24] [--format eadro] [--requests-per-s 2]
-        generate a large synthetic dump, then time each reader + feature step in a fresh process:
-        metric rows/s, spans/s, log lines/s through Drain3, peak RSS per modality.
+    python -m stages.bench ingest [--format eadro] [--hours 24] [--requests-per-s 2] [--scale gaia|msds|eadro]
+        generate a synthetic dump, then run each modality's reader (and its feature step) and a plain
+        reference reader of the same files, each in a fresh process: rows/s, MB/s, peak RSS and the
+        project/reference ratios as a markdown table (see stages/bench_ingest.py).
     python -m stages.bench train [--detector fuseguard] [--profile default|paper] [--windows 512]
         training and scoring windows/s on synthetic windows, on CUDA when present (bf16 and fp32)
         else on the CPU; peak memory.
@@ -17,86 +18,24 @@ Results are printed as JSON and written to ``bench/<name>.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import multiprocessing
 import resource
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from stages.core.io import write_json
+from stages import bench_ingest
 from stages.core.cli import run_stage
+from stages.core.io import write_json
 
 log = logging.getLogger("stages.bench")
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _ingest_one(fmt: str, root: str, modality: str, step_s: float) -> dict:
-    """Read one modality and build its features; runs in a fresh process for an honest peak RSS."""
-    from stages.core.params import SplitParams
-    from stages.features.params import LogsParams, MetricsParams
-    from stages.formats import read_modality
-
-    t0 = time.perf_counter()
-    frame = read_modality(fmt, Path(root), modality)
-    t_read = time.perf_counter() - t0
-    rows = 0 if frame is None else frame.height
-    t1 = time.perf_counter()
-    if frame is not None:
-        if modality == "metrics":
-            from stages.features.metric_matrix import metric_matrix
-
-            metric_matrix(frame, step_s, SplitParams(), MetricsParams())
-        elif modality == "traces":
-            from stages.features.trace_features import trace_features
-
-            trace_features(frame, step_s, SplitParams())
-        elif modality == "logs":
-            from stages.features.log_templates import mine_templates
-
-            mine_templates(frame, LogsParams(), step_s)
-    t_feat = time.perf_counter() - t1
-    total = t_read + t_feat
-    return {"modality": modality, "rows": rows, "read_s": round(t_read, 3), "features_s": round(t_feat, 3),
-            "rows_per_s": round(rows / total, 1) if total else None, "peak_rss_mb": round(_rss_mb(), 1)}
-
-
-def bench_ingest(args: argparse.Namespace) -> dict:
-    from stages.simulate.generate import generate
-    from stages.simulate.params import SynthParams
-
-    params = dataclasses.replace(SynthParams(), hours=args.hours, requests_per_s=args.requests_per_s)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
-    root = work / f"bench_{args.format}"
-    t0 = time.perf_counter()
-    if (root / ".complete").exists():
-        summary = json.loads((root.parent / f"{root.name}.summary.json").read_text())
-        gen_s = float("nan")
-    else:
-        summary = generate(f"bench_{args.format}", args.format, root, params, seed=0)
-        gen_s = time.perf_counter() - t0
-        (root.parent / f"{root.name}.summary.json").write_text(json.dumps(summary, default=str))
-        (root / ".complete").touch()
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    log.info("generated %.1f MB in %.1f s at %s", size / 2**20, gen_s, root)
-    results = {"format": args.format, "hours": args.hours, "requests_per_s": args.requests_per_s,
-               "dump_mb": round(size / 2**20, 1), "generate_s": round(gen_s, 1), "summary": summary,
-               "modalities": {}}
-    for modality in ("metrics", "traces", "logs"):
-        # spawn, not fork: polars' thread pool does not survive a fork of a process that used it
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            r = pool.submit(_ingest_one, args.format, str(root), modality, args.step_s).result()
-        results["modalities"][modality] = r
-        log.info("%s", r)
-    return results
 
 
 def _synthetic_windows(n_windows: int, window: int, stride: int, channels: int, edges: int, log_cols: int,
@@ -231,12 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("ingest")
-    a.add_argument("--format", default="eadro", choices=["eadro", "gaia", "msds"])
-    a.add_argument("--hours", type=float, default=24.0)
-    a.add_argument("--requests-per-s", type=float, default=2.0)
-    a.add_argument("--step-s", type=float, default=10.0)
-    a.add_argument("--workdir", default=None)
+    a = sub.add_parser("ingest", description=bench_ingest.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_ingest.add_arguments(a)
     t = sub.add_parser("train")
     t.add_argument("--detector", default="fuseguard")
     t.add_argument("--profile", default="default", choices=sorted(PROFILES))
@@ -260,9 +196,14 @@ def main(argv: list[str] | None = None) -> int:
             write_json(result, Path("bench") / f"score_{result['dataset']}_{result['detector']}.json")
             print(json.dumps(result, indent=2, default=str))
             return
-        result = bench_ingest(args) if args.what == "ingest" else bench_train(args)
-        name = f"{args.what}_{getattr(args, 'format', None) or args.detector}_{getattr(args, 'profile', '')}"
-        write_json(result, Path("bench") / f"{name.rstrip('_')}.json")
+        if args.what == "ingest":
+            result = bench_ingest.bench_ingest(args)
+            name = f"ingest_{result['format']}" + ("_scale" if args.scale else "")
+            print(result["table"])
+        else:
+            result = bench_train(args)
+            name = f"train_{args.detector}_{args.profile}"
+        write_json(result, Path("bench") / f"{name}.json")
         print(json.dumps(result, indent=2, default=str))
 
     return run_stage(run)
