@@ -1,97 +1,41 @@
 """Benchmarks, one command each (speed is measured here, never asserted in tests).
 
-    python -m stages.bench ingest [--hours 24] [--format eadro] [--requests-per-s 2]
-        generate a large synthetic dump, then time each reader + feature step in a fresh process:
-        metric rows/s, spans/s, log lines/s through Drain3, peak RSS per modality.
+    python -m stages.bench ingest [--format eadro] [--hours 24] [--requests-per-s 2] [--scale gaia|msds|eadro]
+        generate a synthetic dump, then run each modality's reader (and its feature step) and a plain
+        reference reader of the same files, each in a fresh process: rows/s, MB/s, peak RSS and the
+        project/reference ratios as a markdown table (see stages/bench_ingest.py).
     python -m stages.bench train [--detector fuseguard] [--profile default|paper] [--windows 512]
         training and scoring windows/s on synthetic windows, on CUDA when present (bf16 and fp32)
         else on the CPU; peak memory.
+
+    python -m stages.bench score MODEL_DIR [--hours 24] [--workdir DIR]
+        generate a new dump of the model's system (synth --variant), score it whole with
+        ``stages.score`` (cold: includes the threshold calibration on validation scores), then as two
+        halves with --resume (the streaming steady state); wall seconds per phase and steps/s.
 
 Results are printed as JSON and written to ``bench/<name>.json``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import multiprocessing
 import resource
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from stages.core.io import write_json
+from stages import bench_ingest
 from stages.core.cli import run_stage
+from stages.core.io import write_json
 
 log = logging.getLogger("stages.bench")
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _ingest_one(fmt: str, root: str, modality: str, step_s: float) -> dict:
-    """Read one modality and build its features; runs in a fresh process for an honest peak RSS."""
-    from stages.core.params import SplitParams
-    from stages.features.params import LogsParams, MetricsParams
-    from stages.formats import read_modality
-
-    t0 = time.perf_counter()
-    frame = read_modality(fmt, Path(root), modality)
-    t_read = time.perf_counter() - t0
-    rows = 0 if frame is None else frame.height
-    t1 = time.perf_counter()
-    if frame is not None:
-        if modality == "metrics":
-            from stages.features.metric_matrix import metric_matrix
-
-            metric_matrix(frame, step_s, SplitParams(), MetricsParams())
-        elif modality == "traces":
-            from stages.features.trace_features import trace_features
-
-            trace_features(frame, step_s, SplitParams())
-        elif modality == "logs":
-            from stages.features.log_templates import mine_templates
-
-            mine_templates(frame, LogsParams(), step_s)
-    t_feat = time.perf_counter() - t1
-    total = t_read + t_feat
-    return {"modality": modality, "rows": rows, "read_s": round(t_read, 3), "features_s": round(t_feat, 3),
-            "rows_per_s": round(rows / total, 1) if total else None, "peak_rss_mb": round(_rss_mb(), 1)}
-
-
-def bench_ingest(args: argparse.Namespace) -> dict:
-    from stages.simulate.generate import generate
-    from stages.simulate.params import SynthParams
-
-    params = dataclasses.replace(SynthParams(), hours=args.hours, requests_per_s=args.requests_per_s)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
-    root = work / f"bench_{args.format}"
-    t0 = time.perf_counter()
-    if (root / ".complete").exists():
-        summary = json.loads((root.parent / f"{root.name}.summary.json").read_text())
-        gen_s = float("nan")
-    else:
-        summary = generate(f"bench_{args.format}", args.format, root, params, seed=0)
-        gen_s = time.perf_counter() - t0
-        (root.parent / f"{root.name}.summary.json").write_text(json.dumps(summary, default=str))
-        (root / ".complete").touch()
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-    log.info("generated %.1f MB in %.1f s at %s", size / 2**20, gen_s, root)
-    results = {"format": args.format, "hours": args.hours, "requests_per_s": args.requests_per_s,
-               "dump_mb": round(size / 2**20, 1), "generate_s": round(gen_s, 1), "summary": summary,
-               "modalities": {}}
-    for modality in ("metrics", "traces", "logs"):
-        # spawn, not fork: polars' thread pool does not survive a fork of a process that used it
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            r = pool.submit(_ingest_one, args.format, str(root), modality, args.step_s).result()
-        results["modalities"][modality] = r
-        log.info("%s", r)
-    return results
 
 
 def _synthetic_windows(n_windows: int, window: int, stride: int, channels: int, edges: int, log_cols: int,
@@ -133,6 +77,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     from stages.core.llm import hidden_size, load_backbone
     from stages.core.params import LLMParams, build
     from stages.nets.registry import detector_class
+    from stages.train import training_throughput
 
     prof = PROFILES[args.profile]
     llm = build(LLMParams, prof["llm"], where="llm")
@@ -157,8 +102,11 @@ def bench_train(args: argparse.Namespace) -> dict:
         t1 = time.perf_counter()
         det.score(ws)
         score_s = time.perf_counter() - t1
+        thr = training_throughput(history, len(ws), fit_s)  # optimisation passes only
         run = {"device": str(device), "amp_bf16": amp and device.type == "cuda", "epochs": epochs,
-               "train_windows_per_s": round(len(ws) * epochs / fit_s, 1),
+               "train_windows_per_s": round(thr["train_windows_per_s"], 1),
+               "validation_calibration_s": round(thr["other_fit_seconds"], 2)
+               if thr["other_fit_seconds"] is not None else None,
                "score_windows_per_s": round(len(ws) / score_s, 1), "peak_rss_mb": round(_rss_mb(), 1)}
         if device.type == "cuda":
             run["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -169,16 +117,62 @@ def bench_train(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(), "runs": runs}
 
 
+def bench_score(args: argparse.Namespace) -> dict:
+    from stages.core.params import build, dataset, load_raw
+    from stages.score import ScoreArgs, run as score_run
+    from stages.scoring.frozen import Paths, load_frozen
+    from stages.simulate.generate import generate
+    from stages.simulate.params import SynthParams
+
+    root = Path(args.root)
+    frozen = load_frozen(args.model_dir, Paths(root))
+    raw = load_raw(root / "params.yaml")
+    ds = dataset(frozen.dataset, raw)
+    with np.load(frozen.paths.windows / "grid.npz") as z:  # start the new dump an hour after the training data
+        last_s = int(z["ts"][-1]) // 1_000_000
+    start = np.datetime64((last_s // 3600 + 1) * 3600, "s")
+    synth = dict(raw.get("synth") or {})
+    synth.update(hours=args.hours, start_utc={**(synth.get("start_utc") or {}), ds.format: str(start)})
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-score-"))
+    dump = work / f"{frozen.dataset}_new_{args.hours:g}h"
+    t0 = time.perf_counter()
+    summary = generate(frozen.dataset, ds.format, dump, build(SynthParams, synth, where="synth"),
+                       int(raw.get("seed", 0)), variant="bench")
+    gen_s = time.perf_counter() - t0
+
+    def timed(out: str, *extra: str) -> tuple[float, dict]:
+        a = ScoreArgs(Path(args.model_dir), dump, out=work / out, paths=Paths(root))
+        for flag, value in zip(extra[::2], extra[1::2]):
+            setattr(a, flag, value)
+        t = time.perf_counter()
+        s = score_run(a)
+        return time.perf_counter() - t, s
+
+    whole_s, whole = timed("whole")
+    mid = str(start + np.timedelta64(int(args.hours * 1800), "s"))
+    first_s, _ = timed("half1", "to_ts", mid)
+    second_s, second = timed("half2", "resume", work / "half1")
+    steps = whole["steps_output"]
+    return {"model_dir": str(args.model_dir), "dataset": frozen.dataset, "detector": frozen.detector,
+            "hours": args.hours, "dump": str(dump), "generate_s": round(gen_s, 1),
+            "dump_mb": round(sum(p.stat().st_size for p in dump.rglob("*") if p.is_file()) / 2**20, 1),
+            "spans": summary["n_spans"], "log_lines": summary["n_log_lines"], "steps": steps,
+            "cold_whole": {"wall_s": round(whole_s, 2), "steps_per_s": round(steps / whole_s, 1),
+                           "phases_s": {k: round(v, 2) for k, v in whole["timing_s"].items()},
+                           "alarms": whole["alarms"]},
+            "resumed_second_half": {"wall_s": round(second_s, 2), "steps": second["steps_output"],
+                                    "steps_per_s": round(second["steps_output"] / second_s, 1),
+                                    "phases_s": {k: round(v, 2) for k, v in second["timing_s"].items()}},
+            "cold_first_half_wall_s": round(first_s, 2)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
-    a = sub.add_parser("ingest")
-    a.add_argument("--format", default="eadro", choices=["eadro", "gaia", "msds"])
-    a.add_argument("--hours", type=float, default=24.0)
-    a.add_argument("--requests-per-s", type=float, default=2.0)
-    a.add_argument("--step-s", type=float, default=10.0)
-    a.add_argument("--workdir", default=None)
+    a = sub.add_parser("ingest", description=bench_ingest.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_ingest.add_arguments(a)
     t = sub.add_parser("train")
     t.add_argument("--detector", default="fuseguard")
     t.add_argument("--profile", default="default", choices=sorted(PROFILES))
@@ -189,12 +183,27 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log-columns", type=int, default=100)
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=32)
+    sc = sub.add_parser("score")
+    sc.add_argument("model_dir", help="models/<dataset>/<detector> of a pipeline run")
+    sc.add_argument("--hours", type=float, default=24.0)
+    sc.add_argument("--root", default=".", help="repository root holding params.yaml, data/ and models/")
+    sc.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
 
     def run() -> None:
-        result = bench_ingest(args) if args.what == "ingest" else bench_train(args)
-        name = f"{args.what}_{getattr(args, 'format', None) or args.detector}_{getattr(args, 'profile', '')}"
-        write_json(result, Path("bench") / f"{name.rstrip('_')}.json")
+        if args.what == "score":
+            result = bench_score(args)
+            write_json(result, Path("bench") / f"score_{result['dataset']}_{result['detector']}.json")
+            print(json.dumps(result, indent=2, default=str))
+            return
+        if args.what == "ingest":
+            result = bench_ingest.bench_ingest(args)
+            name = f"ingest_{result['format']}" + ("_scale" if args.scale else "")
+            print(result["table"])
+        else:
+            result = bench_train(args)
+            name = f"train_{args.detector}_{args.profile}"
+        write_json(result, Path("bench") / f"{name}.json")
         print(json.dumps(result, indent=2, default=str))
 
     return run_stage(run)

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score
 from stages.core.errors import InputError
 from stages.core.params import LLMParams, build
 from stages.core.windowset import FeatureSchema, WindowSet
-from stages.nets.base import TrainConfig
+from stages.nets.base import TorchDetector, TrainConfig
 from stages.nets.fuseguard import FuseGuard, FuseGuardConfig
 from stages.nets.fuseguard_parts import (FrequencySparseMask, LogBranch, MaskedChannelAttention, MetricBranch,
                                          PatchEncoder, QualityFusion, TimeBasisDecoder, TraceBranch)
@@ -371,3 +371,17 @@ def test_detects_injected_faults_far_better_than_random(trained):
     for m in trained.modalities:
         assert not torch.all(getattr(trained.module, f"unit_scale_{m}") == 1)
     assert not torch.all(trained.module.error_scale == 1)
+
+
+def test_fast_scoring_path_matches_the_plain_forward(trained):
+    """score() folds LoRA into the frozen blocks and shares one pass with explain(); both must give
+    what the plain training-time forward (adapters unfolded, window_scores per batch) gives."""
+    ws = tiny_windowset(T=120, seed=11, faults=True, name="test")
+    fast = trained.score(ws)
+    assert trained.explain(ws)["modality_scores"]  # served from the same pass
+    trained._inference_weights(False)
+    trained._last_collect = None
+    plain = TorchDetector.score(trained, ws)  # the generic per-batch path, adapters unmerged
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-6)
+    other = tiny_windowset(T=120, seed=12, faults=True, name="test")
+    assert not np.allclose(trained.score(other), fast)  # a new window set is never served from the cache

@@ -116,3 +116,21 @@ def test_experiment_and_diffs(project):
     assert "metrics/eval/synth_tt/fuseguard.json" in diff
     sh(dvc + ["plots", "diff", "-o", "plots_out"], root, env)
     assert (root / "plots_out/index.html").exists()
+
+
+def test_data_and_models_move_through_a_dvc_remote(project, tmp_path):
+    """A local-folder remote stands in for S3/GCS (README, "Scale out"): push from this clone,
+    then a fresh clone of the git repo pulls every output and finds the pipeline up to date."""
+    root, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    remote = tmp_path / "remote"
+    sh(dvc + ["remote", "add", "--local", "-d", "shared", str(remote)], root, env)
+    sh(dvc + ["push", "-q", "--all-commits"], root, env)  # the committed run, whatever the workspace holds now
+    assert any(remote.rglob("*")), "nothing was pushed"
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    sh(dvc + ["remote", "add", "--local", "-d", "shared", str(remote)], clone, env)
+    sh(dvc + ["pull", "-q"], clone, env)
+    assert (clone / "models/synth_tt/fuseguard/detector/model.safetensors").exists()
+    status = sh(dvc + ["status"], clone, env)
+    assert "up to date" in status, status

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -14,7 +15,8 @@ def run_stage(fn: Callable[[], object]) -> int:
     try:
         from stages.core.io import recover_staging
 
-        recover_staging()  # finish or undo an interrupted publish before anything reads the outputs
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the writing rank touches outputs
+            recover_staging()  # finish or undo an interrupted publish before anything reads the outputs
         fn()
     except InputError as exc:
         logging.getLogger("stages").error("%s", exc)

@@ -30,7 +30,9 @@ THREADS = 1  # default fixed thread count: the only one every machine can give w
 
 def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():  # under torchrun each process takes its own GPU
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     return torch.device(requested)
 
 

@@ -202,6 +202,34 @@ class DSpot:
         if math.isfinite(z):
             self.z = max(z, self.t)
 
+    # -- persistence: a stream scored run by run resumes exactly where the last run stopped
+    def to_state(self) -> dict:
+        """Everything :meth:`step` depends on, as JSON-safe values (floats round-trip exactly)."""
+        return {"depth": self.depth, "init_level": self.init_level, "risk": self.risk,
+                "refit_every": self.refit_every, "ok": self.ok, "t": self.t, "z": self.z, "gamma": self.gamma,
+                "sigma": self.sigma, "n_obs": self.n_obs, "peaks": self._peaks[:self._n_peaks].tolist(),
+                "since_fit": self._since_fit, "buf": self._buf.tolist(), "pos": self._pos, "sum": self._sum,
+                "updates": self._updates}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "DSpot":
+        """The model :meth:`to_state` described (KeyError/TypeError on a malformed state)."""
+        model = cls(int(state["depth"]), float(state["init_level"]), float(state["risk"]), int(state["refit_every"]))
+        model.ok = bool(state["ok"])
+        model.t, model.z = float(state["t"]), float(state["z"])
+        model.gamma, model.sigma = float(state["gamma"]), float(state["sigma"])
+        model.n_obs = int(state["n_obs"])
+        peaks = np.asarray(state["peaks"], dtype=np.float64)
+        model._peaks = np.empty(max(64, 2 * len(peaks)))
+        model._peaks[:len(peaks)] = peaks
+        model._n_peaks = len(peaks)
+        model._since_fit = int(state["since_fit"])
+        model._buf = np.asarray(state["buf"], dtype=np.float64)
+        model._pos, model._sum, model._updates = int(state["pos"]), float(state["sum"]), int(state["updates"])
+        if model.ok and len(model._buf) != model.depth:
+            raise ValueError(f"DSPOT state: {len(model._buf)} buffered scores for depth {model.depth}")
+        return model
+
     # -- streaming
     @property
     def level(self) -> float:

@@ -91,6 +91,10 @@ class WindowSet:
     name: str = ""
     starts: np.ndarray = field(default=None)  # (W,) window start indices
     severity: np.ndarray | None = None  # (T,) fault severity class per step ("" = normal or unknown)
+    # absolute grid step (ts // step) of t = 0 when the span is part of a longer stream scored piece by
+    # piece (stages.score): detectors that draw random numbers key them by origin + t, so a step scores
+    # the same whichever piece it is in. None (splits of one dataset): keys are positions in the span.
+    origin: int | None = None
 
     def __post_init__(self) -> None:
         if self.severity is None:

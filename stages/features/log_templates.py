@@ -1,8 +1,9 @@
 """Log lines → Drain3 templates (one miner per service), per-line events and per-step template counts.
 
 Drain3 runs per service shard in a fixed order (services sorted, lines by ts then text), so
-the same dump always yields the same template ids. The miners' state is saved so that new
-logs can be parsed by the very same miners (:func:`load_miners`).
+the same dump always yields the same template ids. Lines go through :class:`CachedMiner`,
+which gives exactly plain Drain3's clusters and state, only faster on repeated lines. The miners'
+state is saved so that new logs can be parsed by the very same miners (:func:`load_miners`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from stages.core.frames import conform
 from stages.core.io import dumps_json
 from stages.core.params import build
 from stages.core.splits import grid
+from stages.features.drain_cache import CachedMiner
 from stages.features.params import LogsParams
 
 log = logging.getLogger(__name__)
@@ -90,10 +92,10 @@ def mine_templates(logs: pl.DataFrame, params: LogsParams, step_s: float) -> Min
     messages = df["message"].to_list()
     for service, lo, hi in tqdm(bounds.iter_rows(), total=bounds.height, desc="drain3", unit="service",
                                 disable=None):
-        miner = new_miner(params)
+        cached = CachedMiner(new_miner(params))
         for i in range(lo, hi + 1):
-            cluster_ids[i] = miner.add_log_message(messages[i])["cluster_id"]
-        miners[service] = miner
+            cluster_ids[i] = cached.add(messages[i])
+        miners[service] = cached.miner
 
     per_cluster = (df.select("service", "ts").with_columns(pl.Series("cluster", cluster_ids))
                    .group_by(["service", "cluster"]).agg(pl.len().alias("count"), pl.col("ts").min().alias("first_ts"))
@@ -191,6 +193,28 @@ class SavedMiners:
         if cluster is None:
             return None
         return self.cluster_to_template[service or UNKNOWN_SERVICE].get(cluster.cluster_id)
+
+    def match_many(self, service: str, lines: list[str]) -> np.ndarray:
+        """template_id of every line of one service (-1: no template matches, or no miner for the service).
+
+        Same result as :meth:`match` line by line; lines are masked first and each distinct masked
+        line is matched once (production logs repeat), and the miners are never updated.
+        """
+        out = np.full(len(lines), -1, dtype=np.int64)
+        miner = self.miners.get(service or UNKNOWN_SERVICE)
+        if miner is None:
+            return out
+        mapping = self.cluster_to_template[service or UNKNOWN_SERVICE]
+        cache: dict[str, int] = {}
+        for i, line in enumerate(lines):
+            masked = miner.masker.mask(line or "")
+            tid = cache.get(masked)
+            if tid is None:
+                cluster = miner.drain.match(masked, "fallback")
+                tid = -1 if cluster is None else mapping.get(cluster.cluster_id, -1)
+                cache[masked] = tid
+            out[i] = tid
+        return out
 
 
 def load_miners(directory: str | Path) -> SavedMiners:

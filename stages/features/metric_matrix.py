@@ -48,18 +48,47 @@ def scatter_on_grid(t_index: np.ndarray, c_index: np.ndarray, values: np.ndarray
     return out
 
 
-def forward_fill(x: np.ndarray, limit: int | None) -> np.ndarray:
-    """Forward-fill NaNs down each column, bridging at most ``limit`` steps (None: unbounded)."""
+def forward_fill(x: np.ndarray, limit: int | None, seed: np.ndarray | None = None,
+                 seed_age: np.ndarray | None = None) -> np.ndarray:
+    """Forward-fill NaNs down each column, bridging at most ``limit`` steps (None: unbounded).
+
+    ``seed`` / ``seed_age`` (per column, NaN seed = none) carry the last value observed *before*
+    row 0 and how many steps before row 0 it was (>= 1): a stream scored chunk by chunk fills the
+    head of a chunk exactly as one long matrix would (:mod:`stages.scoring.features`).
+    """
     if x.size == 0 or (limit is not None and limit <= 0):
         return x.copy()
     t = np.arange(x.shape[0])[:, None]
-    last = np.where(~np.isnan(x), t, -1)
+    none = np.iinfo(np.int64).min // 2  # "never observed": farther back than any limit
+    last = np.where(~np.isnan(x), t, none)
     np.maximum.accumulate(last, axis=0, out=last)
-    ok = last >= 0
+    seeded = np.zeros(x.shape[1], dtype=bool)
+    if seed is not None:
+        seeded = ~np.isnan(seed)
+        last = np.maximum(last, np.where(seeded, -np.asarray(seed_age, np.int64), none)[None, :])
+    ok = last > none
     if limit is not None:
         ok &= (t - last) <= limit
-    filled = np.take_along_axis(x, np.where(ok, last, 0), axis=0)
+    filled = np.take_along_axis(x, np.maximum(last, 0), axis=0)
+    if seeded.any():
+        filled = np.where(last < 0, np.asarray(seed, np.float64)[None, :], filled)
     return np.where(ok, filled, np.nan)
+
+
+def last_observed(x: np.ndarray, k0: int, seed: np.ndarray | None = None,
+                  seed_k: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: the last non-NaN value of ``x`` and its absolute step (row 0 = step ``k0``),
+    falling back to ``seed`` / ``seed_k`` (the carry of a previous chunk) where a column has none."""
+    C = x.shape[1]
+    value = np.full(C, np.nan) if seed is None else np.asarray(seed, np.float64).copy()
+    k = np.full(C, -1, np.int64) if seed_k is None else np.asarray(seed_k, np.int64).copy()
+    if x.shape[0]:
+        seen = ~np.isnan(x)
+        any_ = seen.any(axis=0)
+        row = x.shape[0] - 1 - np.argmax(seen[::-1], axis=0)
+        value[any_] = x[row[any_], np.flatnonzero(any_)]
+        k[any_] = k0 + row[any_]
+    return value, k
 
 
 def is_constant(x: np.ndarray, train_rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -82,6 +111,23 @@ def select_channels(names: list[str], params: MetricsParams) -> list[str]:
     return keep
 
 
+def with_column_names(points: pl.DataFrame) -> pl.DataFrame:
+    """Canonical metric points plus their ``<entity>/<metric>`` column name."""
+    return conform(points, "metrics").with_columns(
+        (pl.col("entity").fill_null("") + "/" + pl.col("metric").fill_null("")).alias("column"))
+
+
+def step_means(finite: pl.DataFrame, col_index: dict[str, int], g0: int, n_steps: int, step: int) -> np.ndarray:
+    """(n_steps, C) mean of the finite points of each column inside [ts, ts+step) of the grid from ``g0``;
+    NaN where a step has none. ``finite`` holds ``ts``, ``column`` (a key of ``col_index``) and ``value``."""
+    means = (finite.with_columns(((pl.col("ts") // step) * step).alias("step_ts"))
+             .group_by(["step_ts", "column"]).agg(pl.col("value").mean())
+             .with_columns(((pl.col("step_ts") - g0) // step).alias("t"),
+                           pl.col("column").replace_strict(col_index, return_dtype=pl.Int64).alias("c")))
+    return scatter_on_grid(means["t"].to_numpy(), means["c"].to_numpy(), means["value"].to_numpy(),
+                           (n_steps, len(col_index)))
+
+
 def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
                   params: MetricsParams) -> tuple[pl.DataFrame, dict]:
     """Canonical metric points → (``metrics.parquet`` frame, ``metrics_stats.json`` dict).
@@ -90,8 +136,7 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
     with ``ts < train_cutoff_us(grid[0], grid[-1], split)`` only.
     """
     step = step_us(step_s)
-    pts = conform(points, "metrics").with_columns(
-        (pl.col("entity").fill_null("") + "/" + pl.col("metric").fill_null("")).alias("column"))
+    pts = with_column_names(points)
     names = select_channels(sorted(pts["column"].unique().to_list()), params)
     pts = pts.filter(pl.col("column").is_in(names) & pl.col("ts").is_not_null())
     stats: dict = {"fit_until_ts": None, "step_s": step_s, "normalisation": None, "columns": {}, "dropped": [],
@@ -107,11 +152,7 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
     skipped = pts.height - finite.height
     if skipped:
         log.info("%d metric points are null/NaN/inf and count as missing", skipped)
-    means = (finite.with_columns(((pl.col("ts") // step) * step).alias("step_ts"))
-             .group_by(["step_ts", "column"]).agg(pl.col("value").mean())
-             .with_columns(((pl.col("step_ts") - int(g[0])) // step).alias("t"),
-                           pl.col("column").replace_strict(col_index, return_dtype=pl.Int64).alias("c")))
-    x = scatter_on_grid(means["t"].to_numpy(), means["c"].to_numpy(), means["value"].to_numpy(), (len(g), len(names)))
+    x = step_means(finite, col_index, int(g[0]), len(g), step)
 
     train_rows = g < cutoff
     rule = ScaleRule(rel_floor=params.rel_floor, abs_floor=params.abs_floor, clip=params.clip)

@@ -130,6 +130,28 @@ def call_graph(spans: pl.DataFrame, calls: pl.DataFrame, min_edge_count: int = 1
     }
 
 
+def edge_step_features(calls: pl.DataFrame, edges: list[str], g0: int, n_steps: int, step: int
+                       ) -> dict[str, np.ndarray]:
+    """Unscaled (n_steps, E) ``latency`` (mean callee duration, NaN without calls), ``count`` (log1p calls)
+    and ``error_rate`` of each ``caller->callee`` edge on the grid from ``g0``; calls on other edges are ignored."""
+    per_step = (calls.with_columns((pl.col("caller") + "->" + pl.col("callee")).alias("edge"),
+                                   ((pl.col("ts") // step) * step).alias("step_ts"))
+                .filter(pl.col("edge").is_in(edges))
+                .group_by(["step_ts", "edge"])
+                .agg(pl.len().alias("n"), pl.col("latency_s").mean().alias("lat"),
+                     pl.col("is_error").cast(pl.Int64).sum().alias("err"))
+                .with_columns(((pl.col("step_ts") - g0) // step).alias("t"),
+                              pl.col("edge").replace_strict({e: i for i, e in enumerate(edges)},
+                                                            return_dtype=pl.Int64).alias("c")))
+    shape = (n_steps, len(edges))
+    t, c = per_step["t"].to_numpy(), per_step["c"].to_numpy()
+    count = scatter_on_grid(t, c, per_step["n"].to_numpy(), shape, fill=0.0)
+    errors = scatter_on_grid(t, c, per_step["err"].to_numpy(), shape, fill=0.0)
+    latency = scatter_on_grid(t, c, per_step["lat"].to_numpy(), shape)
+    error_rate = np.divide(errors, count, out=np.zeros_like(errors), where=count > 0)
+    return {"latency": latency, "count": np.log1p(count), "error_rate": error_rate}
+
+
 def trace_series(calls: pl.DataFrame, graph: dict, ts_min: int, ts_max: int, step_s: float,
                  split: SplitParams, params: TracesParams | None = None) -> tuple[pl.DataFrame, dict]:
     """Per-edge latency / count / error_rate on the grid over [ts_min, ts_max], scaled on the training span."""
@@ -142,23 +164,10 @@ def trace_series(calls: pl.DataFrame, graph: dict, ts_min: int, ts_max: int, ste
                    "centred_only": [], "gap_fill": TRACE_GAP_FILL,
                    "transforms": {"count": "log1p", "latency": "seconds", "error_rate": "fraction"}}
     T, E = len(g), len(edges)
-    per_step = (calls.with_columns((pl.col("caller") + "->" + pl.col("callee")).alias("edge"),
-                                   ((pl.col("ts") // step) * step).alias("step_ts"))
-                .filter(pl.col("edge").is_in(edges))
-                .group_by(["step_ts", "edge"])
-                .agg(pl.len().alias("n"), pl.col("latency_s").mean().alias("lat"),
-                     pl.col("is_error").cast(pl.Int64).sum().alias("err"))
-                .with_columns(((pl.col("step_ts") - int(g[0])) // step).alias("t"),
-                              pl.col("edge").replace_strict({e: i for i, e in enumerate(edges)},
-                                                            return_dtype=pl.Int64).alias("c")))
-    t, c = per_step["t"].to_numpy(), per_step["c"].to_numpy()
-    count = scatter_on_grid(t, c, per_step["n"].to_numpy(), (T, E), fill=0.0)
-    errors = scatter_on_grid(t, c, per_step["err"].to_numpy(), (T, E), fill=0.0)
-    latency = scatter_on_grid(t, c, per_step["lat"].to_numpy(), (T, E))
-    error_rate = np.divide(errors, count, out=np.zeros_like(errors), where=count > 0)
+    features = edge_step_features(calls, edges, int(g[0]), T, step)
     train_rows = g < cutoff
-    features = {"latency": latency, "count": np.log1p(count), "error_rate": error_rate}
-    missing = 1.0 - (count[train_rows] > 0).sum(axis=0) / max(int(train_rows.sum()), 1)  # training steps w/o calls
+    # training steps without calls
+    missing = 1.0 - (features["count"][train_rows] > 0).sum(axis=0) / max(int(train_rows.sum()), 1)
     z = {}
     stats["normalisation"] = {**ScaleRule(params.rel_floor, 0.0, params.clip).describe(),
                               "abs_floor": {f: getattr(params.abs_floor, f) for f in EDGE_FEATURES}}

@@ -34,6 +34,7 @@ from stages.core.errors import InputError
 from stages.core.frames import US
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
+from stages.formats._metric_points import MetricPoints
 
 log = logging.getLogger(__name__)
 
@@ -101,36 +102,34 @@ def list_files(root: Path) -> dict[str, list[Path]]:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
-    """Long metric points of one service's CSV; None when it holds no data row (header only)."""
+def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> bool:
+    """Adds one service's CSV to ``points``; False when it holds no data row (header only)."""
     df = c.read_csv(path, ["timestamp"], infer=True)
     if df.height == 0:
-        return None
+        return False
     ts = c.parse_times(df["timestamp"], path, "timestamp")
     audit.series(path, ts, "timestamp")
     bad_ts = ts.is_null()
     if bad_ts.any():
         log.warning("%s: %d row(s) without a timestamp dropped", path, int(bad_ts.sum()))
         df, ts = df.filter(~bad_ts), ts.filter(~bad_ts)
-    return c.melt_metrics(df, ts, path.stem, path, skip=["timestamp"])
+    c.melt_metrics(df, ts, path.stem, path, skip=["timestamp"], points=points)
+    return True
 
 
 def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
     found = scan(root)
     files, skipped = found.files["metrics"], list(found.skips("metrics"))
     audit = c.TimeAudit("metrics")
-    frames = []
+    points = MetricPoints()
     for p in tqdm(files, desc="eadro metrics", disable=len(files) < 50):
-        frame = _read_metric_file(p, audit)
-        if frame is None:
+        if not _read_metric_file(p, audit, points):
             skipped.append((p, "header only, no data row"))
-        else:
-            frames.append(frame)
     c.warn_skipped("metrics", skipped, found.unclaimed)
     c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["timestamp"])
     if not files and not skipped:
         return None
-    df = c.finish(frames, "metrics", ["ts", "entity", "metric"])
+    df = points.frame()
     c.require_rows("metrics", df, files, skipped)
     audit.finish(df["ts"])
     return c.shift(df, ["ts"], offset_s)

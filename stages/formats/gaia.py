@@ -52,6 +52,7 @@ from stages.core.errors import InputError
 from stages.core.frames import US, empty
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
+from stages.formats._metric_points import MetricPoints
 
 log = logging.getLogger(__name__)
 
@@ -146,34 +147,34 @@ def _drop_index(df: pl.DataFrame) -> pl.DataFrame:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
+def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> bool:
+    """Adds one metric CSV to ``points``; False when it holds no data row (header only)."""
     m = METRIC_NAME.match(path.name)
     df = c.read_csv(path, ["timestamp", "value"], infer=True)
     if df.height == 0:
-        return None
+        return False
     ts = c.parse_times(df["timestamp"], path, "timestamp")
     audit.series(path, ts, "timestamp")
-    keep = ts.is_not_null()
     value = df["value"].cast(pl.Float64) if df["value"].dtype.is_numeric() else c.to_float(df["value"], path, "value")
-    out = pl.DataFrame({"ts": ts, "value": value}).filter(keep & value.is_not_null() & value.is_not_nan())
-    return out.with_columns(pl.lit(m["instance"]).alias("entity"), pl.lit(m["metric"]).alias("metric"))
+    keep = ts.is_not_null()
+    if not keep.all():
+        ts, value = ts.filter(keep), value.filter(keep)
+    points.add(m["instance"], ts, {m["metric"]: value})
+    return True
 
 
 def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
     found = scan(root)
     files, skipped = found.files["metrics"], list(found.skips("metrics"))
     audit = c.TimeAudit("metrics")
-    frames = []
+    points = MetricPoints()
     for p in tqdm(files, desc="gaia metrics", disable=len(files) < 50):
-        frame = _read_metric_file(p, audit)
-        if frame is None:
+        if not _read_metric_file(p, audit, points):
             skipped.append((p, "header only, no data row"))
-        else:
-            frames.append(frame)
     c.warn_skipped("metrics", skipped, found.unclaimed)
     if not files and not skipped:
         return None
-    df = c.finish(frames, "metrics", ["ts", "entity", "metric"])
+    df = points.frame()
     c.require_rows("metrics", df, files, skipped)
     audit.finish(df["ts"])
     return c.shift(df, ["ts"], offset_s)

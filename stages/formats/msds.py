@@ -35,16 +35,17 @@ import polars as pl
 from tqdm import tqdm
 
 from stages.core.errors import InputError
-from stages.core.frames import US
+from stages.core.frames import MODALITIES, SPAN_SCHEMA, US
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
+from stages.formats import _osprofiler as osp
+from stages.formats._metric_points import MetricPoints
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OFFSETS = ClockOffsets()
 
 _NODE = re.compile(r"(wally\d+)")
-_ID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\b[0-9a-fA-F]{32}\b|\b\d+\b"
 _CONTAINER_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 LABEL_COLUMNS = ["anomaly_type", "start_timestamp", "end_timestamp"]
 
@@ -78,12 +79,20 @@ def _guess(name: str) -> str | None:
     return None
 
 
-def scan(root: Path) -> c.Scan:
-    """Classify every CSV / JSON under ``root`` by content; list what is skipped and why."""
+def scan(root: Path, modality: str | None = None) -> c.Scan:
+    """Classify every CSV / JSON under ``root`` by content; list what is skipped and why.
+
+    With ``modality`` only the files that decide that modality are opened (issue 11): CSV headers
+    for metrics and logs, the first 64 KiB of each JSON for traces, whole Rally reports for faults;
+    the other modalities' lists stay empty and their files are listed when they are read.
+    """
     root = Path(root)
+    want = set(MODALITIES if modality is None else (modality,))
     out = c.Scan({"metrics": [], "traces": [], "logs": [], "faults": []})
     odd: list[tuple[Path, str]] = []
-    for p in c.find(root, "*.csv", odd=odd):
+    walked = c.walk(root)  # once for both patterns: a dump holds thousands of trace files
+    csvs = c.find(root, "*.csv", odd=odd, walked=walked)
+    for p in csvs if want & {"metrics", "logs"} else ():
         header = c.csv_header(p)
         if "now" in header:
             out.files["metrics"].append(p)
@@ -91,13 +100,14 @@ def scan(root: Path) -> c.Scan:
             out.files["logs"].append(p)
         elif not p.name.startswith("anomaly_label_"):
             why = "no Glances 'now' and no Elasticsearch '@timestamp' column"
-            modality = _guess(p.name)
-            if modality in ("metrics", "logs"):
-                out.skip(modality, p, why)
+            guess = _guess(p.name)
+            if guess in ("metrics", "logs"):
+                out.skip(guess, p, why)
             else:
                 out.unclaimed.append((p, why))
-    rally, labels = [], [p for p in c.find(root, "anomaly_label_*.csv")]
-    for p in c.find(root, "*.json", odd=odd):
+    rally, labels = [], [p for p in csvs if p.name.startswith("anomaly_label_")]
+    jsons = c.find(root, "*.json", odd=odd, walked=walked)  # listed always (not opened): odd entries are named per modality
+    for p in jsons if want & {"traces", "faults"} else ():
         kind = _json_kind(p)
         if kind == "rally":
             rally.append(p)
@@ -106,11 +116,13 @@ def scan(root: Path) -> c.Scan:
         else:
             out.unclaimed.append((p, "neither a Rally report nor an OSProfiler trace"))
     for p, why in odd:
-        modality = _guess(p.name) or ("traces" if p.suffix == ".json" else None)
-        if modality:
-            out.skip(modality, p, why)
+        guess = _guess(p.name) or ("traces" if p.suffix == ".json" else None)
+        if guess:
+            out.skip(guess, p, why)
         else:
             out.unclaimed.append((p, why))
+    if "faults" not in want:
+        return out
     if any(_rally_hook_count(p) for p in rally):
         out.files["faults"] = rally
         out.unclaimed += [(p, "not read: the Rally reports' hooks are the fault record") for p in labels]
@@ -130,11 +142,11 @@ def _rally_hook_count(path: Path) -> int:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
-    """Long metric points of one Glances CSV; None when it holds no data row (header only)."""
+def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> bool:
+    """Adds one Glances CSV to ``points``; False when it holds no data row (header only)."""
     df = c.read_csv(path, ["now"], infer=True)
     if df.height == 0:
-        return None
+        return False
     ts = c.parse_times(df["now"], path, "now")
     audit.series(path, ts, "now")
     keep = ts.is_not_null()
@@ -142,25 +154,23 @@ def _read_metric_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame | None:
         log.warning("%s: %d row(s) without a time dropped", path, int((~keep).sum()))
         df, ts = df.filter(keep), ts.filter(keep)
     m = _NODE.search(path.name)
-    return c.melt_metrics(df, ts, m.group(1) if m else path.stem, path, skip=["now"])
+    c.melt_metrics(df, ts, m.group(1) if m else path.stem, path, skip=["now"], points=points)
+    return True
 
 
 def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
+    found = scan(root, "metrics")
     files, skipped = found.files["metrics"], list(found.skips("metrics"))
     audit = c.TimeAudit("metrics")
-    frames = []
+    points = MetricPoints()
     for p in tqdm(files, desc="msds metrics", disable=len(files) < 20):
-        frame = _read_metric_file(p, audit)
-        if frame is None:
+        if not _read_metric_file(p, audit, points):
             skipped.append((p, "header only, no data row"))
-        else:
-            frames.append(frame)
     c.warn_skipped("metrics", skipped, found.unclaimed)
     c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["now"])
     if not files and not skipped:
         return None
-    df = c.finish(frames, "metrics", ["ts", "entity", "metric"])
+    df = points.frame()
     c.require_rows("metrics", df, files, skipped)
     audit.finish(df["ts"])
     return c.shift(df, ["ts"], offset_s)
@@ -190,7 +200,7 @@ def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
+    found = scan(root, "logs")
     files, skipped = found.files["logs"], list(found.skips("logs"))
     audit = c.TimeAudit("logs")
     frames = []
@@ -211,102 +221,32 @@ def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
 # ------------------------------------------------------------------ traces
 
 
-def _payloads(info: dict) -> tuple[dict | None, dict | None]:
-    start = stop = None
-    for key, val in info.items():
-        if key.startswith("meta.raw_payload.") and isinstance(val, dict):
-            if key.endswith("-start"):
-                start = val
-            elif key.endswith("-stop"):
-                stop = val
-    return start, stop
-
-
-def _operation(info: dict, start: dict | None) -> str:
-    name = str(info.get("name", ""))
-    req = ((start or {}).get("info") or {}).get("request") or {}
-    if isinstance(req, dict) and req.get("path") is not None:
-        path = re.sub(_ID, "<id>", str(req.get("path")))
-        return f"{name} {req.get('method', '')} {path}".strip()
-    db = ((start or {}).get("info") or {}).get("db") or {}
-    if isinstance(db, dict) and db.get("statement"):
-        return f"{name} {str(db['statement']).split(' ', 1)[0].upper()}"
-    fn = ((start or {}).get("info") or {}).get("function") or {}
-    if isinstance(fn, dict) and fn.get("name"):
-        return f"{name} {fn['name']}"
-    return name
-
-
-def _is_error(info: dict, stop: dict | None) -> bool:
-    exc = info.get("exception")
-    if exc not in (None, "", "None"):
-        return True
-    stop_info = (stop or {}).get("info") or {}
-    return isinstance(stop_info, dict) and ("etype" in stop_info or "error" in stop_info)
-
-
-def _read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
-    data = c.load_json(path)
-    c.expect_key(data, "children", path, "")
-    rows: dict[str, list] = {k: [] for k in ("trace_id", "span_id", "parent_id", "service", "operation",
-                                             "abs_us", "started_ms", "finished_ms", "is_error", "where")}
-    stack = [(child, f"children[{i}]") for i, child in reversed(list(enumerate(data["children"])))]
-    while stack:
-        node, where = stack.pop()
-        info = c.expect_key(node, "info", path, where)
-        span_id = c.expect_key(node, "trace_id", path, where)
-        for key in ("started", "finished"):
-            if isinstance(info.get(key), bool) or not isinstance(info.get(key), (int, float)):
-                raise InputError(path, f"{where}.info.{key}", "a number of milliseconds", info.get(key))
-        if info["finished"] < info["started"]:
-            raise InputError(path, f"{where}.info.finished", f"a time >= info.started ({info['started']})",
-                             info["finished"])
-        start, stop = _payloads(info)
-        base = (start or stop or {}).get("base_id")
-        rows["trace_id"].append(base)
-        rows["span_id"].append(str(span_id))
-        parent = node.get("parent_id")
-        rows["parent_id"].append(None if parent in (None, "", base) else str(parent))
-        rows["service"].append(str(info.get("project") or info.get("service") or "unknown"))
-        rows["operation"].append(_operation(info, start))
-        rows["abs_us"].append((start or {}).get("timestamp"))
-        rows["started_ms"].append(float(info["started"]))
-        rows["finished_ms"].append(float(info["finished"]))
-        rows["is_error"].append(_is_error(info, stop))
-        rows["where"].append(where)
-        stack.extend((ch, f"{where}.children[{i}]") for i, ch in reversed(list(enumerate(node.get("children") or []))))
-    df = pl.DataFrame(rows, schema_overrides={"abs_us": pl.Utf8, "trace_id": pl.Utf8})
-    if df.height == 0:
-        return df
-    places = df["where"]
-    abs_us = c.parse_times(df["abs_us"], path, "meta.raw_payload.*-start.timestamp",
-                           row_label=lambda i: places[i])
-    # Nodes without a start payload are placed from the trace's anchor (absolute - relative start).
-    anchor = (abs_us - (df["started_ms"] * 1000).round(0).cast(pl.Int64)).drop_nulls()
-    if anchor.len() == 0:
-        raise InputError(path, "meta.raw_payload.*-start", "at least one span with an absolute start timestamp")
-    base_ids = df["trace_id"].drop_nulls()
-    trace_id = base_ids[0] if base_ids.len() else path.stem
-    start = abs_us.fill_null((df["started_ms"] * 1000).round(0).cast(pl.Int64) + int(anchor.min()))
-    audit.series(path, start, "meta.raw_payload.*-start.timestamp", row_label=lambda i: places[i])
-    return df.with_columns(
-        pl.lit(trace_id).alias("trace_id"),
-        start.alias("start_ts"),
-        ((pl.col("finished_ms") - pl.col("started_ms")) / 1000.0).alias("duration_s"),
-    )
-
-
 def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
+    found = scan(root, "traces")
     files, skipped = found.files["traces"], list(found.skips("traces"))
     audit = c.TimeAudit("traces")
-    frames = []
+    frames: list[pl.DataFrame] = []
+    cols: dict[str, list] = {k: [] for k in SPAN_SCHEMA}  # spans of consecutive plain files, one frame
+
+    def flush() -> None:
+        if cols["span_id"]:
+            frames.append(pl.DataFrame(cols, schema=SPAN_SCHEMA))
+            for v in cols.values():
+                v.clear()
+
     for p in tqdm(files, desc="msds traces", disable=len(files) < 100):
-        frame = _read_trace_file(p, audit)
-        if frame.height == 0:
+        rows = osp.walk(osp.load(p), p)
+        if not rows["span_id"]:
             skipped.append((p, "a trace without spans"))
+            continue
+        spans = osp.place(rows, p, audit)
+        if spans is None:
+            flush()
+            frames.append(osp.place_polars(rows, p, audit))
         else:
-            frames.append(frame)
+            for k, v in spans.items():
+                cols[k] += v
+    flush()
     c.warn_skipped("traces", skipped, found.unclaimed)
     if not files and not skipped:
         return None
@@ -391,7 +331,7 @@ def _read_labels(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
 
 
 def read_faults(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
+    found = scan(root, "faults")
     files, skipped = found.files["faults"], list(found.skips("faults"))
     c.warn_skipped("faults", skipped, found.unclaimed)
     if not files:

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from stages.core.device import autocast, pick_device, seed_everything
+from stages.core import distributed
+from stages.core.device import autocast, limited_threads, pick_device, seed_everything
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.params import LLMParams, build
@@ -119,6 +120,8 @@ class TrainConfig:
     # early stopping reads the loss on at most this many evenly spaced validation windows (0 = all):
     # a week-long validation span would otherwise cost more per epoch than the few-shot training
     max_val_windows: int = 512
+    # windows per forward pass when scoring (eval mode: windows are independent, so wider is cheaper)
+    score_batch_size: int = 128
 
 
 class TorchDetector(Detector):
@@ -205,8 +208,18 @@ class TorchDetector(Detector):
                 n += len(starts)
         return total / max(n, 1)
 
+    @property
+    def cpu_threads(self) -> int:
+        """Torch threads for fitting and scoring on the CPU (the config's ``cpu_threads``; 0 = as set)."""
+        return int(getattr(self.config, "cpu_threads", 0))
+
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
+        with limited_threads(self.cpu_threads, self.device):
+            return self._fit(train, val, sources)
+
+    def _fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
+             ) -> dict[str, list[float]]:
         tc = self.config.train
         if len(train) == 0:
             raise ValueError(f"{self.name}: the training split has no complete window")
@@ -225,15 +238,32 @@ class TorchDetector(Detector):
         if tc.max_val_windows and len(val) > tc.max_val_windows:
             pick = np.unique(np.linspace(0, len(val) - 1, tc.max_val_windows).round().astype(np.int64))
             val_es = dataclasses.replace(val, starts=val.starts[pick])
+        inner = self.module
+        self.module = distributed.wrap(inner, self.device)  # torchrun: DDP averages gradients over ranks
+        try:
+            history, best_state = self._epochs(train, val_es, len(val), opt, ckpt, inner, history, best,
+                                               best_state, bad, start_epoch)
+        finally:
+            self.module = inner
+        if best_state is not None:
+            self.module.load_state_dict(best_state)
+        return history
+
+    def _epochs(self, train: WindowSet, val_es: WindowSet, n_val: int, opt: torch.optim.Optimizer,
+                ckpt: Path | None, inner: torch.nn.Module, history: dict[str, list[float]], best: float,
+                best_state: dict | None, bad: int, start_epoch: int) -> tuple[dict, dict | None]:
+        """The epoch loop; ``self.module`` is the (possibly DDP-wrapped) module, ``inner`` the bare one."""
+        tc = self.config.train
         for epoch in range(start_epoch, tc.epochs):
             t0 = time.perf_counter()
             self.module.train()
             total, n = 0.0, 0
             starts_all = self._epoch_starts(train, epoch)
             bar = tqdm(range(0, len(starts_all), tc.batch_size), desc=f"{self.name} epoch {epoch + 1}/{tc.epochs}",
-                       leave=False, disable=None)
+                       leave=False, disable=None if distributed.is_main() else True)
             for i in bar:
-                starts = starts_all[i:i + tc.batch_size]
+                batch_starts = starts_all[i:i + tc.batch_size]
+                starts = distributed.shard(batch_starts)  # this rank's share of the global batch
                 with autocast(self.device, tc.amp):
                     batch = self.make_batch(train, starts)
                     loss = self.loss(batch)
@@ -246,15 +276,19 @@ class TorchDetector(Detector):
                     self._require_finite(norm, epoch + 1, f"gradient norm of the training loss "
                                                           f"(batch {i // tc.batch_size})")
                 opt.step()
-                total += value * len(starts)
-                n += len(starts)
+                if epoch == start_epoch and i == 0:
+                    distributed.sync_parameters(inner)  # one model on every rank after data-dependent inits
+                total += distributed.mean_over_ranks(value) * len(batch_starts)
+                n += len(batch_starts)
                 bar.set_postfix(loss=f"{value:.4f}")
+            history.setdefault("optimise_seconds", []).append(time.perf_counter() - t0)  # without validation
+            history.setdefault("optimise_windows", []).append(float(n))
             self._fit_epoch = epoch + 1
             try:
-                val_loss = self._eval_loss(val_es) if len(val) else total / max(n, 1)
+                val_loss = self._eval_loss(val_es) if n_val else total / max(n, 1)
             finally:
                 self._fit_epoch = None
-            self._require_finite(val_loss, epoch + 1, "validation loss" if len(val) else "training loss")
+            self._require_finite(val_loss, epoch + 1, "validation loss" if n_val else "training loss")
             history["epoch"].append(epoch + 1)
             history["train_loss"].append(total / max(n, 1))
             history["val_loss"].append(val_loss)
@@ -262,26 +296,24 @@ class TorchDetector(Detector):
             log.info("%s epoch %d: train %.5f val %.5f", self.name, epoch + 1, history["train_loss"][-1], val_loss)
             if val_loss < best - 1e-6:
                 best, bad = val_loss, 0
-                best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in inner.state_dict().items()}
             else:
                 bad += 1
-            if ckpt is not None:
+            if ckpt is not None and distributed.is_main():
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"module": self.module.state_dict(), "opt": opt.state_dict(), "history": history,
+                torch.save({"module": inner.state_dict(), "opt": opt.state_dict(), "history": history,
                             "best": best, "bad": bad, "epoch": epoch, "best_state": best_state}, ckpt)
             if bad >= tc.patience:
                 log.info("%s: early stop at epoch %d (best val %.5f)", self.name, epoch + 1, best)
                 break
-        if best_state is not None:
-            self.module.load_state_dict(best_state)
-        return history
+        return history, best_state
 
     def score(self, windows: WindowSet) -> np.ndarray:
         self.module.eval()
         tc = self.config.train
         rows = []
-        with torch.no_grad():
-            for starts in windows.batches(tc.batch_size):
+        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
+            for starts in windows.batches(max(tc.batch_size, tc.score_batch_size)):
                 with autocast(self.device, tc.amp):
                     rows.append(self.window_scores(self.make_batch(windows, starts)).float().cpu().numpy())
         if not rows:

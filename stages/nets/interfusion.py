@@ -488,7 +488,8 @@ class InterFusion(TorchDetector):
         net: InterFusionNet = self.module
         per_window = net.noise_per_window(cfg, (net.inter.channels, net.inter.latent_len), ws.window, tail,
                                           net.n_dims)
-        keys = [self.seed * 1_000_003 + int(s) for s in starts]
+        origin = ws.origin or 0  # a stream scored piece by piece keys draws by absolute step
+        keys = [self.seed * 1_000_003 + origin + int(s) for s in starts]
         net.eval()
         with torch.inference_mode():
             noise = NoiseTape(keys, per_window, self.device)

@@ -320,6 +320,9 @@ class XLSTMLogAD(Detector):
         if val is not None and len(val):
             x_va, len_va = self._inputs(val, vectors)
             y_va = self._tfidf(val.counts)
+            if tc.max_val_windows and len(x_va) > tc.max_val_windows:  # evenly spaced, as the torch loop does
+                pick = np.unique(np.linspace(0, len(x_va) - 1, tc.max_val_windows).round().astype(np.int64))
+                x_va, len_va, y_va = x_va[pick], len_va[pick], y_va[pick]
         rng = np.random.default_rng(self.seed)
         history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
         best, best_state, bad = math.inf, None, 0

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from scipy import sparse
+from tqdm.auto import tqdm
 
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.features.log_windows import LogSequences, chronological_split, load_loghub
@@ -175,3 +178,34 @@ def log_report(method: str, scores: np.ndarray, threshold: float, threshold_rule
           + table(rows, EXTRA_COLUMNS))
     return metrics, md
 
+
+
+@dataclass
+class TimedRun:
+    """What :func:`fit_score_report` measured."""
+
+    fitted: Any  # whatever the fit callable returned (a training history)
+    metrics: dict[str, Any]
+    markdown: str
+    train_seconds: float
+    windows_per_s: float
+
+
+def fit_score_report(method: str, fit: Callable[[], Any], score: Callable[[], np.ndarray], n_test: int,
+                     report: Callable[[np.ndarray], tuple[dict[str, Any], str]]) -> TimedRun:
+    """Fit, score the test windows and build the report under one progress bar, timing fit and score."""
+    with tqdm(total=3, desc=f"{method} replay", unit="stage", disable=False) as bar:  # the long part
+        bar.set_postfix_str("fit")
+        t0 = time.perf_counter()
+        fitted = fit()
+        train_s = time.perf_counter() - t0
+        bar.update()
+        bar.set_postfix_str("score")
+        t0 = time.perf_counter()
+        scores = score()
+        score_s = time.perf_counter() - t0
+        bar.update()
+        bar.set_postfix_str("floors + intervals")
+        metrics, md = report(scores)
+        bar.update()
+    return TimedRun(fitted, metrics, md, train_s, n_test / max(score_s, 1e-9))

@@ -27,15 +27,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import time
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from stages.core.params import LLMParams, build
 from stages.replays.common import ReplayResult, merge, parse_overrides, replay_main
-from stages.replays.log_common import (add_system_args, common_args, load_system, log_report, loghub_schema,
-                                       split_counts, split_target)
+from stages.replays.log_common import (add_system_args, common_args, fit_score_report, load_system, log_report,
+                                       loghub_schema, split_counts, split_target)
 
 log = logging.getLogger(__name__)
 DECISION_THRESHOLD = 0.5
@@ -61,33 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         target_all = load_system(args, "target" if cross else "loghub", config.max_len)
         train, val, test = split_target(target_all, target_path, args.train, args.val)
         source = load_system(args, "loghub", config.max_len) if cross else None
-        with tqdm(total=3, desc="metalog replay", unit="stage", disable=False) as bar:  # the long part
-            bar.set_postfix_str("fit")
-            det = MetaLog(config, loghub_schema(target_all, Path(target_path).name), LLMParams(backbone=args.backbone),
-                          seed=args.seed)
-            t0 = time.perf_counter()
-            history = det.fit_sequences(train, [source] if cross else [])
-            train_s = time.perf_counter() - t0
-            bar.update()
-            bar.set_postfix_str("score")
-            t0 = time.perf_counter()
-            scores = det.score_sequences(test)
-            score_s = time.perf_counter() - t0
-            bar.update()
-            bar.set_postfix_str("floors + intervals")
-            title = (f"MetaLog {Path(args.loghub).name} → {Path(args.target).name}" if cross
-                     else f"MetaLog in-system {Path(args.loghub).name}")
-            metrics, md = log_report("metalog", scores, DECISION_THRESHOLD, "classifier's 0.5", train, val, test,
-                                     args.seed, args.n_boot, title)
-            bar.update()
+        det = MetaLog(config, loghub_schema(target_all, Path(target_path).name), LLMParams(backbone=args.backbone),
+                      seed=args.seed)
+        title = (f"MetaLog {Path(args.loghub).name} → {Path(args.target).name}" if cross
+                 else f"MetaLog in-system {Path(args.loghub).name}")
+        done = fit_score_report(
+            "metalog", lambda: det.fit_sequences(train, [source] if cross else []),
+            lambda: det.score_sequences(test), len(test),
+            lambda scores: log_report("metalog", scores, DECISION_THRESHOLD, "classifier's 0.5", train, val, test,
+                                      args.seed, args.n_boot, title))
+        metrics, history = done.metrics, done.fitted
         metrics.update({"method": "metalog", "protocol": "cross_system" if cross else "in_system",
                         "mode": config.mode, "source": args.loghub if cross else None, "target": target_path,
                         "threshold_source": "the classifier's own 0.5 (no label)",
-                        "train_seconds": train_s, "windows_per_s": len(test) / max(score_s, 1e-9),
+                        "train_seconds": done.train_seconds, "windows_per_s": done.windows_per_s,
                         "device": str(det.device), "config": dataclasses.asdict(config), "seed": args.seed,
                         "final_train_loss": history["train_loss"][-1] if history.get("train_loss") else None,
                         **(split_counts("source", source) if cross else {}), **split_counts("train", train),
                         **split_counts("val", val), **split_counts("test", test)})
-        return ReplayResult(metrics, md)
+        return ReplayResult(metrics, done.markdown)
 
     return replay_main(run, args.out)

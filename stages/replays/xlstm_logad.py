@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from stages.core.params import LLMParams, build
 from stages.replays.common import ReplayResult, parse_overrides, replay_main
-from stages.replays.log_common import (add_system_args, common_args, concat_systems, load_system, log_report,
-                                       loghub_schema, reindex, split_counts, split_target)
+from stages.replays.log_common import (add_system_args, common_args, concat_systems, fit_score_report, load_system,
+                                       log_report, loghub_schema, reindex, split_counts, split_target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,29 +61,20 @@ def main(argv: list[str] | None = None) -> int:
             fit_train, templates = concat_systems(source, labelled_subset(train, args.labelled_anomaly_percent,
                                                                           args.seed))
             fit_val, fit_test = reindex(val, templates), reindex(test, templates)
-        with tqdm(total=3, desc="xlstm_logad replay", unit="stage", disable=False) as bar:  # the long part
-            bar.set_postfix_str("fit")
-            det = XLSTMLogAD(config, loghub_schema(fit_train, Path(target_path).name),
-                             LLMParams(backbone=args.backbone), seed=args.seed)
-            t0 = time.perf_counter()
-            det.fit_sequences(fit_train, fit_val)
-            train_s = time.perf_counter() - t0
-            bar.update()
-            bar.set_postfix_str("score")
-            t0 = time.perf_counter()
-            scores = det.score_sequences(fit_test)
-            score_s = time.perf_counter() - t0
-            bar.update()
-            bar.set_postfix_str("floors + intervals")
-            title = (f"xLSTM {Path(args.loghub).name} → {Path(args.target).name}" if cross
-                     else f"xLSTM in-system {Path(args.loghub).name}")
-            metrics, md = log_report("xlstm_logad", scores, det.threshold, "best F1 on training blocks", train, val,
-                                     test, args.seed, args.n_boot, title)
-            bar.update()
+        det = XLSTMLogAD(config, loghub_schema(fit_train, Path(target_path).name), LLMParams(backbone=args.backbone),
+                         seed=args.seed)
+        title = (f"xLSTM {Path(args.loghub).name} → {Path(args.target).name}" if cross
+                 else f"xLSTM in-system {Path(args.loghub).name}")
+        done = fit_score_report(
+            "xlstm_logad", lambda: det.fit_sequences(fit_train, fit_val), lambda: det.score_sequences(fit_test),
+            len(test),
+            lambda scores: log_report("xlstm_logad", scores, det.threshold, "best F1 on training blocks", train, val,
+                                      test, args.seed, args.n_boot, title))
+        metrics = done.metrics
         metrics.update({"method": "xlstm_logad", "protocol": "cross_system" if cross else "chronological_split",
                         "source": args.loghub if cross else None, "target": target_path,
                         "threshold_source": "best F1 on training blocks (out-of-fold signals)",
-                        "train_seconds": train_s, "windows_per_s": len(test) / max(score_s, 1e-9),
+                        "train_seconds": done.train_seconds, "windows_per_s": done.windows_per_s,
                         "device": str(det.device),
                         "weights": {"container": float(det.coef[0]), "reconstruction": float(det.coef[1]),
                                     "bias": float(det.intercept)},
@@ -94,6 +82,6 @@ def main(argv: list[str] | None = None) -> int:
                         **({"labelled_anomaly_percent": args.labelled_anomaly_percent,
                             **split_counts("source", source), **split_counts("fit", fit_train)} if cross else {}),
                         **split_counts("train", train), **split_counts("val", val), **split_counts("test", test)})
-        return ReplayResult(metrics, md)
+        return ReplayResult(metrics, done.markdown)
 
     return replay_main(run, args.out)

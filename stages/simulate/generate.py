@@ -44,12 +44,15 @@ def chunk_bounds(t_start: float, t_end: float, chunk_s: float) -> list[tuple[flo
     return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:]) if b - a > 1e-6]
 
 
-def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthParams, seed: int) -> dict:
+def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthParams, seed: int,
+             variant: str | None = None) -> dict:
     """Write the dump of ``dataset_name`` at ``out_dir`` (replaced atomically) and return a summary.
 
     The dataset name enters the seed through a stable hash, so the three synthetic systems differ
     while each is byte-for-byte reproducible. Besides the native files, the dump holds the
     ground-truth sidecar ``synth_truth.json`` (faults with intensity and severity, benign events).
+    ``variant`` keeps the same system (services, call graph, log templates) but draws other faults,
+    benign events and traffic: new data of the system a model was trained on (``python -m stages.score``).
     """
     if fmt not in FORMATS:
         raise InputError(PARAMS_FILE, f"datasets.{dataset_name}.format", f"one of {', '.join(FORMATS)}", fmt)
@@ -58,6 +61,10 @@ def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthPara
     rng = np.random.default_rng(ds_seed)
     system = build_system(fmt, params, rng)
     book = build_book(system, rng)
+    stream_seed = ds_seed
+    if variant is not None:  # same system and template book, other faults, background and traffic
+        stream_seed = stable_seed(ds_seed, "variant", variant)
+        rng = np.random.default_rng(stream_seed)
     t_start = parse_start(params.start_utc[fmt], fmt)
     t_end = t_start + params.hours * 3600.0
     faults = schedule_faults(system, t_start, t_end, params, rng)
@@ -69,7 +76,7 @@ def generate(dataset_name: str, fmt: str, out_dir: str | Path, params: SynthPara
                                             t_start=t_start, t_end=t_end, params=params))
         trace_offset = 0
         for i, (t0, t1) in enumerate(tqdm(chunks, desc=f"synth {dataset_name}", unit="chunk", disable=None)):
-            crng = np.random.default_rng(stable_seed(ds_seed, "chunk", str(i)))
+            crng = np.random.default_rng(stable_seed(stream_seed, "chunk", str(i)))
             chunk = simulate_chunk(system, book, faults, background, t0, t1, t_start, trace_offset, params, crng)
             writer.write_chunk(chunk, crng)
             trace_offset += chunk.n_traces

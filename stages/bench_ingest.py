@@ -1,0 +1,306 @@
+"""``python -m stages.bench ingest``: each modality's reader against a plain reference reader (issue 11).
+
+    python -m stages.bench ingest [--format eadro] [--hours 24] [--requests-per-s 2] [--repeat 1]
+    python -m stages.bench ingest --scale gaia|msds|eadro [--fraction F] [--repeat 1]
+    python -m stages.bench ingest --format eadro --root ../shared/data/tt-eadro     (an existing dump)
+
+A synthetic dump is generated (or reused from ``--workdir``), then for metrics, traces and logs
+the project's reader (``stages.formats.read_modality``, then its feature step) and the plain
+reference reader of :mod:`stages.bench_reference` each run on the same files in a FRESH
+interpreter (``python -m stages.bench_ingest child``, spec on stdin): nothing is shared or inherited.
+Peak RSS is the child's own high-water mark, ``VmHWM`` in ``/proc/self/status``;
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is used only where /proc is absent, because on
+Linux a child started by fork+exec inherits the parent's ``maxrss`` (a bench parent that has
+just generated a large dump would report its own peak for every modality). With ``--repeat``
+each child runs that many times, project and reference alternating: the fastest time and the
+highest peak are reported.
+
+Printed: a markdown table (rows/s, MB/s, peak RSS, project/reference ratios), then the JSON
+also written to ``bench/ingest_<format>.json``.
+
+``--scale`` sizes, with their sources (``--fraction`` scales the volume, default in brackets):
+
+- ``gaia`` [0.1]: GAIA MicroSS per the CloudWise GAIA-DataSet README: two weeks of data, more
+  than 6,500 metrics and 7,000,000 log items, 10 service instances (the run tables'
+  dbservice1 ... webservice2), metrics every ~30 s (DESIGN §4). Generated: 336 h, 10
+  instances, 30 s metrics, ``fraction`` x 2.3 traced requests/s (this generator writes ~2.5
+  business-log lines per request, so about ``fraction`` x 7 M lines), and its 60 metric
+  series (6 per instance) copied under new metric names up to ``fraction`` x 6,500 series.
+  The full size (fraction 1: ~13 M spans, ~2 GB of trace tables, 262 M metric points) does
+  not fit this 2-core, 23 GiB machine within minutes, hence the default fraction.
+- ``msds`` [1.0]: the MSDS concurrent workload: three Rally workloads from 2019-11-19 18:38:46
+  to 11-20 03:08:41 CEST (8.5 h, ``anomaly_label/run_time.csv`` of the KMdsy fork), 2,000
+  OSProfiler trace ids in the boot-delete workload alone (``traceids_j_boot_delete.txt``),
+  Glances at ~1 Hz per node (DESIGN §4). Generated: 8.5 h, ``fraction`` x 0.1 traces/s
+  (~3,000 trace files), 1 s metrics on the generator's 5 wally nodes.
+- ``eadro`` [1.0]: the public Eadro TrainTicket chunk (``../shared/data/tt-eadro``, README):
+  27 services, metrics at 1 Hz, 6,461 s per chunk, 1,900 trace objects per chunk (0.29/s).
+  The size of the whole Eadro collection is not documented in the sources at hand, so the
+  scale is ``fraction`` x 12 such chunks (21.5 h).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("stages.bench")
+
+MODALITIES = ("metrics", "traces", "logs")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Generator settings standing for one real dataset (module docstring: sizes and sources)."""
+
+    hours: float
+    requests_per_s: float  # at fraction 1
+    metric_interval_s: float
+    services: int
+    fraction: float  # default share of the documented volume
+    chunk_hours: float | None = None
+    metric_series: int | None = None  # metric files copied up to this many series (at fraction 1)
+
+
+SCALES = {
+    "gaia": Scale(hours=336.0, requests_per_s=2.3, metric_interval_s=30.0, services=10, fraction=0.1,
+                  metric_series=6500),
+    "msds": Scale(hours=8.5, requests_per_s=0.1, metric_interval_s=1.0, services=10, fraction=1.0),
+    "eadro": Scale(hours=12 * 6461 / 3600, requests_per_s=1900 / 6461, metric_interval_s=1.0, services=27,
+                   fraction=1.0, chunk_hours=6461 / 3600),
+}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (MiB): VmHWM; ru_maxrss only where /proc is absent (see module doc)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------ child
+
+
+def _child(spec: dict) -> dict:
+    """One measurement in this fresh process; imports happen before the clock starts."""
+    import polars  # noqa: F401 - imported before the clock starts, for both readers alike
+
+    fmt, root, modality = spec["format"], Path(spec["root"]), spec["modality"]
+    if spec["what"] == "reference":
+        from stages import bench_reference
+
+        t0 = time.perf_counter()
+        frame = bench_reference.read(fmt, modality, [Path(p) for p in spec["files"]])
+        return {"rows": frame.height, "read_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+    from stages.formats import read_modality, reader
+
+    reader(fmt)
+    t0 = time.perf_counter()
+    frame = read_modality(fmt, root, modality)
+    out = {"rows": 0 if frame is None else frame.height, "read_s": time.perf_counter() - t0,
+           "peak_rss_mb": peak_rss_mb()}
+    if spec.get("features") and frame is not None:
+        t1 = time.perf_counter()
+        _features(frame, modality, spec["step_s"])
+        out.update(features_s=time.perf_counter() - t1, peak_rss_with_features_mb=peak_rss_mb())
+    return out
+
+
+def _features(frame, modality: str, step_s: float) -> None:
+    from stages.core.params import SplitParams
+    from stages.features.params import LogsParams, MetricsParams
+
+    if modality == "metrics":
+        from stages.features.metric_matrix import metric_matrix
+
+        metric_matrix(frame, step_s, SplitParams(), MetricsParams())
+    elif modality == "traces":
+        from stages.features.trace_features import trace_features
+
+        trace_features(frame, step_s, SplitParams())
+    elif modality == "logs":
+        from stages.features.log_templates import mine_templates
+
+        mine_templates(frame, LogsParams(), step_s)
+
+
+def _spawn(spec: dict) -> dict:
+    """Run one measurement in a fresh interpreter; its last stdout line is the JSON result."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "stages.bench_ingest", "child"], input=json.dumps(spec),
+                          capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench child failed ({spec['what']} {spec['modality']}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _measure(specs: list[dict], repeat: int) -> list[dict]:
+    """Each spec ``repeat`` times, alternating, so that a busy machine slows both readers alike."""
+    runs: list[list[dict]] = [[] for _ in specs]
+    for _ in range(repeat):
+        for spec, done in zip(specs, runs):
+            done.append(_spawn(spec))
+    out = []
+    for done in runs:
+        best = min(done, key=lambda r: r["read_s"])
+        out.append({**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in done), "runs": len(done)})
+    return out
+
+
+# ------------------------------------------------------------------ dump
+
+
+def _params(args: argparse.Namespace):
+    from stages.simulate.params import SynthParams
+
+    base = SynthParams()
+    if not args.scale:
+        return dataclasses.replace(base, hours=args.hours, requests_per_s=args.requests_per_s), None
+    s, f = SCALES[args.scale], args.fraction if args.fraction is not None else SCALES[args.scale].fraction
+    params = dataclasses.replace(
+        base, hours=s.hours, services=s.services, requests_per_s=s.requests_per_s * f,
+        metric_interval_s={**base.metric_interval_s, args.scale: s.metric_interval_s},
+        chunk_hours=s.chunk_hours or base.chunk_hours)
+    return params, (round(s.metric_series * f) if s.metric_series else None)
+
+
+def _copy_metric_series(root: Path, fmt: str, target: int) -> int:
+    """GAIA: copy metric files under new metric names until ``target`` series exist (one file each)."""
+    from stages.formats import reader
+
+    files = reader(fmt).scan(root).files["metrics"]
+    have, k = len(files), 0
+    while have < target and files:
+        for p in files:
+            if have >= target:
+                break
+            # <instance>_<ip>_<metric>_<from>_<to>.csv: a new metric name before the two dates
+            stem, d1, d2 = p.stem.rsplit("_", 2)
+            shutil.copyfile(p, p.with_name(f"{stem}-copy{k}_{d1}_{d2}.csv"))
+            have += 1
+        k += 1
+    return have
+
+
+def ensure_dump(args: argparse.Namespace) -> tuple[Path, str, dict, float]:
+    """(root, format, generator summary, generation seconds or NaN when reused or given)."""
+    from stages.simulate.generate import generate
+
+    if args.root:
+        return Path(args.root), args.format, {}, float("nan")
+    fmt = args.scale or args.format
+    params, series = _params(args)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ingest-"))
+    tag = f"{fmt}_{params.hours:g}h_{params.requests_per_s:g}rps" + (f"_{series}series" if series else "")
+    root = work / f"bench_{tag}"
+    summary_path = work / f"bench_{tag}.summary.json"
+    if (root / ".complete").exists():
+        return root, fmt, json.loads(summary_path.read_text()), float("nan")
+    t0 = time.perf_counter()
+    summary = generate(f"bench_{fmt}", fmt, root, params, seed=0)
+    if series:
+        summary["metric_series"] = _copy_metric_series(root, fmt, series)
+    gen_s = time.perf_counter() - t0
+    summary_path.write_text(json.dumps(summary, default=str))
+    (root / ".complete").touch()
+    return root, fmt, summary, gen_s
+
+
+# ------------------------------------------------------------------ report
+
+
+def _row(modality: str, who: str, r: dict, files: int, mb: float, ref: dict | None) -> str:
+    t, rows = r["read_s"], r["rows"]
+    ratio_t = f"{t / ref['read_s']:.2f}" if ref and ref["read_s"] else "—"
+    ratio_m = f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}" if ref and ref["peak_rss_mb"] else "—"
+    return (f"| {modality} | {who} | {files} | {mb:.1f} | {rows:,} | {t:.2f} | {rows / t if t else 0:,.0f} | "
+            f"{mb / t if t else 0:.1f} | {r['peak_rss_mb']:.0f} | {ratio_t} | {ratio_m} |")
+
+
+def table(results: dict) -> str:
+    lines = ["| modality | reader | files | input MB | rows | read s | rows/s | MB/s | peak RSS MiB | time / ref | "
+             "RSS / ref |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for modality, m in results["modalities"].items():
+        if m.get("files", 0) == 0:
+            continue
+        ref = results["reference"].get(modality)
+        lines.append(_row(modality, "project", m, m["files"], m["input_mb"], ref))
+        if ref:
+            lines.append(_row(modality, "reference", ref, m["files"], m["input_mb"], None))
+    lines.append("")
+    lines.append("rows: rows of each reader's frame (the reference's metric rows are the files' wide lines, the "
+                 "project's are long points); input MB: bytes on disk (a .zip counts compressed); peak RSS: the "
+                 "child process's own VmHWM.")
+    return "\n".join(lines)
+
+
+def bench_ingest(args: argparse.Namespace) -> dict:
+    from stages.formats import reader
+
+    root, fmt, summary, gen_s = ensure_dump(args)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    log.info("dump: %.1f MB at %s (generated in %.1f s)", size / 2**20, root, gen_s)
+    listed = reader(fmt).list_files(root)
+    results = {"format": fmt, "scale": args.scale, "hours": None, "requests_per_s": None,
+               "dump_mb": round(size / 2**20, 1), "generate_s": round(gen_s, 1), "summary": summary,
+               "modalities": {}, "reference": {}}
+    params, _ = _params(args)
+    if not args.root:
+        results["hours"], results["requests_per_s"] = params.hours, params.requests_per_s
+    results["root"] = str(root)
+    for modality in MODALITIES:
+        files = [str(p) for p in listed.get(modality, [])]
+        mb = sum(Path(p).stat().st_size for p in files) / 2**20
+        spec = {"format": fmt, "root": str(root), "modality": modality, "files": files, "step_s": args.step_s}
+        specs = [{**spec, "what": "project", "features": not args.no_features}]
+        specs += [{**spec, "what": "reference"}] if files else []
+        proj, *ref = _measure(specs, args.repeat)
+        results["modalities"][modality] = {**proj, "files": len(files), "input_mb": round(mb, 2),
+                                           "rows_per_s": round(proj["rows"] / proj["read_s"], 1)
+                                           if proj["read_s"] else None}
+        if ref:
+            results["reference"][modality] = ref[0]
+        log.info("%s: project %s reference %s", modality, proj, results["reference"].get(modality))
+    results["table"] = table(results)
+    return results
+
+
+def add_arguments(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--format", default="eadro", choices=["eadro", "gaia", "msds"])
+    a.add_argument("--hours", type=float, default=24.0)
+    a.add_argument("--requests-per-s", type=float, default=2.0)
+    a.add_argument("--scale", choices=sorted(SCALES), default=None,
+                   help="synthesise a dump at a real dataset's documented size (see the module docstring for "
+                        "the sizes and sources); overrides --format, --hours and --requests-per-s")
+    a.add_argument("--root", default=None,
+                   help="measure this existing dump (of --format) instead of generating one, e.g. a real sample")
+    a.add_argument("--fraction", type=float, default=None,
+                   help="share of the documented volume for --scale (default: gaia 0.1, msds 1, eadro 1)")
+    a.add_argument("--repeat", type=int, default=1, help="runs per measurement: fastest time, highest peak")
+    a.add_argument("--no-features", action="store_true", help="time the readers only, not the feature steps")
+    a.add_argument("--step-s", type=float, default=10.0)
+    a.add_argument("--workdir", default=None, help="where dumps are generated (and reused on a second run)")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["child"]:  # the spec comes on stdin: thousands of file names overflow argv
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        print(json.dumps(_child(json.loads(sys.stdin.read()))))
+    else:
+        sys.exit("usage: python -m stages.bench ingest ... (this module's own entry is the bench's child)")

@@ -1,0 +1,194 @@
+"""Long metric points gathered file by file and ordered once, on integer keys (issue 11).
+
+Sorting the long metric frame on its text keys (``ts, entity, metric``) with a stable sort took
+most of a metric read and its peak memory. Here each file stays NumPy arrays until the end; names
+become the ranks of the sorted distinct names, so integer order is text order.
+
+Ordering works on the files' *rows* (one time of one entity, several metrics): rows are sorted
+on ``(ts, entity, first metric)``, and each row's points follow in metric order. That equals
+the stable point sort whenever rows sharing a time and entity hold disjoint, non-interleaved
+metric sets (one file per entity, or one file per metric as in GAIA). Otherwise (a time repeated
+within a file, two files of one entity with the same metric) every point is sorted on one Int64
+key ``(ts, entity, metric)``; ties keep file order, then row order, as the old stable sort did.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from stages.core.frames import METRIC_SCHEMA, empty
+
+_KEY_LIMIT = 2**62  # a composite key must fit an Int64 with room to spare
+
+
+@dataclass
+class _File:
+    entity: int  # entity code (first-seen order)
+    ts: np.ndarray  # Int64 µs per row
+    columns: list[tuple[int, np.ndarray]]  # (metric code, Float64 values with NaN for missing)
+
+
+class MetricPoints:
+    """Accumulates metric files; :meth:`frame` returns the canonical frame sorted by (ts, entity, metric)."""
+
+    def __init__(self) -> None:
+        self._files: list[_File] = []
+        self._entities: dict[str, int] = {}  # name → code in first-seen order
+        self._metrics: dict[str, int] = {}
+        self._missing = 0  # NaN/missing values among the files' cells
+
+    def add(self, entity: str, ts: pl.Series, columns: Mapping[str, pl.Series]) -> int:
+        """Points of one file: ``ts`` (Int64 µs, no nulls) and numeric ``columns`` by metric name.
+
+        Missing and NaN values are left out of the frame; returns how many."""
+        if ts.null_count():
+            raise ValueError("metric times must not be null: drop those rows first")
+        cols = [(self._metrics.setdefault(name, len(self._metrics)), col.cast(pl.Float64).to_numpy())
+                for name, col in columns.items()]
+        e = self._entities.setdefault(entity, len(self._entities))
+        if cols and ts.len():
+            self._files.append(_File(e, ts.cast(pl.Int64).to_numpy(), cols))
+        missing = sum(int(np.isnan(v).sum()) for _, v in cols)
+        self._missing += missing
+        return missing
+
+    def frame(self) -> pl.DataFrame:
+        """The canonical metric frame; missing/NaN values dropped."""
+        if not self._files:
+            return empty("metrics")
+        entities, e_rank = _ranks(self._entities)
+        metrics, m_rank = _ranks(self._metrics)
+        rows = _Rows(self._files, e_rank, m_rank)
+        self._files = []
+        ts, e, m, values = rows.points(len(entities), len(metrics))
+        del rows  # its arrays, before the text columns are built
+        if self._missing:
+            keep = ~np.isnan(values)
+            ts, e, m, values = ts[keep], e[keep], m[keep], values[keep]
+        return pl.DataFrame({
+            "ts": pl.Series(ts, dtype=pl.Int64),
+            "entity": pl.Series(entities, dtype=pl.Utf8).gather(pl.Series(e)),
+            "metric": pl.Series(metrics, dtype=pl.Utf8).gather(pl.Series(m)),
+            "value": pl.Series(values, dtype=pl.Float64),
+        }, schema=METRIC_SCHEMA)
+
+
+def _ranks(codes: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """Sorted names and the rank of each code (smallest unsigned dtype that fits)."""
+    names = sorted(codes)
+    rank = np.empty(len(codes), np.min_scalar_type(max(len(names) - 1, 0)))
+    for r, name in enumerate(names):
+        rank[codes[name]] = r
+    return names, rank
+
+
+class _Rows:
+    """All files' rows: per row its time, entity rank, slots (one per metric column, in metric
+    order) in one flat array ``values`` with the metric rank of each slot in ``metric``."""
+
+    def __init__(self, files: list[_File], e_rank: np.ndarray, m_rank: np.ndarray):
+        n = np.array([len(f.ts) for f in files], np.int64)
+        k = np.array([len(f.columns) for f in files], np.int64)
+        self.ts = np.concatenate([f.ts for f in files])
+        self.e = _runs(e_rank[[f.entity for f in files]], n)
+        self.k = _runs(k.astype(np.min_scalar_type(int(k.max()))), n)
+        self.values = np.empty(int((n * k).sum()), np.float64)
+        self.metric = np.empty(len(self.values), m_rank.dtype)
+        lo_m, hi_m = np.empty(len(files), m_rank.dtype), np.empty(len(files), m_rank.dtype)
+        layouts = set()  # each file's metric ranks: one layout lets rows move as whole blocks
+        base = 0
+        for i, f in enumerate(files):
+            cols = sorted(((m_rank[code], v) for code, v in f.columns), key=lambda c: c[0])
+            block = self.values[base:base + n[i] * k[i]].reshape(n[i], k[i])
+            for j, (_, v) in enumerate(cols):
+                block[:, j] = v
+            ranks = np.array([r for r, _ in cols], m_rank.dtype)
+            self.metric[base:base + n[i] * k[i]].reshape(n[i], k[i])[:] = ranks
+            lo_m[i], hi_m[i] = ranks[0], ranks[-1]
+            layouts.add(ranks.tobytes())
+            base += int(n[i] * k[i])
+        self.m_lo, self.m_hi = _runs(lo_m, n), _runs(hi_m, n)
+        self.layout = ranks if len(layouts) == 1 else None  # the ranks every row holds, if one layout
+
+    def points(self, n_e: int, n_m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ts, entity rank, metric rank, value) of every slot in (ts, entity, metric) order."""
+        order = self._row_order(n_e, n_m)
+        if order is False:
+            return self._sorted_points(n_e, n_m)
+        if order is None:
+            return _each(self.ts, self.k), _each(self.e, self.k), self.metric, self.values
+        k = self.k[order]
+        if self.layout is not None:  # every row holds the same metrics: whole rows move
+            width = len(self.layout)
+            values = self.values.reshape(-1, width)[order].reshape(-1)
+            metric = np.broadcast_to(self.layout, (len(order), width)).reshape(-1)
+            return _each(self.ts[order], width), _each(self.e[order], width), metric, values
+        if int(k.max()) == 1:  # one metric per row (GAIA files): slots are rows
+            values, metric = self.values[order], self.metric[order]
+        else:
+            first = np.cumsum(self.k, dtype=np.int64) - self.k  # first slot of each row
+            shift = _each(first[order] - (np.cumsum(k, dtype=np.int64) - k), k)
+            slots = np.arange(len(self.values), dtype=np.int64) + shift
+            values, metric = self.values[slots], self.metric[slots]
+        return _each(self.ts[order], k), _each(self.e[order], k), metric, values
+
+    def _row_order(self, n_e: int, n_m: int) -> np.ndarray | None | bool:
+        """Row permutation (None: already in order), or False when rows cannot stand for their points."""
+        lo = int(self.ts.min())
+        if (int(self.ts.max()) - lo + 1) * n_e * n_m >= _KEY_LIMIT:
+            return False
+        key = (self.ts - lo) * n_e
+        key += self.e
+        key *= n_m
+        key += self.m_lo
+        order = None if bool(np.all(key[1:] >= key[:-1])) else np.argsort(key, kind="stable")
+        if int(self.k.max()) == 1:
+            return order  # one point per row: the row order is the point order, ties included
+        if order is not None:
+            key = key[order]
+        group = key // n_m  # (ts, entity) of each row
+        tied = np.flatnonzero(group[1:] == group[:-1])  # rows followed by one at the same (ts, entity)
+        del group
+        if tied.size:
+            hi = self.m_hi[tied if order is None else order[tied]]
+            if bool(np.any(hi >= key[tied + 1] % n_m)):
+                return False  # their metric sets overlap or interleave
+        return order
+
+    def _sorted_points(self, n_e: int, n_m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every slot sorted on its own (ts, entity, metric) key; stable, so ties keep arrival order."""
+        ts, e = _each(self.ts, self.k), _each(self.e, self.k)
+        lo = int(ts.min())
+        if (int(ts.max()) - lo + 1) * n_e * n_m < _KEY_LIMIT:
+            key = (ts - lo) * n_e
+            key += e
+            key *= n_m
+            key += self.metric
+            order = np.argsort(key, kind="stable")
+        else:
+            keys = pl.DataFrame({"ts": ts, "e": e, "m": self.metric}).with_row_index("i")
+            order = keys.sort(["ts", "e", "m"], maintain_order=True)["i"].to_numpy()
+        return ts[order], e[order], self.metric[order], self.values[order]
+
+
+def _runs(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``np.repeat`` for few values with long runs (one per file): a fill per run."""
+    out = np.empty(int(counts.sum()), values.dtype)
+    start = 0
+    for v, c in zip(values, counts.tolist()):
+        out[start:start + c] = v
+        start += c
+    return out
+
+
+def _each(values: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
+    """``np.repeat`` for many values with short runs: a broadcast copy when every run has one length
+    (``np.repeat`` copies element by element, several times slower)."""
+    if isinstance(counts, np.ndarray):
+        if len(counts) == 0 or counts.min() != counts.max():
+            return np.repeat(values, counts)
+        counts = int(counts[0])
+    return np.broadcast_to(values[:, None], (len(values), counts)).reshape(-1)

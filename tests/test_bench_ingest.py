@@ -1,0 +1,45 @@
+"""``stages.bench ingest`` measures each reader in a fresh process with that process's own peak RSS.
+
+Speed is never asserted here (benchmarks measure it); the test checks what the figures mean: one
+project and one reference row per modality, the same files for both, and a peak RSS that does not
+inherit the parent's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from stages import bench_ingest
+
+
+def tiny_msds(root: Path) -> None:
+    (root / "metrics").mkdir(parents=True)
+    (root / "metrics" / "wally117_metrics.csv").write_text(
+        "now,cpu.user,mem.used\n" + "".join(f"2019-11-19 19:38:{i:02d} CET,{i}.5,{100 + i}\n" for i in range(40)))
+    (root / "logs.csv").write_text("@timestamp,Hostname,log_level,programname,Payload\n"
+                                   "2019-11-19T18:38:47.500Z,wally113,INFO,nova-compute,spawned\n")
+    trace = {"info": {"name": "total", "started": 0, "finished": 9}, "children": [
+        {"trace_id": "a", "parent_id": "b", "info": {"name": "wsgi", "project": "nova", "started": 0, "finished": 9,
+                                                     "meta.raw_payload.wsgi-start": {"timestamp": "2019-11-19T18:38:47",
+                                                                                     "base_id": "b"}},
+         "children": []}]}
+    (root / "t.json").write_text(json.dumps(trace))
+
+
+def test_ingest_rows_and_own_peak(tmp_path: Path):
+    tiny_msds(tmp_path / "dump")
+    ballast = bytearray(600 * 2**20)  # the parent's peak: a child started by fork+exec inherits ru_maxrss
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    args = argparse.Namespace(root=str(tmp_path / "dump"), format="msds", scale=None, fraction=None, repeat=1,
+                              no_features=True, step_s=10.0, workdir=None, hours=1.0, requests_per_s=1.0)
+    res = bench_ingest.bench_ingest(args)
+    assert bench_ingest.peak_rss_mb() >= 600
+    for modality, rows in (("metrics", 80), ("traces", 1), ("logs", 1)):
+        proj, ref = res["modalities"][modality], res["reference"][modality]
+        assert proj["rows"] == rows and proj["files"] == 1
+        assert ref["rows"] == (40 if modality == "metrics" else rows)  # wide lines vs long points
+        assert 0 < proj["peak_rss_mb"] < 600 and 0 < ref["peak_rss_mb"] < 600
+    table = res["table"].splitlines()
+    assert table[0].startswith("| modality | reader |") and len([t for t in table if t.startswith("| metrics")]) == 2
+    del ballast
