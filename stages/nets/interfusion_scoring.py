@@ -1,0 +1,296 @@
+"""InterFusion's test-time pass (MCMC imputation + reconstruction probability), laid out for speed.
+
+The same model, the same draws (the same :class:`~stages.nets.interfusion.NoiseTape` order) and
+the same arithmetic as :meth:`InterFusionNet.tail_nll_reference`, up to float rounding; only
+the layout differs, because scoring is 18 full passes of the net per window (10 MCMC
+iterations, 8 score samples) and its cost was dominated by memory traffic and per-op overhead:
+
+* the q(e | x) encoder keeps every layer's activations; an MCMC step rewrites only the newest
+  ``tail`` inputs, so each layer recomputes only the outputs whose receptive field reaches them;
+* stride-2 transposed convolutions of h(e) run as one ordinary convolution per output phase
+  (polyphase form, no zero taps), and the last one writes h time-major for the GRU;
+* the backward GRU of q(z) is an explicit time-major loop with the input gates precomputed for
+  all steps (no flips, no per-step copies), followed by the dense layers on all rows at once;
+* the recurrent z sampler keeps only the newest ``tail`` steps (the flow and p(x | z, e) need
+  no more) and skips the log-density, which scoring does not use;
+* the score samples are views of one encoding, processed in row blocks that stay in cache.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class _Scratch:
+    """Work buffers reused from one block of rows to the next: a fresh multi-MB tensor per op costs page
+    faults (measured ~10% of scoring), a reused one stays mapped and mostly cached."""
+
+    def __init__(self):
+        self.bufs: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, key: object, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        k = (key, tuple(shape))
+        buf = self.bufs.get(k)
+        if buf is None:
+            buf = self.bufs[k] = like.new_empty(shape)
+        return buf
+
+
+class _Conv:
+    """One encoder layer ``relu(conv1d)`` that can recompute only a suffix of its output."""
+
+    def __init__(self, conv: nn.Conv1d, relu: bool = True):
+        self.w, self.b = conv.weight.detach(), conv.bias.detach()
+        self.stride, self.pad, self.k = conv.stride[0], conv.padding[0], conv.kernel_size[0]
+        self.relu = relu
+
+    def full(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv1d(x, self.w, self.b, stride=self.stride, padding=self.pad)
+        return y.relu_() if self.relu else y
+
+    def first_affected(self, first_changed_input: int) -> int:
+        """The first output whose window reaches input position ``first_changed_input``."""
+        return max(0, -(-(first_changed_input + self.pad - self.k + 1) // self.stride))
+
+    def suffix(self, x: torch.Tensor, o0: int, n_out: int) -> torch.Tensor:
+        """Outputs ``o0 … n_out - 1`` only, from the inputs they read (zero padding as in :meth:`full`)."""
+        start, end, n_in = o0 * self.stride - self.pad, (n_out - 1) * self.stride - self.pad + self.k, x.shape[-1]
+        seg = x[..., max(start, 0):min(end, n_in)]
+        if start < 0 or end > n_in:
+            seg = F.pad(seg, (max(-start, 0), max(end - n_in, 0)))
+        y = F.conv1d(seg, self.w, self.b, stride=self.stride)
+        return y.relu_() if self.relu else y
+
+
+class _Deconv:
+    """``relu(conv_transpose1d)`` on time-major activations (L, N, C), as a few matrix products.
+
+    Output step ``o = s·j + r`` (phase ``r``) sums ``in[j + d] @ w[:, :, kk]`` over the taps ``kk``
+    with ``s·(j + d) - p + kk = o``: per phase and tap one product over contiguous rows, no zero
+    taps and no zero-stuffed input; the phases are interleaved once at the end.
+    """
+
+    def __init__(self, layer: nn.ConvTranspose1d):
+        self.w, self.b = layer.weight.detach(), layer.bias.detach()  # w: (Cin, Cout, K)
+        self.s, self.p, self.op = layer.stride[0], layer.padding[0], layer.output_padding[0]
+        self.k, self.cout = layer.kernel_size[0], self.w.shape[1]
+        self.taps = [[(kk, (r + self.p - kk) // self.s) for kk in range(self.k) if (r + self.p - kk) % self.s == 0]
+                     for r in range(self.s)]
+
+    def out_len(self, n_in: int) -> int:
+        return (n_in - 1) * self.s - 2 * self.p + self.k + self.op
+
+    def __call__(self, x: torch.Tensor, scratch: _Scratch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(L, N, Cin) contiguous → relu'd (L', N, Cout), written into ``out`` (any strides) if given."""
+        n_in, n, cin = x.shape
+        n_out, c = self.out_len(n_in), self.cout
+        out = scratch((self, "out"), (n_out, n, c), x) if out is None else out
+        xf = x.view(n_in * n, cin)
+        for r, taps in enumerate(self.taps):
+            rows = -(-(n_out - r) // self.s)  # output steps of this phase
+            full = [(kk, d) for kk, d in taps if d >= 0 and rows + d <= n_in]
+            if full:  # a tap that covers every step starts the sum (bias included), no separate fill
+                kk, d = full[0]
+                y = torch.addmm(self.b, xf[d * n:(d + rows) * n], self.w[:, :, kk],
+                                out=scratch((self, r), (rows * n, c), x))
+            else:
+                kk, d = None, None
+                y = self.b.expand(rows * n, c).contiguous()
+            for kk2, d2 in taps:
+                lo, hi = max(0, -d2), min(rows, n_in - d2)
+                if (kk2, d2) != (kk, d) and lo < hi:
+                    y[lo * n:hi * n].addmm_(xf[(lo + d2) * n:(hi + d2) * n], self.w[:, :, kk2])
+            torch.clamp_min(y.view(rows, n, c), 0.0, out=out[r::self.s])  # relu while interleaving
+        return out
+
+
+class TailScorer:
+    """Inference-only view of a trained :class:`InterFusionNet` (build it after training: some weights
+    are rearranged copies)."""
+
+    def __init__(self, net: nn.Module, block_rows: int = 512):
+        cfg = net.cfg
+        self.net, self.block_rows = net, block_rows
+        self.scratch = _Scratch()
+        self.zd, self.lo, self.hi = cfg.z_dim, cfg.logstd_min, cfg.logstd_max
+        inter = net.inter
+        self.enc = [_Conv(m) for m in inter.encoder if isinstance(m, nn.Conv1d)]
+        self.q_out = _Conv(inter.q_out, relu=False)
+        self.channels = inter.channels
+        self.deconv = [_Deconv(m) for m in inter.deconv if isinstance(m, nn.ConvTranspose1d)]
+        self._gru(net.a_rnn)
+        self.dense = [(m.weight.detach().t(), m.bias.detach()) for m in net.a_dense if isinstance(m, nn.Linear)]
+        w1, b1 = self.dense[0]
+        self.dense[0] = (2 * w1, b1 - w1.sum(0))  # it reads ĥ = (h + 1) / 2
+        self.qz_a = (net.qz_a.weight.detach().t(), net.qz_a.bias.detach())
+        self.qz_z = net.qz_z.weight.detach()  # (2z, z): the z sampler runs feature-major
+        self._flow(net.flow)
+
+    def _gru(self, g: nn.GRU) -> None:
+        """The GRU rearranged so that a step is one product and four element-wise ops.
+
+        * one (N, 4H) gate matrix per step from the row block [x_t | ĥ_{t+1}] of :meth:`decode`'s buffer,
+          columns [r, z | n input part | n hidden part] (gate order r, z, n);
+        * ``tanh(a) = 2·sigmoid(2a) − 1`` (sigmoid is several times cheaper than tanh on the CPU), the 2
+          folded into the n columns;
+        * the state is kept as ``ĥ = (h + 1) / 2``: then ``ĥ' = lerp(sigmoid(2a), ĥ, z)`` exactly, and the
+          affine change of variable is folded into the hidden weights and the first dense layer.
+        """
+        H = self.hid = g.hidden_size
+        w_ih, w_hh, b_ih, b_hh = (t.detach() for t in (g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0))
+        wi = w_ih.new_zeros(w_ih.shape[1], 4 * H)
+        wi[:, :2 * H], wi[:, 2 * H:3 * H] = w_ih[:2 * H].t(), 2 * w_ih[2 * H:].t()
+        wh = w_ih.new_zeros(H, 4 * H)  # the hidden part for h itself
+        wh[:, :2 * H], wh[:, 3 * H:] = w_hh[:2 * H].t(), 2 * w_hh[2 * H:].t()
+        b0 = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], 2 * b_ih[2 * H:], 2 * b_hh[2 * H:]])
+        self.g_w = torch.cat([wi, 2 * wh])  # rows: [x_t | ĥ_{t+1}], with h = 2ĥ − 1
+        self.g_b = b0 - wh.sum(0)
+
+    def _flow(self, levels: nn.ModuleList) -> None:
+        """Per level: dense map, coupling net on its first half (the +2 of the scale folded into the bias)."""
+        self.flow_levels = [] if all(lv.n1 for lv in levels) else None  # z_dim 1: the modules' own path
+        for lv in levels if self.flow_levels is not None else ():
+            first, last = lv.net[0], lv.net[-1]
+            n2 = lv.weight.shape[0] - lv.n1
+            b2 = last.bias.detach().clone()
+            b2[n2:] += 2.0
+            self.flow_levels.append((lv.weight.detach(), lv.n1, first.weight.detach().t(), first.bias.detach(),
+                                     last.weight.detach().t(), b2, n2))
+
+    # -- q(e | x), incrementally
+    def encode(self, x_cd: torch.Tensor) -> list[torch.Tensor]:
+        """Every encoder activation of x (N, D, T), the input first, then mu and logstd of e."""
+        acts = [x_cd]
+        for layer in self.enc:
+            acts.append(layer.full(acts[-1]))
+        mu, ls = self.q_out.full(acts[-1]).chunk(2, dim=1)
+        return acts + [mu.contiguous(), ls.clamp(self.lo, self.hi)]
+
+    def reencode(self, acts: list[torch.Tensor], first_changed: int) -> None:
+        """Refresh ``acts`` in place after the inputs from step ``first_changed`` on were rewritten."""
+        c = first_changed
+        for i, layer in enumerate(self.enc):
+            out = acts[i + 1]
+            c = layer.first_affected(c)
+            out[..., c:] = layer.suffix(acts[i], c, out.shape[-1])
+        mu, ls = acts[-2], acts[-1]
+        q = self.q_out.suffix(acts[-3], c, mu.shape[-1])
+        mu[..., c:] = q[:, :self.channels]
+        ls[..., c:] = q[:, self.channels:].clamp(self.lo, self.hi)
+
+    # -- (e, z) → p(x | z, e) at the newest steps
+    def posterior_pre(self, buf: torch.Tensor) -> torch.Tensor:
+        """The a_t part of q(z_t | z_{t-1}, a_t) for every step, feature-major (T, 2z, N): backward GRU
+        (see :meth:`_gru`), then the dense layers on all rows at once.
+
+        ``buf`` (T + 1, N, c + H) holds h_t(e) in ``buf[t + 1, :, :c]``; the GRU writes ĥ_t into
+        ``buf[t, :, c:]``, so that every step reads one contiguous row block [h_t | ĥ_{t+1}]."""
+        T, N, c, H = buf.shape[0] - 1, buf.shape[1], self.channels, self.hid
+        buf[T, :, c:] = 0.5  # ĥ of h = 0
+        rows = buf.unbind(0)
+        for t in range(T - 1, -1, -1):  # backward in time: a_t sees h_{t..T}
+            g = torch.addmm(self.g_b, rows[t + 1], self.g_w)
+            rz = g[:, :2 * H].sigmoid_()
+            s = torch.addcmul(g[:, 2 * H:3 * H], rz[:, :H], g[:, 3 * H:]).sigmoid_()
+            torch.lerp(s, rows[t + 1][:, c:], rz[:, H:], out=rows[t][:, c:])
+        a = buf[:T].view(T * N, c + H)[:, c:]
+        for i, (w, b) in enumerate(self.dense):
+            a = torch.addmm(b, a, w, out=self.scratch(("dense", i), (T * N, w.shape[1]), buf)).relu_()
+        pre = torch.addmm(self.qz_a[1], a, self.qz_a[0], out=self.scratch("pre", (T * N, 2 * self.zd), buf))
+        return self.scratch("pre_fm", (T, 2 * self.zd, N), buf).copy_(pre.view(T, N, -1).transpose(1, 2))
+
+    def z_tail(self, pre: torch.Tensor, eps: torch.Tensor, tail: int) -> torch.Tensor:
+        """Recurrent posterior samples of the newest ``tail`` steps (tail, N, z); pre (T, 2z, N), eps (N, T, z).
+
+        Feature-major, so that the mean and log-sigma halves of every step are contiguous."""
+        T, zd = pre.shape[0], self.zd
+        pres, epss = pre.unbind(0), eps.permute(1, 2, 0).contiguous().unbind(0)
+        z = torch.addcmul(pres[0][:zd], pres[0][zd:].clamp(self.lo, self.hi).exp_(), epss[0])  # z_0 = 0
+        keep = [z] if T - tail <= 0 else []
+        for t in range(1, T):  # sequential: z_t depends on the sampled z_{t-1}
+            o = torch.addmm(pres[t], self.qz_z, z)
+            z = torch.addcmul(o[:zd], o[zd:].clamp_(self.lo, self.hi).exp_(), epss[t])
+            if t >= T - tail:
+                keep.append(z)
+        return torch.stack(keep).transpose(1, 2)
+
+    def flow(self, z: torch.Tensor) -> torch.Tensor:
+        """The RealNVP levels on rows (…, z) (their log-determinants are not needed for scoring)."""
+        if self.flow_levels is None:
+            for level in self.net.flow:
+                z = level(z)[0]
+            return z
+        shape = z.shape
+        z = z.reshape(-1, shape[-1])
+        for w, n1, w1, b1, w2, b2, n2 in self.flow_levels:
+            y = z @ w
+            o = torch.addmm(b2, torch.addmm(b1, y[:, :n1], w1).relu_(), w2)
+            z = torch.cat([y[:, :n1], torch.addcmul(o[:, :n2], y[:, n1:], o[:, n2:].sigmoid_())], dim=1)
+        return z.view(shape)
+
+    def decode(self, mu_e: torch.Tensor, ls_e: torch.Tensor, eps_e: torch.Tensor, eps_z: torch.Tensor,
+               tail: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One (e, z) draw per row → p(x | z, e) mean and logstd at the newest ``tail`` steps (N, tail, D)."""
+        e = torch.addcmul(mu_e, torch.exp(ls_e), eps_e).permute(2, 0, 1).contiguous()  # time-major (L, N, c)
+        for layer in self.deconv[:-1]:
+            e = layer(e, self.scratch)
+        T, N, c = self.deconv[-1].out_len(e.shape[0]), e.shape[1], self.channels
+        buf = self.scratch("gru", (T + 1, N, c + self.hid), e)
+        self.deconv[-1](e, self.scratch, out=buf[1:, :, :c])  # h(e), time-major, beside the GRU state
+        z = self.flow(self.z_tail(self.posterior_pre(buf), eps_z, tail))
+        mu, ls = self.net.p_x(z, buf[T + 1 - tail:, :, :c])
+        return mu.transpose(0, 1), ls.transpose(0, 1)
+
+    def decode_rows(self, mu_e: torch.Tensor, ls_e: torch.Tensor, eps_e: torch.Tensor, eps_z: torch.Tensor,
+                    tail: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` in blocks of ``block_rows`` rows (rows are independent; a block stays in cache)."""
+        n = mu_e.shape[0]
+        if n <= self.block_rows:
+            return self.decode(mu_e, ls_e, eps_e, eps_z, tail)
+        parts = [self.decode(mu_e[i:i + self.block_rows], ls_e[i:i + self.block_rows],
+                             eps_e[i:i + self.block_rows], eps_z[i:i + self.block_rows], tail)
+                 for i in range(0, n, self.block_rows)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    # -- the test-time pass
+    def impute(self, x: torch.Tensor, tail: int, iters: int, chains: int, noise) -> list[torch.Tensor]:
+        """MCMC imputation of the newest ``tail`` steps of x (B, T, D), as ``InterFusionNet.impute``: start
+        from the observed values, ``iters`` times draw (e, z) ~ q(· | x̂), x ~ p(x | z, e) and overwrite
+        the masked steps only; ``chains`` chains averaged. Returns the encoder activations of x̂ (see
+        :meth:`encode`; x̂ itself, (B, D, T), first), so that scoring need not encode it again."""
+        B, T, D = x.shape
+        c, zd, first = self.channels, self.zd, T - tail
+        base = self.encode(x.transpose(1, 2).clone(memory_format=torch.contiguous_format))
+        if not iters:
+            return base
+        L = base[-2].shape[-1]
+        acts = [a.repeat_interleave(chains, dim=0) for a in base] if chains > 1 else base
+        N = B * chains
+        for _ in range(iters):
+            eps_e, eps_z = noise.take(N, c, L), noise.take(N, T, zd)
+            mu, ls = self.decode_rows(acts[-2], acts[-1], eps_e, eps_z, tail)
+            acts[0][:, :, first:] = torch.addcmul(mu, torch.exp(ls), noise.take(N, tail, D)).transpose(1, 2)
+            self.reencode(acts, first)
+        if chains > 1:
+            base[0][:, :, first:] = acts[0][:, :, first:].reshape(B, chains, D, tail).mean(dim=1)
+            self.reencode(base, first)
+        return base
+
+    def tail_nll(self, x: torch.Tensor, tail: int, iters: int, chains: int, samples: int, noise) -> torch.Tensor:
+        """Per-metric NLL (B, tail, D) of the observed newest steps: −E_q[log p(x | z, e)] with q conditioned
+        on the imputed window, over ``samples`` draws (see ``InterFusionNet.tail_nll_reference``)."""
+        B, T, D = x.shape
+        acts = self.impute(x, tail, iters, chains, noise)
+        c, L, zd, first = self.channels, acts[-2].shape[-1], self.zd, T - tail
+        n = B * samples  # rows b·samples + s: views of one encoding per window
+        mu_e = acts[-2][:, None].expand(-1, samples, -1, -1).reshape(n, c, L)
+        ls_e = acts[-1][:, None].expand(-1, samples, -1, -1).reshape(n, c, L)
+        mu, ls = self.decode_rows(mu_e, ls_e, noise.take(n, c, L), noise.take(n, T, zd), tail)
+        xt = x[:, None, first:].expand(-1, samples, -1, -1).reshape(n, tail, D)
+        ll = -0.5 * (LOG_2PI + 2.0 * ls + ((xt - mu) * torch.exp(-ls)) ** 2)
+        return -ll.view(B, samples, tail, D).mean(dim=1)
