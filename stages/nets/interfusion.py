@@ -21,7 +21,9 @@ imputed by MCMC — starting from the observed values, ``mcmc_iters`` times: sam
 reconstruction probability of the observed point under ``q(· | x̂)``: the negative log-likelihood
 averaged over ``score_samples`` draws, per metric, so it splits into the per-metric
 contributions that interpretation ranks. Every draw of scoring comes from a generator seeded by
-(seed, window start): a window's score does not depend on which batch it is scored in.
+(seed, window start): a window's score does not depend on which batch it is scored in. The
+test-time pass runs in :mod:`stages.nets.interfusion_scoring` (same draws, same arithmetic, a
+CPU-friendly layout); :meth:`InterFusionNet.tail_nll_reference` is the plain one it is tested against.
 
 Deviations from the paper, all for CPU cost and all knobs (see :class:`InterFusionConfig`): GRU,
 dense and coupling widths (paper 500/500/100), MCMC chains (paper 10), score samples (paper 100),

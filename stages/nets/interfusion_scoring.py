@@ -1,19 +1,22 @@
-"""InterFusion's test-time pass (MCMC imputation + reconstruction probability), laid out for speed.
+"""InterFusion's test-time pass (MCMC imputation + reconstruction probability), laid out for a CPU.
 
 The same model, the same draws (the same :class:`~stages.nets.interfusion.NoiseTape` order) and
-the same arithmetic as :meth:`InterFusionNet.tail_nll_reference`, up to float rounding; only
-the layout differs, because scoring is 18 full passes of the net per window (10 MCMC
-iterations, 8 score samples) and its cost was dominated by memory traffic and per-op overhead:
+the same arithmetic as :meth:`InterFusionNet.tail_nll_reference`, up to float rounding (tested);
+only the layout differs. Scoring is 18 full passes of the net per window at the defaults (10
+MCMC iterations, 8 score samples), none of which the method lets us drop; what made them slow
+was per-op overhead, tanh, narrow matrix products and memory traffic:
 
 * the q(e | x) encoder keeps every layer's activations; an MCMC step rewrites only the newest
   ``tail`` inputs, so each layer recomputes only the outputs whose receptive field reaches them;
-* stride-2 transposed convolutions of h(e) run as one ordinary convolution per output phase
-  (polyphase form, no zero taps), and the last one writes h time-major for the GRU;
-* the backward GRU of q(z) is an explicit time-major loop with the input gates precomputed for
-  all steps (no flips, no per-step copies), followed by the dense layers on all rows at once;
-* the recurrent z sampler keeps only the newest ``tail`` steps (the flow and p(x | z, e) need
-  no more) and skips the log-density, which scoring does not use;
-* the score samples are views of one encoding, processed in row blocks that stay in cache.
+* h(e) runs time-major; a transposed convolution is one matrix product per output phase and
+  tap over contiguous rows (:class:`_Deconv`), the last one writing beside the GRU state;
+* the backward GRU of q(z) is an explicit loop, one matrix product and four element-wise ops
+  per step (:meth:`TailScorer._gru`), no flips; the dense layers after it run every few steps
+  on the rows just written, while they are in cache;
+* the recurrent z sampler runs feature-major, keeps only the newest ``tail`` steps (the flow
+  and p(x | z, e) need no more) and skips the log-density, which scoring does not use;
+* the score samples are views of one encoding; all rows (window × chain or sample) go through
+  the net in blocks of ``block_rows`` that fit a core's cache, with work buffers reused.
 """
 from __future__ import annotations
 
@@ -184,25 +187,35 @@ class TailScorer:
         ls[..., c:] = q[:, self.channels:].clamp(self.lo, self.hi)
 
     # -- (e, z) → p(x | z, e) at the newest steps
-    def posterior_pre(self, buf: torch.Tensor) -> torch.Tensor:
+    def posterior_pre(self, buf: torch.Tensor, chunk: int = 8) -> torch.Tensor:
         """The a_t part of q(z_t | z_{t-1}, a_t) for every step, feature-major (T, 2z, N): backward GRU
-        (see :meth:`_gru`), then the dense layers on all rows at once.
+        (see :meth:`_gru`); every ``chunk`` steps the dense layers on the steps just done (still in cache).
 
         ``buf`` (T + 1, N, c + H) holds h_t(e) in ``buf[t + 1, :, :c]``; the GRU writes ĥ_t into
         ``buf[t, :, c:]``, so that every step reads one contiguous row block [h_t | ĥ_{t+1}]."""
         T, N, c, H = buf.shape[0] - 1, buf.shape[1], self.channels, self.hid
         buf[T, :, c:] = 0.5  # ĥ of h = 0
         rows = buf.unbind(0)
+        pre = self.scratch("pre", (T, 2 * self.zd, N), buf)
+        done = T
         for t in range(T - 1, -1, -1):  # backward in time: a_t sees h_{t..T}
             g = torch.addmm(self.g_b, rows[t + 1], self.g_w)
             rz = g[:, :2 * H].sigmoid_()
             s = torch.addcmul(g[:, 2 * H:3 * H], rz[:, :H], g[:, 3 * H:]).sigmoid_()
             torch.lerp(s, rows[t + 1][:, c:], rz[:, H:], out=rows[t][:, c:])
-        a = buf[:T].view(T * N, c + H)[:, c:]
+            if done - t == chunk or t == 0:
+                self._dense(buf, pre, t, done)
+                done = t
+        return pre
+
+    def _dense(self, buf: torch.Tensor, pre: torch.Tensor, t0: int, t1: int) -> None:
+        """pre[t0:t1] = qz_a(dense(a_t)) from the GRU states ĥ_t in ``buf[t0:t1, :, c:]``."""
+        n, c, H = (t1 - t0) * buf.shape[1], self.channels, self.hid
+        a = buf[t0:t1].view(n, c + H)[:, c:]
         for i, (w, b) in enumerate(self.dense):
-            a = torch.addmm(b, a, w, out=self.scratch(("dense", i), (T * N, w.shape[1]), buf)).relu_()
-        pre = torch.addmm(self.qz_a[1], a, self.qz_a[0], out=self.scratch("pre", (T * N, 2 * self.zd), buf))
-        return self.scratch("pre_fm", (T, 2 * self.zd, N), buf).copy_(pre.view(T, N, -1).transpose(1, 2))
+            a = torch.addmm(b, a, w, out=self.scratch(("dense", i), (n, w.shape[1]), buf)).relu_()
+        p = torch.addmm(self.qz_a[1], a, self.qz_a[0], out=self.scratch("qz_a", (n, 2 * self.zd), buf))
+        pre[t0:t1].copy_(p.view(t1 - t0, buf.shape[1], -1).transpose(1, 2))
 
     def z_tail(self, pre: torch.Tensor, eps: torch.Tensor, tail: int) -> torch.Tensor:
         """Recurrent posterior samples of the newest ``tail`` steps (tail, N, z); pre (T, 2z, N), eps (N, T, z).
