@@ -79,9 +79,10 @@ class _Deconv:
     """
 
     def __init__(self, layer: nn.ConvTranspose1d):
-        self.w, self.b = layer.weight.detach(), layer.bias.detach()  # w: (Cin, Cout, K)
+        w, self.b = layer.weight.detach(), layer.bias.detach()  # w: (Cin, Cout, K)
+        self.w = [w[:, :, kk].contiguous() for kk in range(w.shape[2])]  # one (Cin, Cout) matrix per tap
         self.s, self.p, self.op = layer.stride[0], layer.padding[0], layer.output_padding[0]
-        self.k, self.cout = layer.kernel_size[0], self.w.shape[1]
+        self.k, self.cout = layer.kernel_size[0], w.shape[1]
         self.taps = [[(kk, (r + self.p - kk) // self.s) for kk in range(self.k) if (r + self.p - kk) % self.s == 0]
                      for r in range(self.s)]
 
@@ -99,7 +100,7 @@ class _Deconv:
             full = [(kk, d) for kk, d in taps if d >= 0 and rows + d <= n_in]
             if full:  # a tap that covers every step starts the sum (bias included), no separate fill
                 kk, d = full[0]
-                y = torch.addmm(self.b, xf[d * n:(d + rows) * n], self.w[:, :, kk],
+                y = torch.addmm(self.b, xf[d * n:(d + rows) * n], self.w[kk],
                                 out=scratch((self, r), (rows * n, c), x))
             else:
                 kk, d = None, None
@@ -107,7 +108,7 @@ class _Deconv:
             for kk2, d2 in taps:
                 lo, hi = max(0, -d2), min(rows, n_in - d2)
                 if (kk2, d2) != (kk, d) and lo < hi:
-                    y[lo * n:hi * n].addmm_(xf[(lo + d2) * n:(hi + d2) * n], self.w[:, :, kk2])
+                    y[lo * n:hi * n].addmm_(xf[(lo + d2) * n:(hi + d2) * n], self.w[kk2])
             torch.clamp_min(y.view(rows, n, c), 0.0, out=out[r::self.s])  # relu while interleaving
         return out
 
