@@ -20,14 +20,9 @@ was per-op overhead, tanh, narrow matrix products and memory traffic:
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-LOG_2PI = math.log(2.0 * math.pi)
-
 
 class _Scratch:
     """Work buffers reused from one block of rows to the next: a fresh multi-MB tensor per op costs page
@@ -297,6 +292,8 @@ class TailScorer:
     def tail_nll(self, x: torch.Tensor, tail: int, iters: int, chains: int, samples: int, noise) -> torch.Tensor:
         """Per-metric NLL (B, tail, D) of the observed newest steps: −E_q[log p(x | z, e)] with q conditioned
         on the imputed window, over ``samples`` draws (see ``InterFusionNet.tail_nll_reference``)."""
+        from stages.nets.interfusion import gaussian_loglik  # (that module imports this one)
+
         B, T, D = x.shape
         acts = self.impute(x, tail, iters, chains, noise)
         c, L, zd, first = self.channels, acts[-2].shape[-1], self.zd, T - tail
@@ -305,5 +302,4 @@ class TailScorer:
         ls_e = acts[-1][:, None].expand(-1, samples, -1, -1).reshape(n, c, L)
         mu, ls = self.decode_rows(mu_e, ls_e, noise.take(n, c, L), noise.take(n, T, zd), tail)
         xt = x[:, None, first:].expand(-1, samples, -1, -1).reshape(n, tail, D)
-        ll = -0.5 * (LOG_2PI + 2.0 * ls + ((xt - mu) * torch.exp(-ls)) ** 2)
-        return -ll.view(B, samples, tail, D).mean(dim=1)
+        return -gaussian_loglik(xt, mu, ls).view(B, samples, tail, D).mean(dim=1)
