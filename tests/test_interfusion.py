@@ -189,15 +189,20 @@ def test_fast_mcmc_changes_only_the_masked_values_and_matches_the_reference():
 def test_deconvolution_as_products_equals_conv_transpose(kernel, stride, n_in, out_pad):
     torch.manual_seed(0)
     layer = torch.nn.ConvTranspose1d(4, 6, kernel, stride=stride, padding=kernel // 2, output_padding=out_pad)
-    x = torch.randn(n_in, 3, 4)  # time-major (L, N, C)
+    deconv = _Deconv(layer)
+    x = torch.randn(n_in, 4, 3)  # feature-major (L, C, N)
     with torch.inference_mode():
-        want = torch.relu(layer(x.permute(1, 2, 0))).permute(2, 0, 1)
-        got = _Deconv(layer)(x, _Scratch())
-        wide = torch.full((want.shape[0], 3, 9), float("nan"))
-        _Deconv(layer)(x, _Scratch(), out=wide[:, :, 2:8])  # into a strided slice, as for the GRU buffer
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(wide[:, :, 2:8], want, rtol=1e-5, atol=1e-6)
-    assert torch.isnan(wide[:, :, :2]).all() and torch.isnan(wide[:, :, 8:]).all()
+        want = torch.relu(layer(x.permute(2, 1, 0))).permute(2, 1, 0)
+        for m in (deconv.margin(n_in), deconv.margin(n_in) + 2):  # the zero margins it needs, or more
+            padded = torch.zeros(n_in + 2 * m, 4, 3)
+            padded[m:m + n_in] = x
+            got = torch.full(want.shape, float("nan"))
+            deconv(padded, m, _Scratch(), out=got)
+            wide = torch.full((want.shape[0], 9, 3), float("nan"))
+            deconv(padded, m, _Scratch(), out=wide[:, 2:8])  # into a strided slice, as for the GRU buffer
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(wide[:, 2:8], want, rtol=1e-5, atol=1e-6)
+            assert torch.isnan(wide[:, :2]).all() and torch.isnan(wide[:, 8:]).all()
 
 
 def test_hit_rate_hand_made_case():

@@ -8,13 +8,14 @@ was per-op overhead, tanh, narrow matrix products and memory traffic:
 
 * the q(e | x) encoder keeps every layer's activations; an MCMC step rewrites only the newest
   ``tail`` inputs, so each layer recomputes only the outputs whose receptive field reaches them;
-* h(e) runs time-major; a transposed convolution is one matrix product per output phase and
-  tap over contiguous rows (:class:`_Deconv`), the last one writing beside the GRU state;
-* the backward GRU of q(z) is an explicit loop, one matrix product and four element-wise ops
-  per step (:meth:`TailScorer._gru`), no flips; the dense layers after it run every few steps
-  on the rows just written, while they are in cache;
-* the recurrent z sampler runs feature-major, keeps only the newest ``tail`` steps (the flow
-  and p(x | z, e) need no more) and skips the log-density, which scoring does not use;
+* everything after e runs feature-major, (steps, features, rows): a transposed convolution of
+  h(e) is then one batched product over overlapping input windows, its phases come out
+  interleaved (:class:`_Deconv`), and the last one writes beside the GRU state;
+* the backward GRU of q(z) is an explicit loop, three products and four element-wise ops per
+  step (:meth:`TailScorer._gru`), no flips, no tanh; the dense layers after it run every few
+  steps on the states just written, while they are in cache;
+* the recurrent z sampler keeps only the newest ``tail`` steps (the flow and p(x | z, e) need
+  no more) and skips the log-density, which scoring does not use;
 * the score samples are views of one encoding; all rows (window × chain or sample) go through
   the net in blocks of ``block_rows`` that fit a core's cache, with work buffers reused.
 """
@@ -31,11 +32,12 @@ class _Scratch:
     def __init__(self):
         self.bufs: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, key: object, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    def __call__(self, key: object, shape: tuple[int, ...], like: torch.Tensor, zeros: bool = False) -> torch.Tensor:
+        """The buffer of that key and shape; ``zeros``: zero-filled when first made (for margins never written)."""
         k = (key, tuple(shape))
         buf = self.bufs.get(k)
         if buf is None:
-            buf = self.bufs[k] = like.new_empty(shape)
+            buf = self.bufs[k] = like.new_zeros(shape) if zeros else like.new_empty(shape)
         return buf
 
 
@@ -66,46 +68,45 @@ class _Conv:
 
 
 class _Deconv:
-    """``relu(conv_transpose1d)`` on time-major activations (L, N, C), as a few matrix products.
+    """``relu(conv_transpose1d)`` on feature-major activations (L, C, N), as one batched matrix product.
 
-    Output step ``o = s·j + r`` (phase ``r``) sums ``in[j + d] @ w[:, :, kk]`` over the taps ``kk``
-    with ``s·(j + d) - p + kk = o``: per phase and tap one product over contiguous rows, no zero
-    taps and no zero-stuffed input; the phases are interleaved once at the end.
+    Output step ``o = s·j + r`` (phase ``r``) sums ``w[:, :, kk]ᵀ · in[j + d]`` over the taps ``kk`` with
+    ``s·(j + d) − p + kk = o``. With the steps outermost, ``in[j + dmin … j + dmax]`` is one contiguous
+    (q·Cin, N) matrix (a strided view, no copy, given zero margins around the input), and one product
+    with the (s·Cout, q·Cin) tap matrix yields every phase of output step j, already interleaved.
     """
 
     def __init__(self, layer: nn.ConvTranspose1d):
-        w, self.b = layer.weight.detach(), layer.bias.detach()  # w: (Cin, Cout, K)
-        self.w = [w[:, :, kk].contiguous() for kk in range(w.shape[2])]  # one (Cin, Cout) matrix per tap
+        w, b = layer.weight.detach(), layer.bias.detach()  # w: (Cin, Cout, K)
         self.s, self.p, self.op = layer.stride[0], layer.padding[0], layer.output_padding[0]
-        self.k, self.cout = layer.kernel_size[0], w.shape[1]
-        self.taps = [[(kk, (r + self.p - kk) // self.s) for kk in range(self.k) if (r + self.p - kk) % self.s == 0]
-                     for r in range(self.s)]
+        self.k, self.cin, self.cout = layer.kernel_size[0], w.shape[0], w.shape[1]
+        taps = [(r, kk, (r + self.p - kk) // self.s) for r in range(self.s) for kk in range(self.k)
+                if (r + self.p - kk) % self.s == 0]
+        self.dmin, self.dmax = min(d for *_, d in taps), max(d for *_, d in taps)
+        self.w = w.new_zeros(self.s * self.cout, (self.dmax - self.dmin + 1) * self.cin)
+        for r, kk, d in taps:
+            q = d - self.dmin
+            self.w[r * self.cout:(r + 1) * self.cout, q * self.cin:(q + 1) * self.cin] = w[:, :, kk].t()
+        self.b = b.repeat(self.s)[:, None]
 
     def out_len(self, n_in: int) -> int:
         return (n_in - 1) * self.s - 2 * self.p + self.k + self.op
 
-    def __call__(self, x: torch.Tensor, scratch: _Scratch, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(L, N, Cin) contiguous → relu'd (L', N, Cout), written into ``out`` (any strides) if given."""
-        n_in, n, cin = x.shape
-        n_out, c = self.out_len(n_in), self.cout
-        out = scratch((self, "out"), (n_out, n, c), x) if out is None else out
-        xf = x.view(n_in * n, cin)
-        for r, taps in enumerate(self.taps):
-            rows = -(-(n_out - r) // self.s)  # output steps of this phase
-            full = [(kk, d) for kk, d in taps if d >= 0 and rows + d <= n_in]
-            if full:  # a tap that covers every step starts the sum (bias included), no separate fill
-                kk, d = full[0]
-                y = torch.addmm(self.b, xf[d * n:(d + rows) * n], self.w[kk],
-                                out=scratch((self, r), (rows * n, c), x))
-            else:
-                kk, d = None, None
-                y = self.b.expand(rows * n, c).contiguous()
-            for kk2, d2 in taps:
-                lo, hi = max(0, -d2), min(rows, n_in - d2)
-                if (kk2, d2) != (kk, d) and lo < hi:
-                    y[lo * n:hi * n].addmm_(xf[(lo + d2) * n:(hi + d2) * n], self.w[kk2])
-            torch.clamp_min(y.view(rows, n, c), 0.0, out=out[r::self.s])  # relu while interleaving
-        return out
+    def margin(self, n_in: int) -> int:
+        """Zero steps needed on each side of an input of ``n_in`` steps."""
+        return max(0, -self.dmin, -(-self.out_len(n_in) // self.s) + self.dmax - n_in)
+
+    def __call__(self, x: torch.Tensor, m: int, scratch: _Scratch, out: torch.Tensor) -> None:
+        """x: (m + L + m, Cin, N) contiguous, zero margins of ``m`` steps; writes the relu'd output
+        (L', Cout, N) into ``out`` (any strides)."""
+        n_in, n = x.shape[0] - 2 * m, x.shape[2]
+        n_out = self.out_len(n_in)
+        j = -(-n_out // self.s)
+        span = (self.dmax - self.dmin + 1) * self.cin
+        windows = x.as_strided((j, span, n), (self.cin * n, n, 1), x.storage_offset() + (m + self.dmin) * self.cin * n)
+        y = scratch((self, "y"), (j, self.s * self.cout, n), x)
+        torch.baddbmm(self.b.expand(j, -1, n), self.w.expand(j, -1, -1), windows, out=y)
+        torch.clamp_min(y.view(j * self.s, self.cout, n)[:n_out], 0.0, out=out)  # relu while placing
 
 
 class TailScorer:
@@ -122,19 +123,23 @@ class TailScorer:
         self.q_out = _Conv(inter.q_out, relu=False)
         self.channels = inter.channels
         self.deconv = [_Deconv(m) for m in inter.deconv if isinstance(m, nn.ConvTranspose1d)]
+        lengths = [inter.latent_len]
+        for layer in self.deconv:
+            lengths.append(layer.out_len(lengths[-1]))
+        self.margin = max(layer.margin(n) for layer, n in zip(self.deconv, lengths))
         self._gru(net.a_rnn)
-        self.dense = [(m.weight.detach().t(), m.bias.detach()) for m in net.a_dense if isinstance(m, nn.Linear)]
+        self.dense = [(m.weight.detach(), m.bias.detach()[:, None]) for m in net.a_dense if isinstance(m, nn.Linear)]
         w1, b1 = self.dense[0]
-        self.dense[0] = (2 * w1, b1 - w1.sum(0))  # it reads ĥ = (h + 1) / 2
-        self.qz_a = (net.qz_a.weight.detach().t(), net.qz_a.bias.detach())
+        self.dense[0] = (2 * w1, b1 - w1.sum(1, keepdim=True))  # it reads ĥ = (h + 1) / 2
+        self.dense.append((net.qz_a.weight.detach(), net.qz_a.bias.detach()[:, None]))  # then qz_a, no relu
         self.qz_z = net.qz_z.weight.detach()  # (2z, z): the z sampler runs feature-major
         self._flow(net.flow)
 
     def _gru(self, g: nn.GRU) -> None:
         """The GRU rearranged so that a step is three products and four element-wise ops.
 
-        * the r and z gates from the row block [x_t | ĥ_{t+1}] of :meth:`decode`'s buffer in one
-          product; the input and hidden parts of n in one product each (gate order r, z, n);
+        * the r and z gates from the block [x_t; ĥ_{t+1}] of :meth:`decode`'s buffer in one product, the
+          input and hidden parts of n in one product each (gate order r, z, n), all feature-major;
         * ``tanh(a) = 2·sigmoid(2a) − 1`` (sigmoid is several times cheaper than tanh on the CPU), the 2
           folded into the n weights;
         * the state is kept as ``ĥ = (h + 1) / 2``: then ``ĥ' = lerp(sigmoid(2a), ĥ, z)`` exactly, and the
@@ -142,11 +147,11 @@ class TailScorer:
         """
         H = self.hid = g.hidden_size
         w_ih, w_hh, b_ih, b_hh = (t.detach() for t in (g.weight_ih_l0, g.weight_hh_l0, g.bias_ih_l0, g.bias_hh_l0))
-        # h = 2ĥ − 1: W h + b = 2W ĥ + (b − W·1)
-        self.g_rz = torch.cat([w_ih[:2 * H].t(), 2 * w_hh[:2 * H].t()]).contiguous()
-        self.g_rz_b = b_ih[:2 * H] + b_hh[:2 * H] - w_hh[:2 * H].sum(1)
-        self.g_nx, self.g_nx_b = (2 * w_ih[2 * H:]).t().contiguous(), 2 * b_ih[2 * H:]
-        self.g_nh, self.g_nh_b = (4 * w_hh[2 * H:]).t().contiguous(), 2 * (b_hh[2 * H:] - w_hh[2 * H:].sum(1))
+        # h = 2ĥ − 1: W h + b = 2W ĥ + (b − W·1); feature-major: (out, in) matrices, (out, 1) biases
+        self.g_rz = torch.cat([w_ih[:2 * H], 2 * w_hh[:2 * H]], dim=1)
+        self.g_rz_b = (b_ih[:2 * H] + b_hh[:2 * H] - w_hh[:2 * H].sum(1))[:, None]
+        self.g_nx, self.g_nx_b = 2 * w_ih[2 * H:], 2 * b_ih[2 * H:, None]
+        self.g_nh, self.g_nh_b = 4 * w_hh[2 * H:], 2 * (b_hh[2 * H:] - w_hh[2 * H:].sum(1))[:, None]
 
     def _flow(self, levels: nn.ModuleList) -> None:
         """Per level: dense map, coupling net on its first half (the +2 of the scale folded into the bias)."""
@@ -185,32 +190,33 @@ class TailScorer:
         """The a_t part of q(z_t | z_{t-1}, a_t) for every step, feature-major (T, 2z, N): backward GRU
         (see :meth:`_gru`); every ``chunk`` steps the dense layers on the steps just done (still in cache).
 
-        ``buf`` (T + 1, N, c + H) holds h_t(e) in ``buf[t + 1, :, :c]``; the GRU writes ĥ_t into
-        ``buf[t, :, c:]``, so that every step reads one contiguous row block [h_t | ĥ_{t+1}]."""
-        T, N, c, H = buf.shape[0] - 1, buf.shape[1], self.channels, self.hid
-        buf[T, :, c:] = 0.5  # ĥ of h = 0
+        ``buf`` (T + 1, c + H, N) holds h_t(e) in ``buf[t + 1, :c]``; the GRU writes ĥ_t into
+        ``buf[t, c:]``, so that every step reads one contiguous block [h_t; ĥ_{t+1}]."""
+        T, c, H, N = buf.shape[0] - 1, self.channels, self.hid, buf.shape[2]
+        buf[T, c:] = 0.5  # ĥ of h = 0
         rows = buf.unbind(0)
         pre = self.scratch("pre", (T, 2 * self.zd, N), buf)
         done = T
         for t in range(T - 1, -1, -1):  # backward in time: a_t sees h_{t..T}
-            row = rows[t + 1]  # [x_t | ĥ_{t+1}]
-            rz = torch.addmm(self.g_rz_b, row, self.g_rz).sigmoid_()
-            n_h = torch.addmm(self.g_nh_b, row[:, c:], self.g_nh)
-            s = torch.addmm(self.g_nx_b, row[:, :c], self.g_nx).addcmul_(rz[:, :H], n_h).sigmoid_()
-            torch.lerp(s, row[:, c:], rz[:, H:], out=rows[t][:, c:])
+            block = rows[t + 1]  # [x_t; ĥ_{t+1}]
+            rz = torch.addmm(self.g_rz_b, self.g_rz, block).sigmoid_()
+            n_h = torch.addmm(self.g_nh_b, self.g_nh, block[c:])
+            s = torch.addmm(self.g_nx_b, self.g_nx, block[:c]).addcmul_(rz[:H], n_h).sigmoid_()
+            torch.lerp(s, block[c:], rz[H:], out=rows[t][c:])
             if done - t == chunk or t == 0:
-                self._dense(buf, pre, t, done)
+                self._dense(buf[t:done, c:], pre[t:done])
                 done = t
         return pre
 
-    def _dense(self, buf: torch.Tensor, pre: torch.Tensor, t0: int, t1: int) -> None:
-        """pre[t0:t1] = qz_a(dense(a_t)) from the GRU states ĥ_t in ``buf[t0:t1, :, c:]``."""
-        n, c, H = (t1 - t0) * buf.shape[1], self.channels, self.hid
-        a = buf[t0:t1].view(n, c + H)[:, c:]
+    def _dense(self, a: torch.Tensor, pre: torch.Tensor) -> None:
+        """pre (k, 2z, N) = qz_a(dense(a)) of the GRU states ĥ (k, H, N)."""
+        k, n = a.shape[0], a.shape[2]
         for i, (w, b) in enumerate(self.dense):
-            a = torch.addmm(b, a, w, out=self.scratch(("dense", i), (n, w.shape[1]), buf)).relu_()
-        p = torch.addmm(self.qz_a[1], a, self.qz_a[0], out=self.scratch("qz_a", (n, 2 * self.zd), buf))
-        pre[t0:t1].copy_(p.view(t1 - t0, buf.shape[1], -1).transpose(1, 2))
+            last = i == len(self.dense) - 1
+            out = pre if last else self.scratch(("dense", i), (k, w.shape[0], n), a)
+            a = torch.baddbmm(b.expand(k, -1, n), w.expand(k, -1, -1), a, out=out)
+            if not last:
+                a.relu_()
 
     def z_tail(self, pre: torch.Tensor, eps: torch.Tensor, tail: int) -> torch.Tensor:
         """Recurrent posterior samples of the newest ``tail`` steps (tail, N, z); pre (T, 2z, N), eps (N, T, z).
@@ -244,14 +250,20 @@ class TailScorer:
     def decode(self, mu_e: torch.Tensor, ls_e: torch.Tensor, eps_e: torch.Tensor, eps_z: torch.Tensor,
                tail: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One (e, z) draw per row → p(x | z, e) mean and logstd at the newest ``tail`` steps (N, tail, D)."""
-        e = torch.addcmul(mu_e, torch.exp(ls_e), eps_e).permute(2, 0, 1).contiguous()  # time-major (L, N, c)
-        for layer in self.deconv[:-1]:
-            e = layer(e, self.scratch)
-        T, N, c = self.deconv[-1].out_len(e.shape[0]), e.shape[1], self.channels
-        buf = self.scratch("gru", (T + 1, N, c + self.hid), e)
-        self.deconv[-1](e, self.scratch, out=buf[1:, :, :c])  # h(e), time-major, beside the GRU state
+        n, c, m = mu_e.shape[0], self.channels, self.margin
+        x = self.scratch("e", (mu_e.shape[2] + 2 * m, c, n), mu_e, zeros=True)
+        torch.addcmul(mu_e, torch.exp(ls_e), eps_e, out=x[m:x.shape[0] - m].permute(2, 1, 0))  # feature-major
+        for i, layer in enumerate(self.deconv):
+            L = layer.out_len(x.shape[0] - 2 * m)
+            if i == len(self.deconv) - 1:
+                T, buf = L, self.scratch("gru", (L + 1, c + self.hid, n), x)
+                layer(x, m, self.scratch, out=buf[1:, :c])  # h(e) beside the GRU state
+            else:
+                y = self.scratch(("h", i), (L + 2 * m, c, n), x, zeros=True)
+                layer(x, m, self.scratch, out=y[m:m + L])
+                x = y
         z = self.flow(self.z_tail(self.posterior_pre(buf), eps_z, tail))
-        mu, ls = self.net.p_x(z, buf[T + 1 - tail:, :, :c])
+        mu, ls = self.net.p_x(z, buf[T + 1 - tail:, :c].transpose(1, 2))
         return mu.transpose(0, 1), ls.transpose(0, 1)
 
     def decode_rows(self, mu_e: torch.Tensor, ls_e: torch.Tensor, eps_e: torch.Tensor, eps_z: torch.Tensor,
