@@ -74,8 +74,8 @@ class InterFusionConfig:
     mcmc_chains: int = 1  # chains averaged (paper: 10)
     score_samples: int = 8  # (e, z) draws averaged in the reconstruction probability (paper: 100)
     score_batch_size: int = 1024  # windows scored at once (large: the 100-step loops cost per batch, not per row)
-    # rows (window x chain or sample) per pass of the net at test time: ~512 keeps a pass in a CPU core's
-    # cache (measured: 1024 rows 20% slower per row); raise it on a GPU
+    # rows (window x chain or sample) per pass of the net at test time: a pass's work buffers then stay in a
+    # CPU's cache (measured on 2 cores: 256-2048 rows within ~10% of each other); raise it on a GPU
     score_block_rows: int = 512
     # torch intra-op threads on the CPU (0 = leave torch's setting); on a shared box a second thread
     # spin-waits (measured 10x slower under load), so one unless the cores are free
