@@ -19,6 +19,7 @@ from stages.nets.interfusion import (
     interpretation_hit_rate,
     rank_segments,
 )
+from stages.nets.interfusion_scoring import TailScorer, _Deconv, _Scratch
 
 TINY = {"z_dim": 2, "rnn_hidden": 16, "dense_hidden": 16, "flow_layers": 2, "flow_hidden": 8, "pretrain_epochs": 2,
         "mcmc_iters": 3, "score_samples": 2, "cpu_threads": 1,
@@ -124,6 +125,84 @@ def test_batch_scoring_equals_the_per_window_path(splits, fitted):
     assert np.isnan(batched[:15]).all() and np.isfinite(batched[15:]).all()
     per_window = det.window_contributions(part, part.starts[[7]])  # one window alone
     np.testing.assert_allclose(per_window[0, -1], batched[7 + 15], rtol=1e-4, atol=1e-5)
+
+
+def random_net(n_dims: int, window: int, **cfg) -> InterFusionNet:
+    """A small net with every weight moved off its initialisation (the couplings start at zero)."""
+    torch.manual_seed(0)
+    net = InterFusionNet(n_dims, window, InterFusionConfig(rnn_hidden=8, dense_hidden=8, flow_layers=3,
+                                                           flow_hidden=4, **cfg)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("window,n_dims,kernel,tail,chains,z_dim", [
+    (16, 5, 5, 1, 1, 3), (12, 4, 3, 2, 2, 2), (23, 3, 7, 3, 1, 1), (17, 2, 5, 1, 3, 2)])
+def test_fast_scoring_equals_the_per_window_per_sample_reference(window, n_dims, kernel, tail, chains, z_dim):
+    """The batched pass (windows × samples in row blocks, incremental encoder, GRU/deconvolution as
+    products) against the modules of training, one window and one score sample at a time, same draws."""
+    net = random_net(n_dims, window, conv_kernel=kernel, z_dim=z_dim)
+    x = torch.randn(5, window, n_dims)
+    keys = [11 * i + 3 for i in range(5)]
+    iters, samples = 3, 3
+    per = net.noise_per_window(replace(net.cfg, mcmc_iters=iters, mcmc_chains=chains, score_samples=samples),
+                               (net.inter.channels, net.inter.latent_len), window, tail, n_dims)
+    with torch.inference_mode():
+        tape = NoiseTape(keys, per, x.device)
+        fast = TailScorer(net, block_rows=4).tail_nll(x, tail, iters, chains, samples, tape)  # 4: several blocks
+        assert tape.pos == per  # every draw used, as budgeted
+        again = TailScorer(net, block_rows=64).tail_nll(x, tail, iters, chains, samples, NoiseTape(keys, per, x.device))
+        ref = []
+        for i, k in enumerate(keys):
+            one = NoiseTape([k], per, x.device)
+            ref.append(net.tail_nll_reference(x[i:i + 1], tail, iters, chains, samples, one))
+            assert one.pos == per
+    assert fast.shape == (5, tail, n_dims) and torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, torch.cat(ref), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(again, fast, rtol=1e-5, atol=1e-5)  # blocking does not matter
+    with torch.inference_mode():  # seed-deterministic
+        assert torch.equal(fast, TailScorer(net, block_rows=4).tail_nll(x, tail, iters, chains, samples,
+                                                                         NoiseTape(keys, per, x.device)))
+
+
+def test_fast_mcmc_changes_only_the_masked_values_and_matches_the_reference():
+    net = random_net(3, 14)
+    x = torch.randn(4, 14, 3)
+    per = net.noise_per_window(replace(net.cfg, mcmc_chains=2), (3, net.inter.latent_len), 14, 2, 3)
+    with torch.inference_mode():
+        scorer = TailScorer(net)
+        acts = scorer.impute(x, tail=2, iters=4, chains=2, noise=NoiseTape(list(range(4)), per, x.device))
+        ref = net.impute(x, tail=2, iters=4, chains=2, noise=NoiseTape(list(range(4)), per, x.device))
+        fresh = scorer.encode(acts[0].clone())  # the encoder kept up to date step by step = encoded anew
+    xh = acts[0].transpose(1, 2)
+    assert torch.equal(xh[:, :-2], x[:, :-2])  # observed values bit-identical
+    assert not torch.allclose(xh[:, -2:], x[:, -2:])
+    torch.testing.assert_close(xh, ref, rtol=1e-4, atol=1e-4)
+    for kept, new in zip(acts, fresh):
+        torch.testing.assert_close(kept, new, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,n_in,out_pad", [(5, 2, 13, 0), (5, 2, 13, 1), (5, 1, 7, 0), (3, 2, 6, 1),
+                                                         (7, 2, 5, 0), (7, 1, 6, 0), (3, 1, 1, 0)])
+def test_deconvolution_as_products_equals_conv_transpose(kernel, stride, n_in, out_pad):
+    torch.manual_seed(0)
+    layer = torch.nn.ConvTranspose1d(4, 6, kernel, stride=stride, padding=kernel // 2, output_padding=out_pad)
+    deconv = _Deconv(layer)
+    x = torch.randn(n_in, 4, 3)  # feature-major (L, C, N)
+    with torch.inference_mode():
+        want = torch.relu(layer(x.permute(2, 1, 0))).permute(2, 1, 0)
+        for m in (deconv.margin(n_in), deconv.margin(n_in) + 2):  # the zero margins it needs, or more
+            padded = torch.zeros(n_in + 2 * m, 4, 3)
+            padded[m:m + n_in] = x
+            got = torch.full(want.shape, float("nan"))
+            deconv(padded, m, _Scratch(), out=got)
+            wide = torch.full((want.shape[0], 9, 3), float("nan"))
+            deconv(padded, m, _Scratch(), out=wide[:, 2:8])  # into a strided slice, as for the GRU buffer
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(wide[:, 2:8], want, rtol=1e-5, atol=1e-6)
+            assert torch.isnan(wide[:, :2]).all() and torch.isnan(wide[:, 8:]).all()
 
 
 def test_hit_rate_hand_made_case():
