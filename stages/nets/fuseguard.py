@@ -343,6 +343,19 @@ class FuseGuard(TorchDetector):
         elif not merged and any(m.merged for m in layers):
             aligner.peft.unmerge_adapter()
 
+    def _inference_passes(self, ws: WindowSet):
+        """(starts, batch, forward output) of every scoring batch of ``ws``: eval mode, LoRA folded in,
+        the configured threads, no autograd — shared by scoring, explanation and calibration."""
+        self.module.eval()
+        self._inference_weights(True)
+        tc = self.config.train
+        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
+            for starts in ws.batches(max(tc.batch_size, tc.score_batch_size)):
+                batch = self.make_batch(ws, starts)
+                with autocast(self.device, tc.amp):
+                    out = self.module(batch, consistency=False)
+                yield starts, batch, out
+
     def _collect(self, ws: WindowSet) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         """Raw step errors (N, M, W), fusion weights (N, M), energies (N, M) and the mean
         evaluation-time channel-mask density over ``ws``; the last result is kept, so
@@ -350,21 +363,15 @@ class FuseGuard(TorchDetector):
         last = self._last_collect
         if last is not None and last[0] is ws and last[1] is ws.starts:  # same objects (arrays are never edited in place)
             return last[2]
-        self.module.eval()
-        self._inference_weights(True)
         errs, weights, energies, density = [], [], [], []
-        tc = self.config.train
-        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
-            for starts in ws.batches(max(tc.batch_size, tc.score_batch_size)):
-                batch = self.make_batch(ws, starts)
-                with autocast(self.device, tc.amp):
-                    out = self.module(batch, consistency=False)
-                    errs.append(self.module.step_errors(batch, out["recon"]).float().cpu().numpy())
-                weights.append(out["weights"].float().cpu().numpy())
-                energies.append(out["energies"].float().cpu().numpy())
-                mask = getattr(getattr(self.module, "metric", None), "last_mask", None)
-                if mask is not None:
-                    density.append(float(mask.float().mean()))
+        for _, batch, out in self._inference_passes(ws):
+            with autocast(self.device, self.config.train.amp):
+                errs.append(self.module.step_errors(batch, out["recon"]).float().cpu().numpy())
+            weights.append(out["weights"].float().cpu().numpy())
+            energies.append(out["energies"].float().cpu().numpy())
+            mask = getattr(getattr(self.module, "metric", None), "last_mask", None)
+            if mask is not None:
+                density.append(float(mask.float().mean()))
         m = len(self.modalities)
         if not errs:
             result = (np.zeros((0, m, ws.window)), np.zeros((0, m)), np.zeros((0, m)), float("nan"))
@@ -409,17 +416,10 @@ class FuseGuard(TorchDetector):
         self.module.fusion.set_energy_stats(torch.as_tensor(energies, device=self.device))
         sums = {m: 0.0 for m in self.modalities}
         count = 0
-        self.module.eval()
-        self._inference_weights(True)
-        tc = self.config.train
-        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
-            for starts in train.batches(max(tc.batch_size, tc.score_batch_size)):
-                batch = self.make_batch(train, starts)
-                with autocast(self.device, tc.amp):
-                    recon = self.module(batch, consistency=False)["recon"]
-                for m, sq in self.module.unit_errors(batch, recon).items():
-                    sums[m] = sums[m] + sq.sum((0, 1))
-                count += len(starts) * train.window
+        for starts, batch, out in self._inference_passes(train):
+            for m, sq in self.module.unit_errors(batch, out["recon"]).items():
+                sums[m] = sums[m] + sq.sum((0, 1))
+            count += len(starts) * train.window
         for m in self.modalities:
             getattr(self.module, f"unit_scale_{m}").copy_(sums[m] / max(count, 1))
 
