@@ -16,7 +16,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -34,7 +34,7 @@ from stages.core.evaluation import (
     write_metrics_json,
 )
 from stages.core.protocol import ProtocolParams, visible_labels
-from stages.core.device import deterministic_threads
+from stages.core.device import deterministic_threads, resolve_score_threads, set_scoring_threads
 from stages.core.io import read_json, staged_targets
 from stages.core.params import build, load_checked
 from stages.core.windowset import WindowSet, load_split, windows_dir
@@ -52,8 +52,14 @@ class EvaluateParams:
     vus_window: int = 100  # VUS buffer length in steps (TSB-AD's get_metrics default)
     bootstrap: int = 200  # block-bootstrap resamples over test events for the 95% intervals (0 = none)
     interval_level: float = 0.95
+    # torch threads of the scoring passes: a number, or auto (README, "Threads"). Scores are
+    # bit-identical whatever the count, so this changes speed only; training keeps `cpu_threads`.
+    score_threads: int | Literal["auto"] = "auto"
 
     def validate(self) -> None:
+        if self.score_threads != "auto" and self.score_threads < 1:
+            raise InputError("params.yaml", "evaluate.score_threads", "auto or a positive number of threads",
+                             self.score_threads)
         if self.vus_window < 0:
             raise InputError("params.yaml", "evaluate.vus_window", "a non-negative number of steps", self.vus_window)
         if self.bootstrap < 0:
@@ -161,6 +167,9 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     raw = load_checked() if raw is None else raw
     deterministic_threads()
     params = build(EvaluateParams, raw.get("evaluate"), where="evaluate")
+    n_threads, why = resolve_score_threads(params.score_threads)
+    set_scoring_threads(n_threads)
+    log.info("%s/%s: scoring with %d torch thread(s) (%s)", ds, detector, n_threads, why)
     wdir = windows_dir(ds, windows_root)
     word_pca = load_word_pca(word_pca_root)
     val: WindowSet = load_split(wdir, "val", word_pca)

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from stages.core.cli import run_stage
-from stages.core.device import deterministic_threads
+from stages.core.device import deterministic_threads, resolve_score_threads, set_scoring_threads
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.windowset import WindowSet, load_split
@@ -149,6 +149,7 @@ def _finite(x: float | None) -> float | None:
 def run(args: ScoreArgs) -> dict:
     t_start = time.perf_counter()
     deterministic_threads()
+    set_scoring_threads(resolve_score_threads("auto")[0])  # scores are the same bits at any count
     frozen = load_frozen(args.model_dir, args.paths)
     schema, step_us = frozen.schema, frozen.step_us
     state = StreamState.load(args.resume) if args.resume is not None else None

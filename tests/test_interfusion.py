@@ -289,3 +289,20 @@ def test_nan_training_loss_stops_with_one_line_naming_dataset_and_epoch(splits):
         det.fit(ws, val)
     msg = str(exc.value)
     assert "omi-9" in msg and "epoch 1" in msg and "\n" not in msg
+
+
+def test_scores_are_the_same_bits_at_any_scoring_thread_count(splits, fitted):
+    """evaluate.score_threads: auto may pick any count, so the scores must not depend on it."""
+    from stages.core.device import set_scoring_threads
+
+    _, _, test, _ = splits
+    det, _ = fitted
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            set_scoring_threads(n)
+            runs.append(det.score(test))
+    finally:
+        set_scoring_threads(None)
+    for other in runs[1:]:
+        assert np.array_equal(runs[0], other, equal_nan=True)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from stages.core.device import set_scoring_threads
 from stages.core.errors import InputError
 from stages.core.windowset import WindowSet
 from stages.nets.kad_disformer import (
@@ -169,6 +170,13 @@ def test_beats_random_on_injected_faults_and_roundtrips(splits, pretrained, tmp_
     det.save(tmp_path / "kad")
     again = KADDisformer.load(tmp_path / "kad", test.schema)
     np.testing.assert_allclose(again.score(test), scores, rtol=1e-5, atol=1e-6)
+    # evaluate.score_threads: auto may pick any count, so the scores must not depend on it
+    try:
+        for n in (2, 3):
+            set_scoring_threads(n)
+            assert np.array_equal(det.score(test), scores, equal_nan=True), n
+    finally:
+        set_scoring_threads(None)
 
 
 def test_fit_without_sources_pretrains_on_target(splits):

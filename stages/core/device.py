@@ -26,6 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 THREADS = 1  # default fixed thread count: the only one every machine can give without oversubscribing
+SCORE_THREADS_ENV = "AIOPS_SCORE_THREADS"  # overrides `evaluate.score_threads: auto` (e.g. in a job queue)
+_scoring_threads: int | None = None  # set per process by the evaluate/score stages
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -119,3 +121,50 @@ def limited_threads(n: int, device: torch.device):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def in_dvc_queue(cwd: str | os.PathLike | None = None) -> bool:
+    """True inside a workspace of ``dvc queue start``: DVC runs queued experiments in temporary copies
+    under ``.dvc/tmp/exps/``, several at once with ``-j N``, so each should keep to one core."""
+    path = os.fspath(cwd if cwd is not None else os.getcwd()).replace(os.sep, "/")
+    return "/.dvc/tmp/exps/" in path + "/"
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_score_threads(setting: int | str, cwd: str | os.PathLike | None = None) -> tuple[int, str]:
+    """Torch threads for scoring passes and why: a number as given; ``auto`` = ``$AIOPS_SCORE_THREADS``
+    when set, 1 inside a ``dvc queue`` workspace, else every core this process may use.
+
+    Repeatable because scores do not depend on the count where it matters: every torch detector gives
+    the same bits at 1 and 2 threads (its tests check it; ``dvc queue`` vs a plain run on 2 cores), and two
+    machines of one kind have the same cores, so ``auto`` picks the same count (FuseGuard at 3 threads
+    differs in the 6th digit). Training keeps its fixed ``cpu_threads``: summed gradients depend on it."""
+    if setting != "auto":
+        return int(setting), "evaluate.score_threads"
+    env = os.environ.get(SCORE_THREADS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            from stages.core.errors import InputError
+
+            raise InputError(f"${SCORE_THREADS_ENV}", None, "a positive number of threads", env)
+        return int(env), f"${SCORE_THREADS_ENV}"
+    if in_dvc_queue(cwd):
+        return 1, "dvc queue workspace"
+    return available_cores(), "all available cores"
+
+
+def set_scoring_threads(n: int | None) -> None:
+    """Make every later scoring pass of this process use ``n`` threads (None: each detector's own)."""
+    global _scoring_threads
+    _scoring_threads = n if n and n > 0 else None
+
+
+def scoring_threads(configured: int) -> int:
+    """Threads for a scoring pass: the stage-wide choice if one was made, else the detector's ``cpu_threads``."""
+    return _scoring_threads if _scoring_threads is not None else configured

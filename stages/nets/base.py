@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from stages.core import distributed
-from stages.core.device import autocast, limited_threads, pick_device, seed_everything
+from stages.core.device import autocast, limited_threads, pick_device, scoring_threads, seed_everything
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.params import LLMParams, build
@@ -312,7 +312,7 @@ class TorchDetector(Detector):
         self.module.eval()
         tc = self.config.train
         rows = []
-        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
+        with limited_threads(scoring_threads(self.cpu_threads), self.device), torch.inference_mode():
             for starts in windows.batches(max(tc.batch_size, tc.score_batch_size)):
                 with autocast(self.device, tc.amp):
                     rows.append(self.window_scores(self.make_batch(windows, starts)).float().cpu().numpy())

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.core.device import autocast, limited_threads
+from stages.core.device import autocast, limited_threads, scoring_threads
 from stages.core.errors import InputError
 from stages.core.params import LLMParams
 from stages.core.windowset import FeatureSchema, WindowSet
@@ -349,7 +349,7 @@ class FuseGuard(TorchDetector):
         self.module.eval()
         self._inference_weights(True)
         tc = self.config.train
-        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
+        with limited_threads(scoring_threads(self.cpu_threads), self.device), torch.inference_mode():
             for starts in ws.batches(max(tc.batch_size, tc.score_batch_size)):
                 batch = self.make_batch(ws, starts)
                 with autocast(self.device, tc.amp):

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from stages.core.device import limited_threads
+from stages.core.device import limited_threads, scoring_threads
 from stages.core.errors import InputError
 from stages.core.windowset import WindowSet
 from stages.nets.base import TorchDetector, TrainConfig
@@ -541,7 +541,7 @@ class InterFusion(TorchDetector):
         self.module.eval()
         tail, bs = self._tail(ws), self.config.score_batch_size
         rows = []
-        with limited_threads(self.config.cpu_threads, self.device), torch.inference_mode():
+        with limited_threads(scoring_threads(self.config.cpu_threads), self.device), torch.inference_mode():
             scorer = TailScorer(self.module, self.config.score_block_rows)  # its work buffers serve every batch
             for i in tqdm(range(0, len(ws), bs), desc=f"{self.name} scoring {ws.name or ''}".rstrip(),
                           leave=False, disable=None):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from stages.core.device import autocast, limited_threads
+from stages.core.device import autocast, limited_threads, scoring_threads
 from stages.core.windowset import WindowSet
 from stages.nets.base import TorchDetector, TrainConfig
 
@@ -458,7 +458,7 @@ class KADDisformer(TorchDetector):
         self.module.eval()
         C, tc = ws.metric.shape[1], self.config.train
         rows = []
-        with limited_threads(self.cpu_threads, self.device), torch.inference_mode():
+        with limited_threads(scoring_threads(self.cpu_threads), self.device), torch.inference_mode():
             for starts in ws.batches(max(SCORE_BATCH, tc.batch_size)):  # windows are independent: batch wide
                 with autocast(self.device, tc.amp):
                     err = self.window_scores(self.make_batch(ws, starts)).float().cpu().numpy()

@@ -1,0 +1,57 @@
+"""How many threads a scoring pass gets (evaluate.score_threads); the detectors' own tests check that
+their scores are the same bits at any count, which is what makes `auto` safe."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.core import device
+from stages.core.errors import InputError
+from stages.evaluate import EvaluateParams
+from stages.core.params import build
+
+
+def test_a_number_is_taken_as_given(monkeypatch):
+    monkeypatch.setenv(device.SCORE_THREADS_ENV, "7")
+    assert device.resolve_score_threads(3) == (3, "evaluate.score_threads")
+
+
+def test_auto_reads_the_environment_first(monkeypatch):
+    monkeypatch.setenv(device.SCORE_THREADS_ENV, "2")
+    assert device.resolve_score_threads("auto", cwd="/x/.dvc/tmp/exps/tmp123") == (2, "$AIOPS_SCORE_THREADS")
+    monkeypatch.setenv(device.SCORE_THREADS_ENV, "two")
+    with pytest.raises(InputError, match="AIOPS_SCORE_THREADS"):
+        device.resolve_score_threads("auto")
+
+
+def test_auto_keeps_to_one_core_in_a_dvc_queue_workspace(monkeypatch):
+    monkeypatch.delenv(device.SCORE_THREADS_ENV, raising=False)
+    assert device.resolve_score_threads("auto", cwd="/repo/.dvc/tmp/exps/tmpab12cd") == (1, "dvc queue workspace")
+    assert device.in_dvc_queue("/repo/.dvc/tmp/exps/tmpab12cd/sub")
+    assert not device.in_dvc_queue("/repo")
+    assert not device.in_dvc_queue("/repo/.dvc/tmp")
+
+
+def test_auto_takes_every_available_core_otherwise(monkeypatch):
+    monkeypatch.delenv(device.SCORE_THREADS_ENV, raising=False)
+    n, why = device.resolve_score_threads("auto", cwd="/repo")
+    assert n == device.available_cores() >= 1 and why == "all available cores"
+
+
+def test_the_stage_wide_choice_overrides_each_detector_and_can_be_cleared():
+    try:
+        device.set_scoring_threads(2)
+        assert device.scoring_threads(1) == 2
+        with device.limited_threads(device.scoring_threads(1), torch.device("cpu")):
+            assert torch.get_num_threads() == 2
+    finally:
+        device.set_scoring_threads(None)
+    assert device.scoring_threads(1) == 1
+
+
+def test_params_accept_auto_or_a_positive_count():
+    assert build(EvaluateParams, {}).score_threads == "auto"
+    assert build(EvaluateParams, {"score_threads": 2}).score_threads == 2
+    for bad in (0, "many", 1.5, True):
+        with pytest.raises(InputError, match="evaluate.score_threads"):
+            build(EvaluateParams, {"score_threads": bad}, where="evaluate")
