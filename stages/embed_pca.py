@@ -4,6 +4,9 @@ FuseGuard's alignment lets modality tokens attend to a few directions of the LLM
 space instead of its whole vocabulary; PCA of the input-embedding matrix gives those directions
 (scaled by their standard deviation and centred on the mean word, so they live on the same
 scale as real token embeddings).
+
+scikit-learn and the backbone (torch, transformers) are imported inside the functions that use
+them: the train/evaluate stages import :func:`load_word_pca` from here and must start fast.
 """
 from __future__ import annotations
 
@@ -12,12 +15,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from stages.core.cli import run_stage
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
-from stages.core.llm import load_backbone, word_embeddings
 from stages.core.params import LLMParams, build, load_raw
 
 log = logging.getLogger("stages.embed_pca")
@@ -30,12 +31,16 @@ def principal_word_embeddings(words: np.ndarray, n: int, seed: int = 0) -> tuple
     if not 1 <= n <= limit:
         raise InputError("params.yaml", "llm.pca_components",
                          f"an integer in [1, {limit}] for this backbone (vocabulary {vocab} × hidden {hidden})", n)
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=n, svd_solver="full", random_state=seed).fit(words.astype(np.float64))
     pcs = pca.mean_[None, :] + np.sqrt(pca.explained_variance_)[:, None] * pca.components_
     return pcs.astype(np.float32), pca.explained_variance_ratio_.astype(np.float32)
 
 
 def run(raw: dict | None = None, out: Path = OUT) -> np.ndarray:
+    from stages.core.llm import load_backbone, word_embeddings
+
     raw = load_raw() if raw is None else raw
     llm = build(LLMParams, raw.get("llm"), where="llm")
     _, model = load_backbone(llm.backbone)

@@ -163,8 +163,11 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         models_root: Path = Path("models"), metrics_root: Path = Path("metrics/eval"),
         word_pca_root: Path = Path("models/word_pca")) -> dict:
     from stages.embed_pca import load_word_pca
+    from stages.nets.registry import detector_class
 
     raw = load_checked() if raw is None else raw
+    # the detector's module first (torch for a torch detector only): deterministic_threads sets its threads
+    detector_class(detector)
     deterministic_threads()
     params = build(EvaluateParams, raw.get("evaluate"), where="evaluate")
     n_threads, why = resolve_score_threads(params.score_threads)

@@ -147,10 +147,13 @@ def _finite(x: float | None) -> float | None:
 
 
 def run(args: ScoreArgs) -> dict:
+    from stages.nets.registry import detector_class
+
     t_start = time.perf_counter()
+    frozen = load_frozen(args.model_dir, args.paths)  # files only: no numeric work before the pools are fixed
+    cls = detector_class(frozen.detector)  # its module first (torch for a torch detector): then its threads are set
     deterministic_threads()
     set_scoring_threads(resolve_score_threads("auto")[0])  # scores are the same bits at any count
-    frozen = load_frozen(args.model_dir, args.paths)
     schema, step_us = frozen.schema, frozen.step_us
     state = StreamState.load(args.resume) if args.resume is not None else None
     if state is not None and (state.dataset, state.detector, state.fingerprint) != (
@@ -163,9 +166,7 @@ def run(args: ScoreArgs) -> dict:
         raise InputError(None, "--format", f"one of {', '.join(FORMATS)} (the training dataset's format is unknown)",
                          fmt)
     offsets = frozen.offsets if fmt == frozen.format else None  # the training system's clocks; else the format's
-    from stages.nets.registry import detector_class
-
-    det = detector_class(frozen.detector).load(frozen.model_dir / "detector", schema)
+    det = cls.load(frozen.model_dir / "detector", schema)
     history = history_steps(det)
     need = context_need(frozen.window, frozen.stride, history)
 

@@ -17,9 +17,9 @@ import resource
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from stages.core import distributed
 from stages.core.cli import run_stage
@@ -35,9 +35,12 @@ from stages.nets.registry import detector_class
 log = logging.getLogger("stages.train")
 
 
-def peak_memory_mb(device: torch.device | None = None) -> float:
+def peak_memory_mb(device: Any = None) -> float:
+    """Peak RSS of this process, or CUDA max allocated when ``device`` (a torch device) is a GPU."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    if device is not None and device.type == "cuda":
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
         return max(rss, torch.cuda.max_memory_allocated(device) / 2**20)
     return rss
 
@@ -70,13 +73,15 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         word_pca_root: Path = Path("models/word_pca")) -> dict:
     raw = load_checked() if raw is None else raw
     distributed.init_from_env()  # under torchrun: join the process group (README, "Scale out")
+    # the detector's module first: it imports torch (torch detectors only), whose threads
+    # deterministic_threads then sets; the baselines' stages never import torch
+    cls = detector_class(detector)
     threads = deterministic_threads()  # same bits on any machine of this kind (README, "Repeatability")
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError("params.yaml", "seed", "an integer", seed)
     protocol = build(ProtocolParams, raw.get("protocol"), where="protocol")
     llm = build(LLMParams, raw.get("llm"), where="llm")
-    cls = detector_class(detector)
     dsp = dataset_params(ds, raw)
     wdir = windows_dir(ds, windows_root)
     word_pca = load_word_pca(word_pca_root)
@@ -109,7 +114,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     ckpt_root = models_root / ".checkpoints" / ds / detector / fingerprint
     if hasattr(det, "checkpoint_dir"):
         det.checkpoint_dir = ckpt_root
-    device = getattr(det, "device", torch.device("cpu"))
+    device = getattr(det, "device", "cpu")  # torch detectors: their torch.device
     log.info("%s/%s: training on %d %s windows (val %d, sources %s) on %s", ds, detector, len(train), split,
              len(val), sorted(sources) or "none", device)
     t0 = time.perf_counter()

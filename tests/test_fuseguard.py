@@ -12,10 +12,11 @@ from sklearn.metrics import average_precision_score
 from stages.core.errors import InputError
 from stages.core.params import LLMParams, build
 from stages.core.windowset import FeatureSchema, WindowSet
-from stages.nets.base import TorchDetector, TrainConfig
+from stages.nets.base import TrainConfig
 from stages.nets.fuseguard import FuseGuard, FuseGuardConfig
 from stages.nets.fuseguard_parts import (FrequencySparseMask, LogBranch, MaskedChannelAttention, MetricBranch,
                                          PatchEncoder, QualityFusion, TimeBasisDecoder, TraceBranch)
+from stages.nets.torch_detector import TorchDetector
 
 TINY = FuseGuardConfig(d_model=16, heads=2, patch_len=4, prototypes=4, align_heads=2,
                        train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, patience=5))

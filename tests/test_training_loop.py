@@ -10,7 +10,8 @@ import torch
 
 from stages.core.errors import InputError
 from stages.core.windowset import WindowSet
-from stages.nets.base import TorchDetector, TrainConfig
+from stages.nets.base import TrainConfig
+from stages.nets.torch_detector import TorchDetector
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 What makes a CPU result differ between two machines with the same code, data and seed, and
 what :func:`deterministic_threads` pins (each switch must act before the library's first use,
-which is why the train/evaluate stages call it first thing):
+which is why the train/evaluate stages call it before any tensor work):
 
 * the number of threads — a parallel reduction adds its partial sums in another order (torch
   intra-op threads, MKL/OpenBLAS threads behind numpy and scikit-learn);
@@ -13,6 +13,9 @@ which is why the train/evaluate stages call it first thing):
 
 On CUDA :func:`seed_everything` turns on deterministic algorithms (cuBLAS workspace config,
 cuDNN without autotuning, no TF32); ops without a deterministic kernel warn instead of failing.
+
+Importing this module does not import torch (a second of start-up that the baselines' stages
+never need): each function that uses torch imports it.
 """
 from __future__ import annotations
 
@@ -20,9 +23,13 @@ import contextlib
 import logging
 import os
 import random
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 THREADS = 1  # default fixed thread count: the only one every machine can give without oversubscribing
@@ -31,6 +38,8 @@ _scoring_threads: int | None = None  # set per process by the evaluate/score sta
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    import torch
+
     if requested == "auto":
         if torch.cuda.is_available():  # under torchrun each process takes its own GPU
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -40,6 +49,8 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed python, numpy and torch (every device); with ``deterministic``, pick deterministic kernels."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds every CUDA device too
@@ -78,15 +89,22 @@ def deterministic_threads(n: int = THREADS) -> dict[str, object]:
     """Fix every thread pool a training or scoring run uses to ``n`` and pin the CPU code paths.
 
     Call it at the start of a stage, before any tensor work. Returns what was set (for logs/metrics).
+
+    torch's pools are set only when torch is already imported (this function does not import it):
+    a stage imports its detector's module (and so torch, for a torch detector) first, then calls
+    this. A torch imported later still starts with ``n`` intra-op threads, from ``OMP_NUM_THREADS``
+    set here.
     """
     env = reproducible_cpu_env()
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[key] = str(n)  # for pools created from now on (and child processes)
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(n)
-    except RuntimeError:  # fixed once any inter-op work ran; intra-op threads are what order sums
-        pass
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # fixed once any inter-op work ran; intra-op threads are what order sums
+            pass
     blas = "unchanged"
     try:
         from threadpoolctl import threadpool_limits
@@ -101,6 +119,8 @@ def deterministic_threads(n: int = THREADS) -> dict[str, object]:
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA; exact fp32 on the CPU (keeps CPU runs bit-stable)."""
     if enabled and device.type == "cuda":
+        import torch
+
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -115,6 +135,8 @@ def limited_threads(n: int, device: torch.device):
     if n <= 0 or device.type != "cpu":
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -6,27 +6,42 @@ the same seed, takes its share of each global batch, and DDP averages the gradie
 optimiser step sees the same global batch as a single process would. Validation and early
 stopping run on every rank over the same windows (identical decisions, no broadcast needed); only
 rank 0 writes checkpoints and outputs. Without torchrun (``WORLD_SIZE`` unset or 1) every function
-here is a no-op.
+here is a no-op — and imports no torch: a process group exists only once :func:`init_from_env`
+(which imports torch) ran, so while torch is not imported there is none to ask about.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 
+def _group() -> Any:
+    """``torch.distributed`` while a process group is up, else None (torch not imported: no group)."""
+    if "torch" not in sys.modules:
+        return None
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    dist = _group()
+    return dist.get_world_size() if dist is not None else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    dist = _group()
+    return dist.get_rank() if dist is not None else 0
 
 
 def is_main() -> bool:
@@ -40,7 +55,12 @@ def launched_by_torchrun() -> bool:
 
 def init_from_env() -> torch.device | None:
     """Join the process group torchrun described; returns this rank's CUDA device (None on CPU)."""
-    if not launched_by_torchrun() or dist.is_initialized():
+    if not launched_by_torchrun():
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         return None
     cuda = torch.cuda.is_available()
     device = None
@@ -53,7 +73,8 @@ def init_from_env() -> torch.device | None:
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    dist = _group()
+    if dist is not None:
         dist.barrier()
         dist.destroy_process_group()
 
@@ -67,15 +88,29 @@ def shard(starts: np.ndarray) -> np.ndarray:
     return part if len(part) else starts[-1:]  # a short last batch: repeat a window rather than hang
 
 
-class DataParallel(DistributedDataParallel):
-    """DDP whose attributes fall through to the wrapped module, so detector code that calls
-    ``self.module.some_method`` keeps working while the forward passes synchronise gradients."""
+@functools.cache
+def _data_parallel() -> type:
+    from torch.nn.parallel import DistributedDataParallel
 
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)
+    class DataParallel(DistributedDataParallel):
+        """DDP whose attributes fall through to the wrapped module, so detector code that calls
+        ``self.module.some_method`` keeps working while the forward passes synchronise gradients."""
+
+        def __getattr__(self, name: str):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.module, name)
+
+    DataParallel.__module__, DataParallel.__qualname__ = __name__, "DataParallel"
+    return DataParallel
+
+
+def __getattr__(name: str) -> Any:
+    """``distributed.DataParallel``: the class is built on first use (it subclasses torch's DDP)."""
+    if name == "DataParallel":
+        return _data_parallel()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -84,13 +119,16 @@ def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return module
     ids = [device.index] if device.type == "cuda" else None
     # find_unused_parameters: ablations and switched-off branches leave parameters without gradient
-    return DataParallel(module, device_ids=ids, find_unused_parameters=True)
+    return _data_parallel()(module, device_ids=ids, find_unused_parameters=True)
 
 
 def mean_over_ranks(value: float) -> float:
     """A float averaged over every rank (the training loss each rank saw on its share)."""
     if world_size() == 1:
         return value
+    import torch
+    import torch.distributed as dist
+
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -103,6 +141,9 @@ def sync_parameters(module: torch.nn.Module) -> None:
     differs per rank), so all ranks continue from one model."""
     if world_size() == 1:
         return
+    import torch
+    import torch.distributed as dist
+
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(t.data, 0)

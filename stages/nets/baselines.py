@@ -4,23 +4,25 @@ IsolationForest and PCA see *all* modalities of a window: each grid step is the 
 of its metric channels, flattened trace-edge features and log template counts, and a window is
 ``window`` such steps flattened. Features are already normalised with training statistics by
 ``windows@ds``; NaNs (missing modalities) become 0, i.e. the training mean.
+
+No torch here, and scikit-learn (about a second to import) only where a sklearn model is fitted
+or loaded: the random detector needs neither, and a saved PCA scores with numpy alone.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import joblib
 import numpy as np
-import torch
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
 
 from stages.core.errors import InputError
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.nets.base import Detector
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import IsolationForest
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class RandomDetector(Detector):
 
     name = "random"
     Config = RandomConfig
+    state_framework = "numpy"
 
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
@@ -133,10 +136,18 @@ class IsolationForestDetector(Detector):
 
     name = "iforest"
     Config = IForestConfig
+    state_framework = "numpy"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.model: IsolationForest | None = None
+
+    @classmethod
+    def from_params(cls, *args, **kwargs):
+        """A detector to fit: sklearn's forest is imported here (seconds), not inside the timed ``fit``."""
+        import sklearn.ensemble  # noqa: F401
+
+        return super().from_params(*args, **kwargs)
 
     def _window_matrix(self, ws: WindowSet, x: np.ndarray, starts: np.ndarray) -> np.ndarray:
         rep = self.config.representation
@@ -153,6 +164,8 @@ class IsolationForestDetector(Detector):
         cfg = self.config
         starts = training_starts(train, cfg.max_train_windows, self.seed)
         X = self._window_matrix(train, step_features(train), starts)
+        from sklearn.ensemble import IsolationForest
+
         log.info("%s: fitting %d trees on %d windows × %d features", self.name, cfg.n_estimators, *X.shape)
         self.model = IsolationForest(n_estimators=cfg.n_estimators, max_samples=min(cfg.max_samples, len(X)),
                                      max_features=cfg.max_features, contamination=cfg.contamination,
@@ -186,11 +199,15 @@ class IsolationForestDetector(Detector):
     def save_extra(self, directory: Path) -> None:
         if self.model is None:
             raise RuntimeError(f"{self.name}: nothing to save before fit()")
+        import joblib
+
         joblib.dump(self.model, directory / "model.joblib")
 
     def load_extra(self, directory: Path) -> None:
         if not (directory / "model.joblib").exists():
             raise InputError(directory / "model.joblib", None, f"a saved {self.name} detector file")
+        import joblib  # unpickling the forest imports sklearn.ensemble
+
         self.model = joblib.load(directory / "model.joblib")
         d, n = n_step_features(self.schema), int(getattr(self.model, "n_features_in_", 0))
         if d and n % d:
@@ -218,16 +235,26 @@ class PCADetector(Detector):
     """Reconstruction error of flattened windows through a PCA fitted on training windows.
 
     The residual of each window is reshaped to (window, features) and summed per step, so the
-    score is per grid step. Persistence is tensors (mean, components) in safetensors — no pickle.
+    score is per grid step. Persistence is tensors (mean, components) in safetensors — no pickle;
+    numpy arrays throughout, so scoring a saved PCA imports neither torch nor scikit-learn.
     """
 
     name = "pca"
     Config = PCAConfig
+    state_framework = "numpy"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.mean: np.ndarray | None = None  # (window·D,)
         self.components: np.ndarray | None = None  # (k, window·D), orthonormal rows
+
+    @classmethod
+    def from_params(cls, *args, **kwargs):
+        """A detector to fit: sklearn's PCA is imported here (seconds), not inside the timed ``fit``;
+        a loaded PCA scores with numpy alone."""
+        import sklearn.decomposition  # noqa: F401
+
+        return super().from_params(*args, **kwargs)
 
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
@@ -235,6 +262,8 @@ class PCADetector(Detector):
         starts = training_starts(train, self.config.max_train_windows, self.seed)
         X = train.take(step_features(train), starts).reshape(len(starts), -1).astype(np.float64)
         k = min(self.config.n_components, *X.shape)
+        from sklearn.decomposition import PCA
+
         # sklearn's "auto": exact SVD for small matrices, seeded randomized SVD for large ones
         pca = PCA(n_components=k, svd_solver="auto", random_state=self.seed).fit(X)
         # C order, as after a safetensors round trip: BLAS takes the same path → identical scores
@@ -268,14 +297,14 @@ class PCADetector(Detector):
             return np.full(windows.n_steps, np.nan)
         return windows.steps_from_windows(self._window_errors(windows, windows.starts))
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self) -> dict[str, np.ndarray]:
         if self.components is None:
             raise RuntimeError(f"{self.name}: nothing to save before fit()")
-        return {"mean": torch.from_numpy(self.mean), "components": torch.from_numpy(self.components)}
+        return {"mean": self.mean, "components": self.components}
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.mean = state["mean"].numpy()
-        self.components = state["components"].numpy()
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.mean = np.array(state["mean"])  # own, writable copies (as torch's .numpy() gave)
+        self.components = np.array(state["components"])
         d = n_step_features(self.schema)
         if d and self.mean.shape[0] % d:
             raise InputError("model.safetensors", "mean", f"a multiple of {d} features (the schema's per step)",

@@ -23,9 +23,10 @@ from stages.core.device import autocast, limited_threads, scoring_threads
 from stages.core.errors import InputError
 from stages.core.params import LLMParams
 from stages.core.windowset import FeatureSchema, WindowSet
-from stages.nets.base import TorchDetector, TrainConfig
+from stages.nets.base import TrainConfig
 from stages.nets.fuseguard_parts import (LLMAligner, LogBranch, MetricBranch, QualityFusion, TimeBasisDecoder,
                                          TraceBranch)
+from stages.nets.torch_detector import TorchDetector
 
 log = logging.getLogger(__name__)
 MODALITIES = ("metric", "trace", "log")

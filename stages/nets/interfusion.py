@@ -48,8 +48,9 @@ from tqdm.auto import tqdm
 from stages.core.device import limited_threads, scoring_threads
 from stages.core.errors import InputError
 from stages.core.windowset import WindowSet
-from stages.nets.base import TorchDetector, TrainConfig
+from stages.nets.base import TrainConfig
 from stages.nets.interfusion_scoring import TailScorer
+from stages.nets.torch_detector import TorchDetector
 
 log = logging.getLogger(__name__)
 LOG_2PI = math.log(2.0 * math.pi)

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from stages.core.device import autocast, limited_threads, scoring_threads
 from stages.core.windowset import WindowSet
-from stages.nets.base import TorchDetector, TrainConfig
+from stages.nets.base import TrainConfig
+from stages.nets.torch_detector import TorchDetector
 
 log = logging.getLogger(__name__)
 SCORE_BATCH = 512  # windows per forward pass when scoring (training batches stay config.train.batch_size)
