@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from stages.core.dspot import DSpot
 from stages.features.metric_matrix import forward_fill, last_observed
 from stages.nets.registry import DETECTORS
 from stages.scoring.alarms import CSV_COLUMNS
+from stages.scoring.features import Carry, build_block, read_frames
+from stages.scoring.frozen import Paths, load_frozen
 from stages.simulate.generate import generate
 from stages.simulate.params import SynthParams
 
@@ -210,6 +213,86 @@ def test_a_gap_longer_than_the_context_restarts_the_windows(project, tmp_path):
     assert any("stream restarted" in n for n in later["drift_notes"])
     assert later["span"]["first"].startswith("2022-04-18 15:00:00")
     assert later["warmup_steps"] > 0  # windows fill up again after the gap
+
+
+def _utc_us(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()) * 1_000_000
+
+
+def cut_dump(src: Path, dst: Path, cut: str, n_straddling: int = 12) -> tuple[Path, Path, Path, int]:
+    """``src`` (one Eadro chunk) with ``n_straddling`` traces moved so that a caller's span starts just
+    before ``cut`` and its callee's span just after, then cut there into two chunk folders, every
+    modality by its own timestamp. Returns (the moved dump whole, part before, part after, cut µs).
+    Eadro clocks (stages.formats.eadro): metrics UTC epoch s, span µs and log wall times UTC+8."""
+    cut_us = _utc_us(cut)
+    span_cut = cut_us + 8 * 3600 * 1_000_000
+    chunk = next(p for p in src.iterdir() if p.is_dir())
+    traces = json.loads((chunk / "spans.json").read_text())
+    shift: dict[str, int] = {}
+    for tr in traces:
+        if len(shift) == n_straddling or tr["traceID"] in shift:
+            continue
+        spans = {sp["spanID"]: sp for sp in tr["spans"]}
+        service = {pid: p["serviceName"] for pid, p in tr["processes"].items()}
+        for sp in tr["spans"]:
+            parent = spans.get(sp["references"][0]["spanID"]) if sp["references"] else None
+            gap = sp["startTime"] - parent["startTime"] if parent else 0
+            if parent and service[parent["processID"]] != service[sp["processID"]] and gap >= 2:
+                shift[tr["traceID"]] = span_cut - gap // 2 - parent["startTime"]
+                break
+    assert len(shift) == n_straddling
+    for tr in traces:  # repeated trace objects of the export move with their trace
+        for sp in tr["spans"]:
+            sp["startTime"] += shift.get(tr["traceID"], 0)
+    logs = json.loads((chunk / "logs.json").read_text())
+    log_cut = (datetime.fromisoformat(cut) + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
+    # per part: which side of the cut each modality's own clock must be on (None: either)
+    for name, before in (("whole", None), ("a", True), ("b", False)):
+        def keep(t, at, before=before):
+            return np.full(np.shape(t), True) if before is None else (np.asarray(t) < at) == before
+        folder = dst / name / chunk.name
+        (folder / "metrics").mkdir(parents=True)
+        for csv in sorted((chunk / "metrics").glob("*.csv")):
+            df = pl.read_csv(csv)
+            df.filter(keep(df["timestamp"].to_numpy(), cut_us // 1_000_000)).write_csv(folder / "metrics" / csv.name)
+        kept = [{**tr, "spans": [sp for sp in tr["spans"] if keep(sp["startTime"], span_cut)]} for tr in traces]
+        (folder / "spans.json").write_text(json.dumps([tr for tr in kept if tr["spans"]]))
+        (folder / "logs.json").write_text(json.dumps({svc: [ln for ln in lines if keep(ln[:19], log_cut)]
+                                                      for svc, lines in logs.items()}))
+    return dst / "whole", dst / "a", dst / "b", cut_us
+
+
+def test_a_parent_span_before_the_cut_keeps_its_call_edge(project, tmp_path):
+    """Pieces of a dump cut in time: a callee's span whose caller's span lies in the previous piece is
+    resolved through the spans the stream state carries, so its call counts as in the whole."""
+    root, raw, dumps = project
+    whole, a, b, cut_us = cut_dump(dumps["new"], tmp_path / "cut", "2022-04-18T14:45:00")
+    frozen = load_frozen(root / "models" / DS / "fuseguard", Paths(root))
+    step = frozen.step_us
+    fw, fa, fb = (read_frames("eadro", d, frozen.offsets) for d in (whole, a, b))
+    assert fa.traces["start_ts"].max() < cut_us <= fb.traces["start_ts"].min()
+    k0, k_cut, k1 = fw.data_steps(step)[0], cut_us // step, fw.data_steps(step)[1] + 1
+    empty = Carry.empty(frozen.schema.n_metric, frozen.schema.n_edges)
+    block_w = build_block(frozen, fw, k0, k1, empty)
+    block_a = build_block(frozen, fa, k0, k_cut, empty)
+    assert 0 < len(block_a.carry.parent_span_id) < fa.traces.height  # the spans near the cut, not all
+    block_b = build_block(frozen, fb, k_cut, k1, block_a.carry)
+    np.testing.assert_allclose(np.concatenate([block_a.trace, block_b.trace]), block_w.trace, rtol=1e-6, atol=1e-7)
+    no_parents = Carry(block_a.carry.metric_value, block_a.carry.metric_k, block_a.carry.latency_value,
+                       block_a.carry.latency_k)
+    orphan = build_block(frozen, fb, k_cut, k1, no_parents)
+    count = frozen.schema.edge_features.index("count")
+    assert (block_b.trace[0, :, count] > orphan.trace[0, :, count]).any(), "the test cut no call edge"
+
+    # the command, chunk after chunk, equals the whole (the carried spans go through state files)
+    run_score(root, "fuseguard", whole, tmp_path / "whole")
+    run_score(root, "fuseguard", a, tmp_path / "a")
+    run_score(root, "fuseguard", b, tmp_path / "b", "--resume", str(tmp_path / "a"))
+    w = pl.read_parquet(tmp_path / "whole" / "scores.parquet")
+    c = pl.concat([pl.read_parquet(tmp_path / p / "scores.parquet") for p in ("a", "b")], how="vertical_relaxed")
+    assert w["ts"].to_list() == c["ts"].to_list() and w["alarm"].to_list() == c["alarm"].to_list()
+    for col in ("score", "score_trace", "deviation_trace"):
+        np.testing.assert_allclose(c[col].to_numpy(), w[col].to_numpy(), rtol=1e-5, atol=1e-7, equal_nan=True)
 
 
 # ------------------------------------------------------------------ drift
