@@ -9,7 +9,8 @@ supplies the frozen state (:mod:`stages.scoring.frozen`). Writes into ``DIR`` (d
 ``report.html``, ``summary.json`` (with the ``drift`` section) and the stream state
 (``state.json`` + ``context.npz``) that ``--resume`` continues from. TS: ISO date-time (UTC when
 no zone is given) or epoch seconds; both are floored to the training grid step, ``--to`` exclusive.
-Nothing read or computed here is written back to the model or its statistics.
+Nothing read or computed here is written back to the model or its statistics. A ``--resume`` run
+with nothing after the state's end (a cron job ahead of its data) logs one line and writes nothing.
 """
 from __future__ import annotations
 
@@ -162,11 +163,6 @@ def run(args: ScoreArgs) -> dict:
         raise InputError(None, "--format", f"one of {', '.join(FORMATS)} (the training dataset's format is unknown)",
                          fmt)
     offsets = frozen.offsets if fmt == frozen.format else None  # the training system's clocks; else the format's
-    from stages.nets.registry import detector_class
-
-    det = detector_class(frozen.detector).load(frozen.model_dir / "detector", schema)
-    history = history_steps(det)
-    need = context_need(frozen.window, frozen.stride, history)
 
     t0 = time.perf_counter()
     frames = read_frames(fmt, Path(args.dump), offsets)
@@ -174,6 +170,15 @@ def run(args: ScoreArgs) -> dict:
     from_us, to_us = parse_ts(args.from_ts, "--from"), parse_ts(args.to_ts, "--to")
     lo = from_us // step_us if from_us is not None else span[0]
     hi = to_us // step_us if to_us is not None else span[1] + 1
+    if state is not None and hi <= state.next_k:  # a cron run before new data arrived: not an error
+        log.info("nothing new after %s; state unchanged", iso(state.next_k * step_us))
+        return {"dataset": frozen.dataset, "detector": frozen.detector, "resumed": True, "nothing_new": True,
+                "read_until": iso(state.next_k * step_us)}
+    from stages.nets.registry import detector_class
+
+    det = detector_class(frozen.detector).load(frozen.model_dir / "detector", schema)
+    history = history_steps(det)
+    need = context_need(frozen.window, frozen.stride, history)
     ctx, pending_k, carry, stream_notes = start_stream(frozen, state, lo, need)
     k0 = ctx.k0 + ctx.n
     if hi <= k0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -293,6 +294,31 @@ def test_a_parent_span_before_the_cut_keeps_its_call_edge(project, tmp_path):
     assert w["ts"].to_list() == c["ts"].to_list() and w["alarm"].to_list() == c["alarm"].to_list()
     for col in ("score", "score_trace", "deviation_trace"):
         np.testing.assert_allclose(c[col].to_numpy(), w[col].to_numpy(), rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_resume_with_nothing_new_changes_nothing_and_exits_0(project, tmp_path, caplog):
+    """A cron run before new data arrived: one INFO line, outputs and state untouched, exit 0."""
+    root, raw, dumps = project
+    first = tmp_path / "first"
+    run_score(root, "random", dumps["new"], first)
+    before = tree_digest(first)
+    caplog.set_level(logging.INFO, logger="stages.score")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for extra in ([], ["--to", "2022-04-18T15:00:00"]):  # the same dump again; a slice before the state's end
+            caplog.clear()
+            rc = score.main([f"models/{DS}/random", str(dumps["new"]), "--resume", str(first), "--out", str(first),
+                             *extra])
+            assert rc == 0
+            lines = [r.getMessage() for r in caplog.records if r.name == "stages.score"]
+            assert lines == ["nothing new after 2022-04-18 15:30:00.000000Z; state unchanged"], lines
+        assert score.main([f"models/{DS}/random", str(dumps["new"]), "--resume", str(first),
+                           "--out", str(tmp_path / "elsewhere")]) == 0
+    finally:
+        os.chdir(cwd)
+    assert tree_digest(first) == before
+    assert not (tmp_path / "elsewhere").exists()
 
 
 # ------------------------------------------------------------------ drift
