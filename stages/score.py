@@ -174,11 +174,15 @@ def run(args: ScoreArgs) -> dict:
         log.info("nothing new after %s; state unchanged", iso(state.next_k * step_us))
         return {"dataset": frozen.dataset, "detector": frozen.detector, "resumed": True, "nothing_new": True,
                 "read_until": iso(state.next_k * step_us)}
+    t_read = time.perf_counter() - t0
     from stages.nets.registry import detector_class
 
+    t0 = time.perf_counter()
     det = detector_class(frozen.detector).load(frozen.model_dir / "detector", schema)
+    t_load = time.perf_counter() - t0
     history = history_steps(det)
     need = context_need(frozen.window, frozen.stride, history)
+    t0 = time.perf_counter()
     ctx, pending_k, carry, stream_notes = start_stream(frozen, state, lo, need)
     k0 = ctx.k0 + ctx.n
     if hi <= k0:
@@ -186,7 +190,7 @@ def run(args: ScoreArgs) -> dict:
                          f"the span ends at {iso(hi * step_us)}")
     block = build_block(frozen, frames, k0, hi, carry)
     ctx = ctx.extend(block)
-    t_features = time.perf_counter() - t0
+    t_features = t_read + time.perf_counter() - t0
 
     t0 = time.perf_counter()
     threshold = state.threshold if state is not None else validation_threshold(frozen, det)
@@ -234,7 +238,8 @@ def run(args: ScoreArgs) -> dict:
         "threshold": {"method": threshold.method, "last": _finite(float(thr[-1])) if len(thr) else None},
         "frozen_state": {"fingerprint": frozen.fingerprint, "files": frozen.digests},
         "drift": drift, "drift_notes": notes,
-        "timing_s": {"read_and_features": t_features, "calibrate": t_calibrate, "score": t_score},
+        "timing_s": {"load_model": t_load, "read_and_features": t_features, "calibrate": t_calibrate,
+                     "score": t_score},
     }
     frame = pl.DataFrame({"ts": pl.Series(ts).cast(pl.Datetime("us", "UTC")), "score": score, "threshold": thr,
                           "alarm": alarm.astype(bool)})
