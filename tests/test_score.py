@@ -7,6 +7,7 @@ then new dumps of the same system (other faults and traffic) are scored through 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import os
@@ -20,12 +21,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 import yaml
 
 from stages import embed, embed_pca, labels, logs, metrics, score, traces, train, windows
+from stages.core.device import autocast
 from stages.core.dspot import DSpot
+from stages.core.windowset import FeatureSchema, load_split
 from stages.features.metric_matrix import forward_fill, last_observed
-from stages.nets.registry import DETECTORS
+from stages.nets.registry import DETECTORS, detector_class
 from stages.scoring.alarms import CSV_COLUMNS
 from stages.scoring.features import Carry, build_block, read_frames
 from stages.scoring.frozen import Paths, load_frozen
@@ -432,6 +436,96 @@ def test_report_page_structure(project, tmp_path):
                 assert not (isinstance(v, str) and ("://" in v or v.startswith("//"))), v
         assert "http://" not in page and "https://" not in page
     assert seen_alarms > 0
+
+
+# ------------------------------------------------------------------ FuseGuard's own contributors
+
+
+def _score_as_before(det, ws) -> np.ndarray:
+    """FuseGuard's step scores computed as before its per-unit explanation existed (commit f3150e8), from
+    the module's unit errors and calibration buffers: what score() must still return, bit for bit."""
+    cfg, mod = det.config, det.module
+    errs, weights = [], []
+    for _, batch, out in det._inference_passes(ws):
+        with autocast(det.device, cfg.train.amp):
+            per = []
+            for m, sq in mod.unit_errors(batch, out["recon"]).items():
+                scale = getattr(mod, f"unit_scale_{m}")
+                floor = max(1e-8, cfg.unit_scale_floor * float(scale.median())) if scale.numel() else 1e-8
+                z = sq / scale.clamp_min(floor)
+                k = max(1, int(np.ceil(cfg.score_top_fraction * z.shape[-1])))
+                per.append(z.topk(k, dim=-1).values.mean(-1))
+            errs.append(torch.stack(per, dim=1).float().cpu().numpy())
+        weights.append(out["weights"].float().cpu().numpy())
+    e = np.concatenate(errs) / mod.error_scale.detach().cpu().numpy()[None, :, None]
+    return ws.steps_from_windows(det._combine(torch.from_numpy(e), torch.from_numpy(np.concatenate(weights))).numpy())
+
+
+def _schema_unit(name: str, schema: FeatureSchema) -> str | None:
+    """The modality of the schema unit ``name`` names (None: no such unit), read off the schema itself."""
+    if name in schema.metric_channels:
+        return "metric"
+    edge, _, feature = name.rpartition("/")
+    if feature in schema.edge_features and tuple(edge.split("->")) in {tuple(e) for e in schema.edges}:
+        return "trace"
+    service, _, rest = name.partition("/#")
+    k = rest.split(" ", 1)[0]
+    if k.isdigit() and (service, int(k)) in {tuple(c) for c in schema.log_columns}:
+        return "log"
+    return None
+
+
+def test_fuseguard_explain_reads_the_scoring_pass_and_keeps_the_scores(project):
+    root, raw, dumps = project
+    frozen = load_frozen(root / "models" / DS / "fuseguard", Paths(root))
+    det = detector_class("fuseguard").load(frozen.model_dir / "detector", frozen.schema)
+    ws = load_split(frozen.paths.windows, "test", frozen.schema.word_pca)
+    ws.schema = frozen.schema
+    passes = []
+    hook = det.module.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        first = det.score(ws)
+        n_passes = len(passes)
+        ex = det.explain(ws)
+        assert len(passes) == n_passes > 0, "explain ran the network again"
+        again = det.score(ws)
+    finally:
+        hook.remove()
+    np.testing.assert_array_equal(first, _score_as_before(det, ws))
+    np.testing.assert_array_equal(again, first)
+
+    units, unit_scores = ex["units"], ex["unit_scores"]
+    assert unit_scores.shape == (ws.n_steps, len(units)) and unit_scores.dtype == np.float32
+    modality = np.array([_schema_unit(u, frozen.schema) for u in units])
+    assert None not in modality.tolist() and len(set(units)) == len(units)
+    assert set(modality.tolist()) == set(ex["modality_scores"]) == {"metric", "trace", "log"}
+    scored = np.isfinite(first)
+    assert np.isfinite(unit_scores[scored]).all() and np.isnan(unit_scores[~scored]).all()
+    for m, series in ex["modality_scores"].items():  # a modality's score: the mean of its top units' scores
+        cols = unit_scores[scored][:, modality == m].astype(np.float64)
+        k = max(1, int(np.ceil(det.config.score_top_fraction * cols.shape[1])))
+        top = -np.sort(-cols, axis=1)[:, :k].mean(axis=1)
+        np.testing.assert_allclose(top, series[scored], rtol=1e-5, atol=1e-7)
+
+
+def test_fuseguard_alarms_name_its_top_units(project, tmp_path):
+    """alarms.csv's top_contributors: FuseGuard's own per-unit errors, named as the schema's units; the
+    page shows them per alarm, with their series."""
+    root, raw, dumps = project
+    out = tmp_path / "fg"
+    run_score(root, "fuseguard", dumps["new"], out)
+    schema = load_frozen(root / "models" / DS / "fuseguard", Paths(root)).schema
+    alarms = read_alarms(out / "alarms.csv")
+    assert alarms.height > 0, "the new dump raised no FuseGuard alarm: nothing to check"
+    page = (out / "report.html").read_text()
+    assert page.count("top contributors (per-unit normalised reconstruction error)") == alarms.height
+    for row in alarms.iter_rows(named=True):
+        contributors = row["top_contributors"]
+        assert contributors, row
+        name, value = contributors.split("; ")[0].rsplit("=", 1)
+        assert _schema_unit(name, schema) is not None, name
+        assert float(value) > 0
+        assert f'aria-label="{html.escape(name)}"' in page  # its series is drawn on the alarm's card
 
 
 def test_screenshot_script_is_documented():
