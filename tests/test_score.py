@@ -13,7 +13,9 @@ import logging
 import os
 import shutil
 import subprocess
+import struct
 import sys
+import zlib
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -526,6 +528,90 @@ def test_fuseguard_alarms_name_its_top_units(project, tmp_path):
         assert _schema_unit(name, schema) is not None, name
         assert float(value) > 0
         assert f'aria-label="{html.escape(name)}"' in page  # its series is drawn on the alarm's card
+
+
+# ------------------------------------------------------------------ a real browser
+
+
+def _chromium() -> str | None:
+    """The browser scripts/screenshot_report.sh picks (same order)."""
+    return os.environ.get("CHROMIUM") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """(H, W, channels) uint8 of an 8-bit, non-interlaced PNG (stdlib zlib; filters undone here)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, [], None
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + size]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        pos += 12 + size
+    width, height, depth, colour, _, _, interlace = header
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    assert depth == 8 and interlace == 0, (depth, interlace)
+    bpp, stride = channels, width * channels
+    raw = zlib.decompress(b"".join(idat))
+    out = np.zeros((height, stride), np.uint8)
+    prev = np.zeros(stride, np.int64)
+    for y in range(height):
+        kind, row = raw[y * (stride + 1)], np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int64)
+        if kind == 1:  # Sub: a running sum per channel
+            row = row.reshape(width, bpp).cumsum(axis=0).reshape(-1) % 256
+        elif kind == 2:  # Up
+            row = (row + prev) % 256
+        elif kind in (3, 4):  # Average, Paeth: byte by byte
+            r, p = row.tolist(), prev.tolist()
+            for i in range(stride):
+                a = r[i - bpp] if i >= bpp else 0
+                c = p[i - bpp] if i >= bpp else 0
+                if kind == 3:
+                    r[i] = (r[i] + (a + p[i]) // 2) % 256
+                else:
+                    est = a + p[i] - c
+                    pa, pb, pc = abs(est - a), abs(est - p[i]), abs(est - c)
+                    r[i] = (r[i] + (a if pa <= pb and pa <= pc else p[i] if pb <= pc else c)) % 256
+            row = np.asarray(r, np.int64)
+        out[y], prev = row, row
+    return out.reshape(height, width, channels)
+
+
+def test_report_renders_in_a_real_browser(project, tmp_path):
+    """scripts/screenshot_report.sh in headless Chromium: a PNG of the requested size that is not blank,
+    and no console message from the page."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium not found (apt-get install chromium, or set CHROMIUM=/path/to/chromium); "
+                    "test_report_page_structure checks the page without a browser")
+    root, raw, dumps = project
+    run_score(root, "fuseguard", dumps["new"], tmp_path / "fg")
+    script = REPO / "scripts" / "screenshot_report.sh"
+    env = dict(os.environ, CHROMIUM=browser, CHROMIUM_FLAGS="--enable-logging=stderr --v=0")
+
+    def shoot(page: Path, png: Path, width: int, height: int) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(script), str(page), str(png), str(width), str(height)], env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    png = tmp_path / "report.png"
+    proc = shoot(tmp_path / "fg" / "report.html", png, 900, 700)
+    img = read_png(png)
+    assert img.shape[:2] == (700, 900)
+    rgb = img[..., :3].astype(np.float64)
+    assert rgb.var() > 0
+    assert (rgb.max(axis=2) < 128).mean() > 0.002, "hardly anything dark drawn (text, lines)"
+    assert len(np.unique(img[..., :3].reshape(-1, 3), axis=0)) > 20  # text, lines, shaded alarms
+    # console messages reach stderr with these flags: a page that logs one shows it, ours shows none
+    probe = tmp_path / "probe.html"
+    probe.write_text('<!DOCTYPE html><html><body><script>console.error("probe-" + "message")</script></body></html>')
+    if "probe-message" in shoot(probe, tmp_path / "probe.png", 200, 100).stderr:
+        assert ":CONSOLE" not in proc.stderr, [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
 
 
 def test_screenshot_script_is_documented():
