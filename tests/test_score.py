@@ -581,13 +581,12 @@ def read_png(path: Path) -> np.ndarray:
     return out.reshape(height, width, channels)
 
 
+@pytest.mark.skipif(_chromium() is None, reason="Chromium not found (apt-get install chromium, or set "
+                    "CHROMIUM=/path/to/chromium); test_report_page_structure checks the page without a browser")
 def test_report_renders_in_a_real_browser(project, tmp_path):
     """scripts/screenshot_report.sh in headless Chromium: a PNG of the requested size that is not blank,
     and no console message from the page."""
     browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium not found (apt-get install chromium, or set CHROMIUM=/path/to/chromium); "
-                    "test_report_page_structure checks the page without a browser")
     root, raw, dumps = project
     run_score(root, "fuseguard", dumps["new"], tmp_path / "fg")
     script = REPO / "scripts" / "screenshot_report.sh"
