@@ -9,7 +9,8 @@ supplies the frozen state (:mod:`stages.scoring.frozen`). Writes into ``DIR`` (d
 ``report.html``, ``summary.json`` (with the ``drift`` section) and the stream state
 (``state.json`` + ``context.npz``) that ``--resume`` continues from. TS: ISO date-time (UTC when
 no zone is given) or epoch seconds; both are floored to the training grid step, ``--to`` exclusive.
-Nothing read or computed here is written back to the model or its statistics.
+Nothing read or computed here is written back to the model or its statistics. A ``--resume`` run
+with nothing after the state's end (a cron job ahead of its data) logs one line and writes nothing.
 """
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def run(args: ScoreArgs) -> dict:
 
     t_start = time.perf_counter()
     frozen = load_frozen(args.model_dir, args.paths)  # files only: no numeric work before the pools are fixed
-    cls = detector_class(frozen.detector)  # its module first (torch for a torch detector): then its threads are set
+    detector_class(frozen.detector)  # its module first (torch for a torch detector): then its threads are set
     deterministic_threads()
     set_scoring_threads(resolve_score_threads("auto")[0])  # scores are the same bits at any count
     schema, step_us = frozen.schema, frozen.step_us
@@ -166,9 +167,6 @@ def run(args: ScoreArgs) -> dict:
         raise InputError(None, "--format", f"one of {', '.join(FORMATS)} (the training dataset's format is unknown)",
                          fmt)
     offsets = frozen.offsets if fmt == frozen.format else None  # the training system's clocks; else the format's
-    det = cls.load(frozen.model_dir / "detector", schema)
-    history = history_steps(det)
-    need = context_need(frozen.window, frozen.stride, history)
 
     t0 = time.perf_counter()
     frames = read_frames(fmt, Path(args.dump), offsets)
@@ -176,6 +174,19 @@ def run(args: ScoreArgs) -> dict:
     from_us, to_us = parse_ts(args.from_ts, "--from"), parse_ts(args.to_ts, "--to")
     lo = from_us // step_us if from_us is not None else span[0]
     hi = to_us // step_us if to_us is not None else span[1] + 1
+    if state is not None and hi <= state.next_k:  # a cron run before new data arrived: not an error
+        log.info("nothing new after %s; state unchanged", iso(state.next_k * step_us))
+        return {"dataset": frozen.dataset, "detector": frozen.detector, "resumed": True, "nothing_new": True,
+                "read_until": iso(state.next_k * step_us)}
+    t_read = time.perf_counter() - t0
+    from stages.nets.registry import detector_class
+
+    t0 = time.perf_counter()
+    det = detector_class(frozen.detector).load(frozen.model_dir / "detector", schema)
+    t_load = time.perf_counter() - t0
+    history = history_steps(det)
+    need = context_need(frozen.window, frozen.stride, history)
+    t0 = time.perf_counter()
     ctx, pending_k, carry, stream_notes = start_stream(frozen, state, lo, need)
     k0 = ctx.k0 + ctx.n
     if hi <= k0:
@@ -183,7 +194,7 @@ def run(args: ScoreArgs) -> dict:
                          f"the span ends at {iso(hi * step_us)}")
     block = build_block(frozen, frames, k0, hi, carry)
     ctx = ctx.extend(block)
-    t_features = time.perf_counter() - t0
+    t_features = t_read + time.perf_counter() - t0
 
     t0 = time.perf_counter()
     threshold = state.threshold if state is not None else validation_threshold(frozen, det)
@@ -231,7 +242,8 @@ def run(args: ScoreArgs) -> dict:
         "threshold": {"method": threshold.method, "last": _finite(float(thr[-1])) if len(thr) else None},
         "frozen_state": {"fingerprint": frozen.fingerprint, "files": frozen.digests},
         "drift": drift, "drift_notes": notes,
-        "timing_s": {"read_and_features": t_features, "calibrate": t_calibrate, "score": t_score},
+        "timing_s": {"load_model": t_load, "read_and_features": t_features, "calibrate": t_calibrate,
+                     "score": t_score},
     }
     frame = pl.DataFrame({"ts": pl.Series(ts).cast(pl.Datetime("us", "UTC")), "score": score, "threshold": thr,
                           "alarm": alarm.astype(bool)})

@@ -7,24 +7,34 @@ then new dumps of the same system (other faults and traffic) are scored through 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import logging
 import os
 import shutil
 import subprocess
+import struct
 import sys
+import zlib
+from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import torch
 import yaml
 
 from stages import embed, embed_pca, labels, logs, metrics, score, traces, train, windows
+from stages.core.device import autocast
 from stages.core.dspot import DSpot
+from stages.core.windowset import FeatureSchema, load_split
 from stages.features.metric_matrix import forward_fill, last_observed
-from stages.nets.registry import DETECTORS
+from stages.nets.registry import DETECTORS, detector_class
 from stages.scoring.alarms import CSV_COLUMNS
+from stages.scoring.features import Carry, build_block, read_frames
+from stages.scoring.frozen import Paths, load_frozen
 from stages.simulate.generate import generate
 from stages.simulate.params import SynthParams
 
@@ -212,6 +222,111 @@ def test_a_gap_longer_than_the_context_restarts_the_windows(project, tmp_path):
     assert later["warmup_steps"] > 0  # windows fill up again after the gap
 
 
+def _utc_us(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()) * 1_000_000
+
+
+def cut_dump(src: Path, dst: Path, cut: str, n_straddling: int = 12) -> tuple[Path, Path, Path, int]:
+    """``src`` (one Eadro chunk) with ``n_straddling`` traces moved so that a caller's span starts just
+    before ``cut`` and its callee's span just after, then cut there into two chunk folders, every
+    modality by its own timestamp. Returns (the moved dump whole, part before, part after, cut µs).
+    Eadro clocks (stages.formats.eadro): metrics UTC epoch s, span µs and log wall times UTC+8."""
+    cut_us = _utc_us(cut)
+    span_cut = cut_us + 8 * 3600 * 1_000_000
+    chunk = next(p for p in src.iterdir() if p.is_dir())
+    traces = json.loads((chunk / "spans.json").read_text())
+    shift: dict[str, int] = {}
+    for tr in traces:
+        if len(shift) == n_straddling or tr["traceID"] in shift:
+            continue
+        spans = {sp["spanID"]: sp for sp in tr["spans"]}
+        service = {pid: p["serviceName"] for pid, p in tr["processes"].items()}
+        for sp in tr["spans"]:
+            parent = spans.get(sp["references"][0]["spanID"]) if sp["references"] else None
+            gap = sp["startTime"] - parent["startTime"] if parent else 0
+            if parent and service[parent["processID"]] != service[sp["processID"]] and gap >= 2:
+                shift[tr["traceID"]] = span_cut - gap // 2 - parent["startTime"]
+                break
+    assert len(shift) == n_straddling
+    for tr in traces:  # repeated trace objects of the export move with their trace
+        for sp in tr["spans"]:
+            sp["startTime"] += shift.get(tr["traceID"], 0)
+    logs = json.loads((chunk / "logs.json").read_text())
+    log_cut = (datetime.fromisoformat(cut) + timedelta(hours=8)).strftime("%Y-%m-%d %H:%M:%S")
+    # per part: which side of the cut each modality's own clock must be on (None: either)
+    for name, before in (("whole", None), ("a", True), ("b", False)):
+        def keep(t, at, before=before):
+            return np.full(np.shape(t), True) if before is None else (np.asarray(t) < at) == before
+        folder = dst / name / chunk.name
+        (folder / "metrics").mkdir(parents=True)
+        for csv in sorted((chunk / "metrics").glob("*.csv")):
+            df = pl.read_csv(csv)
+            df.filter(keep(df["timestamp"].to_numpy(), cut_us // 1_000_000)).write_csv(folder / "metrics" / csv.name)
+        kept = [{**tr, "spans": [sp for sp in tr["spans"] if keep(sp["startTime"], span_cut)]} for tr in traces]
+        (folder / "spans.json").write_text(json.dumps([tr for tr in kept if tr["spans"]]))
+        (folder / "logs.json").write_text(json.dumps({svc: [ln for ln in lines if keep(ln[:19], log_cut)]
+                                                      for svc, lines in logs.items()}))
+    return dst / "whole", dst / "a", dst / "b", cut_us
+
+
+def test_a_parent_span_before_the_cut_keeps_its_call_edge(project, tmp_path):
+    """Pieces of a dump cut in time: a callee's span whose caller's span lies in the previous piece is
+    resolved through the spans the stream state carries, so its call counts as in the whole."""
+    root, raw, dumps = project
+    whole, a, b, cut_us = cut_dump(dumps["new"], tmp_path / "cut", "2022-04-18T14:45:00")
+    frozen = load_frozen(root / "models" / DS / "fuseguard", Paths(root))
+    step = frozen.step_us
+    fw, fa, fb = (read_frames("eadro", d, frozen.offsets) for d in (whole, a, b))
+    assert fa.traces["start_ts"].max() < cut_us <= fb.traces["start_ts"].min()
+    k0, k_cut, k1 = fw.data_steps(step)[0], cut_us // step, fw.data_steps(step)[1] + 1
+    empty = Carry.empty(frozen.schema.n_metric, frozen.schema.n_edges)
+    block_w = build_block(frozen, fw, k0, k1, empty)
+    block_a = build_block(frozen, fa, k0, k_cut, empty)
+    assert 0 < len(block_a.carry.parent_span_id) < fa.traces.height  # the spans near the cut, not all
+    block_b = build_block(frozen, fb, k_cut, k1, block_a.carry)
+    np.testing.assert_allclose(np.concatenate([block_a.trace, block_b.trace]), block_w.trace, rtol=1e-6, atol=1e-7)
+    no_parents = Carry(block_a.carry.metric_value, block_a.carry.metric_k, block_a.carry.latency_value,
+                       block_a.carry.latency_k)
+    orphan = build_block(frozen, fb, k_cut, k1, no_parents)
+    count = frozen.schema.edge_features.index("count")
+    assert (block_b.trace[0, :, count] > orphan.trace[0, :, count]).any(), "the test cut no call edge"
+
+    # the command, chunk after chunk, equals the whole (the carried spans go through state files)
+    run_score(root, "fuseguard", whole, tmp_path / "whole")
+    run_score(root, "fuseguard", a, tmp_path / "a")
+    run_score(root, "fuseguard", b, tmp_path / "b", "--resume", str(tmp_path / "a"))
+    w = pl.read_parquet(tmp_path / "whole" / "scores.parquet")
+    c = pl.concat([pl.read_parquet(tmp_path / p / "scores.parquet") for p in ("a", "b")], how="vertical_relaxed")
+    assert w["ts"].to_list() == c["ts"].to_list() and w["alarm"].to_list() == c["alarm"].to_list()
+    for col in ("score", "score_trace", "deviation_trace"):
+        np.testing.assert_allclose(c[col].to_numpy(), w[col].to_numpy(), rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_resume_with_nothing_new_changes_nothing_and_exits_0(project, tmp_path, caplog):
+    """A cron run before new data arrived: one INFO line, outputs and state untouched, exit 0."""
+    root, raw, dumps = project
+    first = tmp_path / "first"
+    run_score(root, "random", dumps["new"], first)
+    before = tree_digest(first)
+    caplog.set_level(logging.INFO, logger="stages.score")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for extra in ([], ["--to", "2022-04-18T15:00:00"]):  # the same dump again; a slice before the state's end
+            caplog.clear()
+            rc = score.main([f"models/{DS}/random", str(dumps["new"]), "--resume", str(first), "--out", str(first),
+                             *extra])
+            assert rc == 0
+            lines = [r.getMessage() for r in caplog.records if r.name == "stages.score"]
+            assert lines == ["nothing new after 2022-04-18 15:30:00.000000Z; state unchanged"], lines
+        assert score.main([f"models/{DS}/random", str(dumps["new"]), "--resume", str(first),
+                           "--out", str(tmp_path / "elsewhere")]) == 0
+    finally:
+        os.chdir(cwd)
+    assert tree_digest(first) == before
+    assert not (tmp_path / "elsewhere").exists()
+
+
 # ------------------------------------------------------------------ drift
 
 
@@ -323,6 +438,179 @@ def test_report_page_structure(project, tmp_path):
                 assert not (isinstance(v, str) and ("://" in v or v.startswith("//"))), v
         assert "http://" not in page and "https://" not in page
     assert seen_alarms > 0
+
+
+# ------------------------------------------------------------------ FuseGuard's own contributors
+
+
+def _score_as_before(det, ws) -> np.ndarray:
+    """FuseGuard's step scores computed as before its per-unit explanation existed (commit f3150e8), from
+    the module's unit errors and calibration buffers: what score() must still return, bit for bit."""
+    cfg, mod = det.config, det.module
+    errs, weights = [], []
+    for _, batch, out in det._inference_passes(ws):
+        with autocast(det.device, cfg.train.amp):
+            per = []
+            for m, sq in mod.unit_errors(batch, out["recon"]).items():
+                scale = getattr(mod, f"unit_scale_{m}")
+                floor = max(1e-8, cfg.unit_scale_floor * float(scale.median())) if scale.numel() else 1e-8
+                z = sq / scale.clamp_min(floor)
+                k = max(1, int(np.ceil(cfg.score_top_fraction * z.shape[-1])))
+                per.append(z.topk(k, dim=-1).values.mean(-1))
+            errs.append(torch.stack(per, dim=1).float().cpu().numpy())
+        weights.append(out["weights"].float().cpu().numpy())
+    e = np.concatenate(errs) / mod.error_scale.detach().cpu().numpy()[None, :, None]
+    return ws.steps_from_windows(det._combine(torch.from_numpy(e), torch.from_numpy(np.concatenate(weights))).numpy())
+
+
+def _schema_unit(name: str, schema: FeatureSchema) -> str | None:
+    """The modality of the schema unit ``name`` names (None: no such unit), read off the schema itself."""
+    if name in schema.metric_channels:
+        return "metric"
+    edge, _, feature = name.rpartition("/")
+    if feature in schema.edge_features and tuple(edge.split("->")) in {tuple(e) for e in schema.edges}:
+        return "trace"
+    service, _, rest = name.partition("/#")
+    k = rest.split(" ", 1)[0]
+    if k.isdigit() and (service, int(k)) in {tuple(c) for c in schema.log_columns}:
+        return "log"
+    return None
+
+
+def test_fuseguard_explain_reads_the_scoring_pass_and_keeps_the_scores(project):
+    root, raw, dumps = project
+    frozen = load_frozen(root / "models" / DS / "fuseguard", Paths(root))
+    det = detector_class("fuseguard").load(frozen.model_dir / "detector", frozen.schema)
+    ws = load_split(frozen.paths.windows, "test", frozen.schema.word_pca)
+    ws.schema = frozen.schema
+    passes = []
+    hook = det.module.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        first = det.score(ws)
+        n_passes = len(passes)
+        ex = det.explain(ws)
+        assert len(passes) == n_passes > 0, "explain ran the network again"
+        again = det.score(ws)
+    finally:
+        hook.remove()
+    np.testing.assert_array_equal(first, _score_as_before(det, ws))
+    np.testing.assert_array_equal(again, first)
+
+    units, unit_scores = ex["units"], ex["unit_scores"]
+    assert unit_scores.shape == (ws.n_steps, len(units)) and unit_scores.dtype == np.float32
+    modality = np.array([_schema_unit(u, frozen.schema) for u in units])
+    assert None not in modality.tolist() and len(set(units)) == len(units)
+    assert set(modality.tolist()) == set(ex["modality_scores"]) == {"metric", "trace", "log"}
+    scored = np.isfinite(first)
+    assert np.isfinite(unit_scores[scored]).all() and np.isnan(unit_scores[~scored]).all()
+    for m, series in ex["modality_scores"].items():  # a modality's score: the mean of its top units' scores
+        cols = unit_scores[scored][:, modality == m].astype(np.float64)
+        k = max(1, int(np.ceil(det.config.score_top_fraction * cols.shape[1])))
+        top = -np.sort(-cols, axis=1)[:, :k].mean(axis=1)
+        np.testing.assert_allclose(top, series[scored], rtol=1e-5, atol=1e-7)
+
+
+def test_fuseguard_alarms_name_its_top_units(project, tmp_path):
+    """alarms.csv's top_contributors: FuseGuard's own per-unit errors, named as the schema's units; the
+    page shows them per alarm, with their series."""
+    root, raw, dumps = project
+    out = tmp_path / "fg"
+    run_score(root, "fuseguard", dumps["new"], out)
+    schema = load_frozen(root / "models" / DS / "fuseguard", Paths(root)).schema
+    alarms = read_alarms(out / "alarms.csv")
+    assert alarms.height > 0, "the new dump raised no FuseGuard alarm: nothing to check"
+    page = (out / "report.html").read_text()
+    assert page.count("top contributors (per-unit normalised reconstruction error)") == alarms.height
+    for row in alarms.iter_rows(named=True):
+        contributors = row["top_contributors"]
+        assert contributors, row
+        name, value = contributors.split("; ")[0].rsplit("=", 1)
+        assert _schema_unit(name, schema) is not None, name
+        assert float(value) > 0
+        assert f'aria-label="{html.escape(name)}"' in page  # its series is drawn on the alarm's card
+
+
+# ------------------------------------------------------------------ a real browser
+
+
+def _chromium() -> str | None:
+    """The browser scripts/screenshot_report.sh picks (same order)."""
+    return os.environ.get("CHROMIUM") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """(H, W, channels) uint8 of an 8-bit, non-interlaced PNG (stdlib zlib; filters undone here)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, [], None
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + size]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat.append(body)
+        pos += 12 + size
+    width, height, depth, colour, _, _, interlace = header
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    assert depth == 8 and interlace == 0, (depth, interlace)
+    bpp, stride = channels, width * channels
+    raw = zlib.decompress(b"".join(idat))
+    out = np.zeros((height, stride), np.uint8)
+    prev = np.zeros(stride, np.int64)
+    for y in range(height):
+        kind, row = raw[y * (stride + 1)], np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int64)
+        if kind == 1:  # Sub: a running sum per channel
+            row = row.reshape(width, bpp).cumsum(axis=0).reshape(-1) % 256
+        elif kind == 2:  # Up
+            row = (row + prev) % 256
+        elif kind in (3, 4):  # Average, Paeth: byte by byte
+            r, p = row.tolist(), prev.tolist()
+            for i in range(stride):
+                a = r[i - bpp] if i >= bpp else 0
+                c = p[i - bpp] if i >= bpp else 0
+                if kind == 3:
+                    r[i] = (r[i] + (a + p[i]) // 2) % 256
+                else:
+                    est = a + p[i] - c
+                    pa, pb, pc = abs(est - a), abs(est - p[i]), abs(est - c)
+                    r[i] = (r[i] + (a if pa <= pb and pa <= pc else p[i] if pb <= pc else c)) % 256
+            row = np.asarray(r, np.int64)
+        out[y], prev = row, row
+    return out.reshape(height, width, channels)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium not found (apt-get install chromium, or set "
+                    "CHROMIUM=/path/to/chromium); test_report_page_structure checks the page without a browser")
+def test_report_renders_in_a_real_browser(project, tmp_path):
+    """scripts/screenshot_report.sh in headless Chromium: a PNG of the requested size that is not blank,
+    and no console message from the page."""
+    browser = _chromium()
+    root, raw, dumps = project
+    run_score(root, "fuseguard", dumps["new"], tmp_path / "fg")
+    script = REPO / "scripts" / "screenshot_report.sh"
+    env = dict(os.environ, CHROMIUM=browser, CHROMIUM_FLAGS="--enable-logging=stderr --v=0")
+
+    def shoot(page: Path, png: Path, width: int, height: int) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(script), str(page), str(png), str(width), str(height)], env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    png = tmp_path / "report.png"
+    proc = shoot(tmp_path / "fg" / "report.html", png, 900, 700)
+    img = read_png(png)
+    assert img.shape[:2] == (700, 900)
+    rgb = img[..., :3].astype(np.float64)
+    assert rgb.var() > 0
+    assert (rgb.max(axis=2) < 128).mean() > 0.002, "hardly anything dark drawn (text, lines)"
+    assert len(np.unique(img[..., :3].reshape(-1, 3), axis=0)) > 20  # text, lines, shaded alarms
+    # console messages reach stderr with these flags: a page that logs one shows it, ours shows none
+    probe = tmp_path / "probe.html"
+    probe.write_text('<!DOCTYPE html><html><body><script>console.error("probe-" + "message")</script></body></html>')
+    if "probe-message" in shoot(probe, tmp_path / "probe.png", 200, 100).stderr:
+        assert ":CONSOLE" not in proc.stderr, [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln]
 
 
 def test_screenshot_script_is_documented():

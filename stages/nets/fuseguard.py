@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 from stages.core.device import autocast, limited_threads, scoring_threads
 from stages.core.errors import InputError
 from stages.core.params import LLMParams
+from stages.core.units import unit_names
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.nets.base import TrainConfig
 from stages.nets.fuseguard_parts import (LLMAligner, LogBranch, MetricBranch, QualityFusion, TimeBasisDecoder,
@@ -225,16 +226,37 @@ class FuseGuardNet(nn.Module):
         """Squared reconstruction error of every unit at every step, (B, W, U) per modality."""
         return {m: (recon[m].float() - batch[m].float()).pow(2).flatten(2) for m in self.modalities}
 
-    def step_errors(self, batch: dict[str, torch.Tensor], recon: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, M, W) per-step error of each modality: mean of its top units' normalised errors."""
-        errs = []
+    def normalised_unit_errors(self, batch: dict[str, torch.Tensor], recon: dict[str, torch.Tensor]
+                               ) -> dict[str, torch.Tensor]:
+        """Every unit's squared error over its (floored) training error, (B, W, U) per modality."""
+        out = {}
         for m, sq in self.unit_errors(batch, recon).items():
             scale = getattr(self, f"unit_scale_{m}")
             floor = max(1e-8, self.cfg.unit_scale_floor * float(scale.median())) if scale.numel() else 1e-8
-            z = sq / scale.clamp_min(floor)
+            out[m] = sq / scale.clamp_min(floor)
+        return out
+
+    def step_errors(self, batch: dict[str, torch.Tensor], recon: dict[str, torch.Tensor],
+                    units: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, M, W) per-step error of each modality: mean of its top units' normalised errors
+        (``units``: :meth:`normalised_unit_errors` when the caller has them already)."""
+        errs = []
+        for m, z in (units if units is not None else self.normalised_unit_errors(batch, recon)).items():
             k = max(1, int(np.ceil(self.cfg.score_top_fraction * z.shape[-1])))
             errs.append(z.topk(k, dim=-1).values.mean(-1))
         return torch.stack(errs, dim=1)
+
+
+def unit_steps(ws: WindowSet, tails: np.ndarray) -> np.ndarray:
+    """(steps, U) from each window's tail rows (N, tail, U), as :meth:`WindowSet.steps_from_windows`
+    maps a window's steps: NaN before the first tail, the last row repeated after the last window."""
+    out = np.full((ws.n_steps, tails.shape[-1]), np.nan, np.float32)
+    tail = tails.shape[1]
+    for s, rows in zip(ws.starts.tolist(), tails):
+        out[s + ws.window - tail:s + ws.window] = rows
+    if len(ws.starts):
+        out[int(ws.starts[-1]) + ws.window:] = tails[-1, -1]
+    return out
 
 
 def active_modalities(cfg: FuseGuardConfig, schema: FeatureSchema) -> list[str]:
@@ -260,6 +282,16 @@ def build_aligner(cfg: FuseGuardConfig, schema: FeatureSchema, llm: LLMParams) -
                          llm.layers)
     return LLMAligner(cfg.d_model, backbone, blocks[:llm.layers], schema.word_pca, cfg.alignment, cfg.align_heads,
                       cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, llm.pca_components)
+
+
+class Collected(NamedTuple):
+    """One inference pass over a WindowSet (see :meth:`FuseGuard._collect`)."""
+
+    errs: np.ndarray  # (N, M, W) raw per-modality step errors
+    weights: np.ndarray  # (N, M) fusion weights
+    energies: np.ndarray  # (N, M)
+    density: float  # mean evaluation-time channel-mask density
+    unit_tails: np.ndarray  # (N, tail, U) float32 normalised unit errors of the steps each window scores
 
 
 class FuseGuard(TorchDetector):
@@ -357,17 +389,20 @@ class FuseGuard(TorchDetector):
                     out = self.module(batch, consistency=False)
                 yield starts, batch, out
 
-    def _collect(self, ws: WindowSet) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Raw step errors (N, M, W), fusion weights (N, M), energies (N, M) and the mean
-        evaluation-time channel-mask density over ``ws``; the last result is kept, so
-        :meth:`score` and :meth:`explain` of the same windows cost one pass."""
+    def _collect(self, ws: WindowSet) -> Collected:
+        """One pass over ``ws``; the last result is kept, so :meth:`score` and :meth:`explain` of the
+        same windows cost one pass. Unit errors are kept only for the steps a window scores (its last
+        ``stride``), so they cost one row of U floats per grid step."""
         last = self._last_collect
         if last is not None and last[0] is ws and last[1] is ws.starts:  # same objects (arrays are never edited in place)
             return last[2]
-        errs, weights, energies, density = [], [], [], []
+        errs, weights, energies, density, tails = [], [], [], [], []
+        tail = min(ws.stride, ws.window)
         for _, batch, out in self._inference_passes(ws):
             with autocast(self.device, self.config.train.amp):
-                errs.append(self.module.step_errors(batch, out["recon"]).float().cpu().numpy())
+                units = self.module.normalised_unit_errors(batch, out["recon"])
+                errs.append(self.module.step_errors(batch, out["recon"], units).float().cpu().numpy())
+            tails.append(torch.cat([units[m][:, -tail:].float() for m in self.modalities], dim=-1).cpu().numpy())
             weights.append(out["weights"].float().cpu().numpy())
             energies.append(out["energies"].float().cpu().numpy())
             mask = getattr(getattr(self.module, "metric", None), "last_mask", None)
@@ -375,15 +410,21 @@ class FuseGuard(TorchDetector):
                 density.append(float(mask.float().mean()))
         m = len(self.modalities)
         if not errs:
-            result = (np.zeros((0, m, ws.window)), np.zeros((0, m)), np.zeros((0, m)), float("nan"))
+            result = Collected(np.zeros((0, m, ws.window)), np.zeros((0, m)), np.zeros((0, m)), float("nan"),
+                               np.zeros((0, tail, len(self.unit_names())), np.float32))
         else:
-            result = (np.concatenate(errs), np.concatenate(weights), np.concatenate(energies),
-                      float(np.mean(density)) if density else float("nan"))
+            result = Collected(np.concatenate(errs), np.concatenate(weights), np.concatenate(energies),
+                               float(np.mean(density)) if density else float("nan"), np.concatenate(tails))
         self._last_collect = (ws, ws.starts, result)
         return result
 
+    def unit_names(self) -> list[str]:
+        """Names of the active modalities' units, in the order of :class:`Collected`'s unit axis."""
+        names, modality = unit_names(self.schema)
+        return [n for n, m in zip(names, modality.tolist()) if m in self.modalities]
+
     def score(self, windows: WindowSet) -> np.ndarray:
-        errs, weights, _, _ = self._collect(windows)
+        errs, weights = self._collect(windows)[:2]
         if not len(errs):
             return np.full(windows.n_steps, np.nan)
         scale = self.module.error_scale.detach().cpu().numpy()[None, :, None]
@@ -397,7 +438,7 @@ class FuseGuard(TorchDetector):
         history = super().fit(train, val, sources)
         self._calibrate_units(train)
         self._last_collect = None  # the calibration changed the scores
-        errs, weights, _, density = self._collect(train)
+        errs, weights, _, density = self._collect(train)[:4]
         scale = np.maximum(errs.mean(axis=(0, 2)), 1e-8)
         self.module.error_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
         mean_w = weights.mean(0)
@@ -412,7 +453,7 @@ class FuseGuard(TorchDetector):
         """Training-window statistics the scores need (never test data): energy standardisation
         first (it changes the fusion, hence the reconstructions), then per-unit error scales."""
         self._last_collect = None
-        _, _, energies, _ = self._collect(train)
+        energies = self._collect(train).energies
         self._last_collect = None  # energy statistics change the fusion, hence every later pass
         self.module.fusion.set_energy_stats(torch.as_tensor(energies, device=self.device))
         sums = {m: 0.0 for m in self.modalities}
@@ -425,9 +466,11 @@ class FuseGuard(TorchDetector):
             getattr(self.module, f"unit_scale_{m}").copy_(sums[m] / max(count, 1))
 
     def explain(self, windows: WindowSet) -> dict[str, Any]:
-        """Per-step fusion weight and normalised reconstruction error of each modality, plus the
-        mean density of the evaluation-time channel mask."""
-        errs, weights, _, density = self._collect(windows)
+        """Per-step fusion weight and normalised reconstruction error of each modality and of each unit
+        (``unit_scores`` (steps, U) float32 named by ``units``, on the score's scale: a modality's
+        score is the mean of its top units' scores), plus the mean density of the evaluation-time
+        channel mask. After :meth:`score` of the same windows it runs no second forward pass."""
+        errs, weights, _, density, tails = self._collect(windows)
         scale = self.module.error_scale.cpu().numpy()
         out: dict[str, Any] = {"fusion_weights": {}, "modality_scores": {}, "mask_density": density}
         for i, m in enumerate(self.modalities):
@@ -437,6 +480,10 @@ class FuseGuard(TorchDetector):
             else:
                 out["fusion_weights"][m] = np.full(windows.n_steps, np.nan)
                 out["modality_scores"][m] = np.full(windows.n_steps, np.nan)
+        sizes = [getattr(self.module, f"unit_scale_{m}").numel() for m in self.modalities]
+        unit_scale = np.repeat(scale, sizes).astype(np.float32)
+        out["unit_scores"] = unit_steps(windows, tails) / unit_scale
+        out["units"] = self.unit_names()
         return out
 
     # -- persistence: the frozen backbone blocks are reloaded from the backbone, not saved

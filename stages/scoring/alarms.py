@@ -1,8 +1,8 @@
 """Alarm segments an on-call engineer can act on: when, how bad, which modality fired, what contributed.
 
 A segment is a maximal run of alarming steps. Its contributors come from the detector's own
-``explain`` where it has them (FuseGuard: per-modality normalised errors and fusion weights;
-KAD-Disformer: per-KPI scores; InterFusion: per-metric contributions) and, for every detector,
+``explain`` where it has them (FuseGuard: per-modality and per-unit normalised errors and fusion
+weights; KAD-Disformer: per-KPI scores; InterFusion: per-metric contributions) and, for every detector,
 from the features themselves: the units (metric channels, edge features, log templates) that sat
 farthest from their training median during the segment (``top_features``; |z| of the frozen
 scaling for metrics and traces, |log1p count − training median| for logs). A segment still
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from stages.core.evaluation import segments
+from stages.core.units import unit_names
 from stages.core.windowset import FeatureSchema
 from stages.windowing.align import EDGE_FEATURES
 
@@ -49,12 +50,14 @@ def parse_explain(explain: dict[str, Any], rows: slice, n_steps: int) -> Explain
 
     out.modality_scores = series(explain.get("modality_scores"))
     out.fusion_weights = series(explain.get("fusion_weights"))
-    for key, kind in (("channel_scores", "per-KPI score"), ("contributions", "per-metric contribution")):
+    for key, names_key, kind in (("channel_scores", "channels", "per-KPI score"),
+                                 ("contributions", "channels", "per-metric contribution"),
+                                 ("unit_scores", "units", "per-unit normalised reconstruction error")):
         arr = explain.get(key)
-        names = explain.get("channels")
+        names = explain.get(names_key)
         if arr is not None and np.ndim(arr) == 2 and len(arr) == n_steps and names is not None \
                 and np.shape(arr)[1] == len(names):
-            out.contributors = np.asarray(arr, np.float64)[rows]
+            out.contributors = np.asarray(arr[rows], np.float64)
             out.contributor_names = [str(n) for n in names]
             out.contributor_kind = kind
             break
@@ -78,11 +81,7 @@ def feature_units(schema: FeatureSchema, metric: np.ndarray, trace: np.ndarray, 
     error fraction; a value beyond ±clip spreads shows at the clip) and lines per step for logs."""
     T = len(metric)
     trace_flat = trace.reshape(T, -1)
-    trace_names = [f"{a}->{b}/{f}" for a, b in schema.edges for f in EDGE_FEATURES]
-    log_names = [f"{s}/#{k} {schema.templates[k][:60]}" if k < len(schema.templates) else f"{s}/#{k}"
-                 for s, k in schema.log_columns]  # the template id keeps names unique
-    names = list(schema.metric_channels) + trace_names + log_names
-    modality = np.array(["metric"] * metric.shape[1] + ["trace"] * trace_flat.shape[1] + ["log"] * log.shape[1])
+    names, modality = unit_names(schema)
     m_val = metric * metric_scaling.scale + metric_scaling.centre if metric_scaling is not None else metric
     t_val = trace.astype(np.float64)
     if edge_scaling is not None and trace.shape[1]:
@@ -150,6 +149,9 @@ def segment_row(acc: dict, detector: str, ex: Explained, units: Units, step_us: 
     in_mod = np.ones(len(units.names), bool) if modality == "all" else units.modality == modality
     unit_sums = np.where(in_mod, np.asarray(acc["unit_sums"]), -np.inf)
     top_units = [(nm, v) for nm, v in _ranked(units.names, unit_sums, n) if np.isfinite(v)]
+    top_contrib = _ranked(ex.contributor_names, acc["contrib_sums"], n)
+    known = set(units.names)  # the detector's own top units where they are feature units, else the deviations
+    plotted = [nm for nm, _ in top_contrib if nm in known][:3] or [nm for nm, _ in top_units[:3]]
     return {
         "start": iso(acc["start_k"] * step_us), "end": iso(acc["end_k"] * step_us),
         "duration_s": (acc["end_k"] - acc["start_k"]) * step_us / 1e6, "steps": n,
@@ -157,9 +159,10 @@ def segment_row(acc: dict, detector: str, ex: Explained, units: Units, step_us: 
         "modality": modality,
         "modality_scores": _fmt(sorted(((m, s / n) for m, s in acc["modality_sums"].items()), key=lambda x: -x[1])),
         "fusion_weights": _fmt(sorted((m, s / n) for m, s in acc["weight_sums"].items())),
-        "top_contributors": _fmt(_ranked(ex.contributor_names, acc["contrib_sums"], n)),
+        "top_contributors": _fmt(top_contrib),
         "top_features": _fmt(top_units), "open": is_open,
-        "_units": [nm for nm, _ in top_units[:3]], "_start_k": acc["start_k"], "_end_k": acc["end_k"],
+        "_units": plotted, "_contrib_kind": ex.contributor_kind if top_contrib else "",
+        "_start_k": acc["start_k"], "_end_k": acc["end_k"],
     }
 
 

@@ -7,13 +7,16 @@ the saved Drain3 miners of :mod:`stages.features.log_templates`), with every sta
 ones, centres/scales/clip are the training ones, and nothing computed here flows back.
 
 Grid: absolute steps ``k = ts // step`` of the training step, so a dump scored in pieces lands on
-the same steps as scored whole. Gap fill is carried across pieces (:class:`Carry`). A modality
-outside its own first..last data step of the dump (or absent) sits at its training median.
+the same steps as scored whole. Gap fill is carried across pieces (:class:`Carry`), and so are the
+spans near the end of a piece, so a span whose parent span lies in the previous piece keeps its
+call edge (:func:`carried_parents`). A modality outside its own first..last data step of the dump
+(or absent) sits at its training median.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,12 @@ from stages.windowing.align import EDGE_FEATURES
 
 log = logging.getLogger(__name__)
 SCORED_MODALITIES = ("metrics", "traces", "logs")
+# Spans carried to the next piece as possible parents: those running within one window of the cut
+# (a parent outlives its synchronous children; the window's slack covers clock skew between
+# services and spans a piece holds past its metrics' end), at most this many (the latest-ending).
+# ~300 bytes each in context.npz.
+MAX_CARRIED_PARENTS = 50_000
+PARENT_COLUMNS = ("trace_id", "span_id", "service", "end_ts")
 
 
 @dataclass
@@ -73,14 +82,24 @@ def read_frames(fmt: str, dump: Path, offsets) -> Frames:
     return Frames(str(dump), metrics, spans, logs)
 
 
+def _no_strings() -> np.ndarray:
+    return np.zeros(0, "<U1")
+
+
 @dataclass
 class Carry:
-    """The last raw value seen before a piece, per metric channel and per edge latency, and its step."""
+    """The last raw value seen before a piece, per metric channel and per edge latency, and its step;
+    and the spans of the previous pieces that may still be parents (``parent_*``, see
+    :func:`carried_parents`)."""
 
     metric_value: np.ndarray
     metric_k: np.ndarray
     latency_value: np.ndarray
     latency_k: np.ndarray
+    parent_trace_id: np.ndarray = field(default_factory=_no_strings)
+    parent_span_id: np.ndarray = field(default_factory=_no_strings)
+    parent_service: np.ndarray = field(default_factory=_no_strings)
+    parent_end_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @classmethod
     def empty(cls, n_metric: int, n_edges: int) -> "Carry":
@@ -92,8 +111,18 @@ class Carry:
 
     @classmethod
     def from_arrays(cls, z) -> "Carry":
-        return cls(**{k: np.asarray(z[f"carry_{k}"]) for k in ("metric_value", "metric_k", "latency_value",
-                                                                "latency_k")})
+        """Also reads a state saved before parents were carried (it has none)."""
+        return cls(**{f.name: np.asarray(z[f"carry_{f.name}"]) for f in dataclasses.fields(cls)
+                      if f"carry_{f.name}" in z or not f.name.startswith("parent_")})
+
+    def parents(self) -> pl.DataFrame:
+        return pl.DataFrame({c: getattr(self, f"parent_{c}") for c in PARENT_COLUMNS},
+                            schema={"trace_id": pl.Utf8, "span_id": pl.Utf8, "service": pl.Utf8, "end_ts": pl.Int64})
+
+    def with_parents(self, parents: pl.DataFrame) -> "Carry":
+        cols = {f"parent_{c}": parents[c].to_numpy() for c in PARENT_COLUMNS[:3]}
+        cols = {k: v.astype(str) if len(v) else _no_strings() for k, v in cols.items()}
+        return dataclasses.replace(self, **cols, parent_end_ts=parents["end_ts"].to_numpy().astype(np.int64))
 
 
 @dataclass
@@ -164,7 +193,7 @@ def metric_block(frozen: FrozenState, frames: Frames, k0: int, T: int, carry: Ca
                                               dropped)
     train_share = _train_observed_share(stats, schema.metric_channels)
     drift["grid"] = drift_mod.grid_drift(schema.step_s, interval, train_share)
-    new_carry = Carry(value, k, carry.latency_value, carry.latency_k)
+    new_carry = dataclasses.replace(carry, metric_value=value, metric_k=k)
     return z, new_carry, drift
 
 
@@ -175,15 +204,42 @@ def _train_observed_share(stats: dict, channels: list[str]) -> float | None:
     return 1.0 - float(np.median(miss)) if miss else None
 
 
+def calls_with_parents(spans: pl.DataFrame, parents: pl.DataFrame) -> pl.DataFrame:
+    """:func:`service_calls` of ``spans``, with the carried spans of earlier pieces as parents only."""
+    extra = parents.join(spans.select("trace_id", "span_id"), on=["trace_id", "span_id"], how="anti")
+    if extra.height == 0:
+        return service_calls(spans)
+    stubs = extra.select("trace_id", "span_id", "service")  # no parent_id, no start: they add no call themselves
+    return service_calls(pl.concat([spans, stubs], how="diagonal"))
+
+
+def carried_parents(spans: pl.DataFrame | None, parents: pl.DataFrame, cut_us: int, slack_us: int,
+                    cap: int = MAX_CARRIED_PARENTS) -> pl.DataFrame:
+    """Spans (this piece's and the carried ones) running within ``slack_us`` of ``cut_us`` (started
+    before ``cut_us + slack_us``, ended at or after ``cut_us - slack_us``): the possible parents of a
+    span of the next piece; the latest-ending ``cap``."""
+    frames = [parents]
+    if spans is not None and spans.height:
+        frames.insert(0, spans.filter(pl.col("start_ts") < cut_us + slack_us).select(
+            "trace_id", "span_id", "service",
+            (pl.col("start_ts") + (pl.col("duration_s") * 1e6).round().cast(pl.Int64)).alias("end_ts")))
+    both = pl.concat(frames, how="vertical_relaxed").unique(["trace_id", "span_id"], keep="first",
+                                                            maintain_order=True)
+    kept = both.filter(pl.col("end_ts") >= cut_us - slack_us)
+    return kept.sort(["end_ts", "trace_id", "span_id"], descending=[True, False, False]).head(cap)
+
+
 def trace_block(frozen: FrozenState, frames: Frames, k0: int, T: int, carry: Carry
                 ) -> tuple[np.ndarray, Carry, dict]:
     schema, step = frozen.schema, frozen.step_us
     edges = [f"{a}->{b}" for a, b in schema.edges]
     E = len(edges)
     out = np.zeros((T, E, len(EDGE_FEATURES)), np.float32)
+    parents = carry.parents()
+    carry = carry.with_parents(carried_parents(frames.traces, parents, (k0 + T) * step, frozen.window * step))
     if frames.traces is None:
         return out, carry, {"traces": drift_mod.trace_drift({}, [], schema)}
-    calls = _in_range(service_calls(frames.traces), "ts", k0 * step, (k0 + T) * step)
+    calls = _in_range(calls_with_parents(frames.traces, parents), "ts", k0 * step, (k0 + T) * step)
     feats = edge_step_features(calls, edges, k0 * step, T, step)
     raw_latency = feats["latency"]
     age = np.where(carry.latency_k >= 0, k0 - carry.latency_k, 0)
@@ -195,7 +251,7 @@ def trace_block(frozen: FrozenState, frames: Frames, k0: int, T: int, carry: Car
     per_edge = calls.group_by(["caller", "callee"]).len()
     edge_calls = {f"{a}->{b}": int(n) for a, b, n in per_edge.iter_rows()}
     services = _in_range(frames.traces, "start_ts", k0 * step, (k0 + T) * step)["service"].unique().to_list()
-    new_carry = Carry(carry.metric_value, carry.metric_k, value, k)
+    new_carry = dataclasses.replace(carry, latency_value=value, latency_k=k)
     return out, new_carry, {"traces": drift_mod.trace_drift(edge_calls, services, schema)}
 
 

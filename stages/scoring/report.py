@@ -3,8 +3,9 @@
 Top: score and threshold over time with alarms shaded; below, one lane per modality on the same
 time axis (the detector's own per-modality score where it has one, else how far the modality's
 features sit from their training median); then one card per alarm with its contributors and the
-series of its top features around it (in their own units, saturating at the clip of the frozen
-scaling); then the drift findings.
+series around it of its top units (the detector's own top contributors where they name feature
+units, else the features farthest from their training median; in their own units, saturating at
+the clip of the frozen scaling); then the drift findings.
 Long runs are drawn from bucket maxima (``MAX_POINTS`` per line), so spikes stay visible.
 """
 from __future__ import annotations
@@ -165,7 +166,9 @@ def spark(name: str, values: np.ndarray, seg: tuple[int, int], colour: str) -> s
 def alarm_card(i: int, a: dict, sparks: list[tuple[str, np.ndarray, tuple[int, int]]]) -> str:
     rows = [("peak score", f'{a["peak_score"]:.4g} at {a["peak_at"]} (threshold {a["threshold_at_peak"]:.4g})'),
             ("modality that fired", a["modality"]), ("modality scores", a["modality_scores"] or "–"),
-            ("fusion weights", a["fusion_weights"] or "–"), ("top contributors", a["top_contributors"] or "–"),
+            ("fusion weights", a["fusion_weights"] or "–"),
+            ("top contributors" + (f' ({a["_contrib_kind"]})' if a.get("_contrib_kind") else ""),
+             a["top_contributors"] or "–"),
             ("top features (mean |deviation|)", a["top_features"] or "–")]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     state = " (still open at the end of this run)" if a["open"] else ""
