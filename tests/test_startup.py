@@ -129,3 +129,13 @@ def test_torch_detector_still_importable_from_base():
     assert old_path is TorchDetector
     with pytest.raises(AttributeError):
         base.NoSuchThing  # noqa: B018
+
+
+def test_seed_everything_switches_kernels_deterministic_without_loading_the_compiler():
+    """torch.use_deterministic_algorithms imports Inductor (1.5-2 s per torch stage) to set a flag
+    nothing here uses; seed_everything sets the eager switch directly, with the same effect."""
+    code = ("import sys, torch; from stages.core.device import seed_everything; seed_everything(0); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False"]

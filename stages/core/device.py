@@ -47,6 +47,18 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def _deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of the Inductor
+    compiler (1.5-2 s in every torch stage; it only sets Inductor's own flag, and nothing here compiles).
+    The eager kernels get the same switch; where torch lacks the private call, the public one runs."""
+    import torch
+
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed python, numpy and torch (every device); with ``deterministic``, pick deterministic kernels."""
     import torch
@@ -56,7 +68,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _deterministic_kernels()
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
