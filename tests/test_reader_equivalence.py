@@ -150,6 +150,25 @@ def test_metric_points_one_layout_repeated_seconds(case: int):
     assert_frame_equal(points.frame(), previous(files), check_exact=True)
 
 
+@pytest.mark.parametrize("case", range(40))
+def test_metric_points_shared_grids(case: int):
+    """GAIA-like one-series files on a few shared time grids (the counting order), any file order,
+    an (entity, metric) sometimes in two files, some files several metrics (Eadro-like)."""
+    rng = np.random.default_rng(2000 + case)
+    grids = [np.sort(rng.choice(np.arange(50), int(rng.integers(1, 20)), replace=False)) for _ in range(3)]
+    files = []
+    for _ in range(int(rng.integers(2, 12))):
+        ts = grids[int(rng.integers(0, len(grids) if case % 2 else 1))]
+        k = 1 if case % 4 else int(rng.integers(1, 3))
+        cols = {str(name): pl.Series(rng.normal(size=len(ts)))
+                for name in rng.choice(["b", "a", "cpu", "mem.used"], k, replace=False)}
+        files.append((str(rng.choice(["svc-b", "svc-a", "node1"])), pl.Series("ts", ts.astype(np.int64) * US), cols))
+    points = MetricPoints()
+    for entity, ts, cols in files:
+        points.add(entity, ts, cols)
+    assert_frame_equal(points.frame(), previous(files), check_exact=True)
+
+
 def test_metric_points_layouts():
     """Disjoint files of one entity use the row path; overlapping ones fall back; both are exact."""
     ts = pl.Series("ts", [2, 1, 1, 3], dtype=pl.Int64)

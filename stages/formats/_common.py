@@ -464,12 +464,16 @@ def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer:
     :func:`parse_times` instead of failing inside the CSV parser.
     """
     data = read_bytes(path)
-    text = decode(data, path, lossy=lossy)
-    if not text or text.isspace():  # not text.strip(): that copies the whole file
-        raise InputError(path, "header", f"a CSV with columns {list(required)}", "an empty file")
-    if "\ufffd" in text:
-        data = text.encode("utf-8")
-    del text
+    if data.isascii():  # valid UTF-8 as it is: no decoded copy of the file (bytes.isspace = str.isspace here)
+        if not data or data.isspace():
+            raise InputError(path, "header", f"a CSV with columns {list(required)}", "an empty file")
+    else:
+        text = decode(data, path, lossy=lossy)
+        if not text or text.isspace():  # not text.strip(): that copies the whole file
+            raise InputError(path, "header", f"a CSV with columns {list(required)}", "an empty file")
+        if "\ufffd" in text:
+            data = text.encode("utf-8")
+        del text
     df = None
     # Types inferred from 100 rows first (polars' default, twice as fast as 10,000), then from
     # 10,000 when a later cell does not fit: a column typed wrongly by 100 rows fails to parse.
