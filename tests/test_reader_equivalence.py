@@ -325,7 +325,14 @@ TIME_COLUMNS = {
     "blank": [" 2019-11-19 12:00:00 ", "2019-11-19 12:00:01"],
     "fraction": ["2019-11-19 12:00:00.5 CEST", "2019-11-19 12:00:01.0 CEST"],
     "iso": ["2019-11-19T12:00:00", "2019-11-19T12:00:01"],
-    "null": ["2019-11-19 12:00:00 CEST", None],
+    "null": [None, "2019-11-19 12:00:00 CEST", None],
+    "all null": [None, None],
+    "gaia trace": ["2021-07-01 00:01:42.875903", "2021-07-01 00:01:43", "2021-07-01 00:01:43.1"],
+    "gaia business": ["2021-07-01 00:02:22,277", None, "2021-07-01 00:02:27,488"],
+    "nanoseconds": ["2021-07-01 00:02:22.123456789 UTC", "2021-07-01 00:02:22.999999999 UTC"],
+    "blank cell": ["2021-07-01 00:02:22", ""],
+    "offset": ["2021-07-01 00:02:22+02:00", "2021-07-01 00:02:23+02:00"],
+    "unknown zone": ["2019-11-19 12:00:00 CEST", "2019-11-19 12:00:00 XYZ"],
 }
 
 
@@ -333,11 +340,20 @@ TIME_COLUMNS = {
 @pytest.mark.parametrize("offset", [0.0, 3600.0, 0.5])
 def test_fixed_time_parse_matches_general(monkeypatch, name: str, offset: float):
     """The fixed-width time parse (Glances' `` CEST`` strings) gives the general path's µs."""
-    col = pl.Series("now", TIME_COLUMNS[name])
-    fast = c.parse_times(col, "f.csv", "now", tz_offset_s=offset)
-    assert (c._parse_fixed(col, offset) is not None) == (name in ("glances", "lower", "naive", "utc"))
+    col = pl.Series("now", TIME_COLUMNS[name], dtype=pl.Utf8)
+    try:
+        fast = c.parse_times(col, "f.csv", "now", tz_offset_s=offset)
+    except c.InputError as exc:
+        fast = str(exc)
+    assert (c._parse_fixed(col, offset) is not None) == (name in (
+        "glances", "lower", "naive", "utc", "null", "gaia trace", "gaia business", "nanoseconds", "fraction"))
     monkeypatch.setattr(c, "_parse_fixed", lambda *a: None)
-    assert_series_equal(fast, c.parse_times(col, "f.csv", "now", tz_offset_s=offset), check_exact=True)
+    try:
+        general = c.parse_times(col, "f.csv", "now", tz_offset_s=offset)
+    except c.InputError as exc:
+        assert fast == str(exc)
+    else:
+        assert_series_equal(fast, general, check_exact=True)
 
 
 def test_fixed_time_parse_leaves_bad_days_to_the_general_path():

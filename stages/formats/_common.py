@@ -628,33 +628,40 @@ def parse_times(col: pl.Series, path: Path | str, column: str, *, tz_offset_s: f
     return out.rename(col.name)
 
 
-_FIXED = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$"  # the one shape :func:`_parse_fixed` takes
+_FIXED = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]{1,9})?"  # + zone, $
 
 
 def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
-    """:func:`parse_times` of a column where every value is ``YYYY-MM-DD HH:MM:SS``, all with the
-    same known zone suffix (Glances' ``2019-10-11 21:11:16 CEST``) or all without one; None for
-    anything else (nulls, blanks, fractions, mixed zones, a value that is no date), which the
-    general path then parses. The same µs as the general path, one fixed-width parse instead of
-    its regex cleaning and format trials (issue 11: most of an MSDS metric read)."""
-    if s.len() == 0 or s.null_count():
+    """:func:`parse_times` of a text column where every value is ``YYYY-MM-DD HH:MM:SS``, maybe
+    with a ``.`` or ``,`` fraction, all with the same known zone suffix (Glances'
+    ``2019-10-11 21:11:16 CEST``) or all without one (GAIA's ``2021-07-01 00:01:42.875903``);
+    nulls stay null. None for anything else (blanks, mixed zones, ``T``, offsets, a value that is
+    no date), which the general path then parses. The same µs as the general path: on these
+    shapes its cleaning leaves the text as it is (but for ``,`` → ``.``) and its first format
+    parses it; here with one regex check instead of its regex cleaning and format trials
+    (issue 11: most of an MSDS metric read, of a GAIA trace read)."""
+    nulls = s.null_count()
+    if s.len() == nulls:
         return None
-    width = s.str.len_bytes()
-    if width.min() != width.max():
-        return None
-    first = s[0]
-    if len(first) == 19:
-        suffix, shift_us = "", int(round(tz_offset_s * US))
-    else:
-        head, _, zone = first.rpartition(" ")
-        if len(head) != 19 or not (2 <= len(zone) <= 5 and zone.isascii() and zone.isalpha()) \
-                or zone.upper() not in TZ_OFFSETS_S:
+    first = s[0] if not nulls else s.drop_nulls()[0]
+    head, _, zone = first.rpartition(" ")
+    if zone.isascii() and zone.isalpha():  # a zone name (a time ends with a digit)
+        if not 2 <= len(zone) <= 5 or zone.upper() not in TZ_OFFSETS_S:
             return None
         suffix, shift_us = " " + zone, TZ_OFFSETS_S[zone.upper()] * US
-    if not bool(s.str.contains(_FIXED[:-1] + suffix + "$").all()):  # the zone: letters only
+    else:
+        suffix, shift_us = "", int(round(tz_offset_s * US))
+    if not bool(s.str.contains(_FIXED + suffix + "$").all()):  # nulls aside
         return None
-    parsed = s.str.to_datetime("%Y-%m-%d %H:%M:%S" + suffix, strict=False, time_unit="us")
-    if parsed.null_count():  # a day or hour that does not exist: the general path names it
+    if suffix:
+        s = s.str.strip_suffix(suffix)
+    fmt = "%Y-%m-%d %H:%M:%S"
+    if bool(s.str.contains(",", literal=True).any()):
+        s, fmt = s.str.replace(",", ".", literal=True), fmt + "%.f"
+    elif bool(s.str.contains(".", literal=True).any()):
+        fmt += "%.f"
+    parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
+    if parsed.null_count() != nulls:  # a day or hour that does not exist: the general path names it
         return None
     return parsed.dt.epoch("us") - shift_us
 
@@ -816,6 +823,8 @@ def dedupe_spans(spans: pl.DataFrame, source: str) -> pl.DataFrame:
     if spans.height == 0:
         return spans
     key = ["trace_id", "span_id"]
+    if not bool(spans.select(key).is_duplicated().any()):
+        return spans  # every id once: nothing repeated, nothing to drop (a hash of two columns, not of all)
     distinct = spans.unique(maintain_order=True)
     clash = distinct.filter(pl.len().over(key) > 1)
     if clash.height:
