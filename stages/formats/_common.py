@@ -653,13 +653,15 @@ def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
         suffix, shift_us = "", int(round(tz_offset_s * US))
     if not bool(s.str.contains(_FIXED + suffix + "$").all()):  # nulls aside
         return None
-    if suffix:
-        s = s.str.strip_suffix(suffix)
     fmt = "%Y-%m-%d %H:%M:%S"
-    if bool(s.str.contains(",", literal=True).any()):
-        s, fmt = s.str.replace(",", ".", literal=True), fmt + "%.f"
-    elif bool(s.str.contains(".", literal=True).any()):
+    if s.str.len_bytes().max() == 19 + len(suffix):  # no value with a fraction: the zone in the format
+        fmt += suffix  # (letters only: no % directive)
+    else:
+        if suffix:
+            s = s.str.strip_suffix(suffix)
         fmt += "%.f"
+        if bool(s.str.contains(",", literal=True).any()):
+            s = s.str.replace(",", ".", literal=True)
     parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
     if parsed.null_count() != nulls:  # a day or hour that does not exist: the general path names it
         return None

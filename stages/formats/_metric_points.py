@@ -161,8 +161,9 @@ class _Rows:
             ts, e = _each(self.ts[order], width), _each(self.e[order], width)
             values = self.values.reshape(-1, width)[order].reshape(-1)
             metric = np.broadcast_to(self.layout, (len(order), width)).reshape(-1)
-            at = np.flatnonzero(_each(ties, width))
-            slots = order[at // width].astype(np.int64) * width + at % width
+            tied = np.flatnonzero(ties)[:, None]  # the tied rows' points, without a mask over every point
+            at = (tied * width + np.arange(width)).reshape(-1)
+            slots = (order[tied].astype(np.int64) * width + np.arange(width)).reshape(-1)
         else:
             k = self.k[order]
             every = self._slots(order, k)
