@@ -160,7 +160,7 @@ class _Rows:
             k = width
             ts, e = _each(self.ts[order], width), _each(self.e[order], width)
             values = self.values.reshape(-1, width)[order].reshape(-1)
-            metric = np.broadcast_to(self.layout, (len(order), width)).reshape(-1)
+            metric = np.tile(self.layout, len(order))  # written below: a fresh array, not a broadcast view
             tied = np.flatnonzero(ties)[:, None]  # the tied rows' points, without a mask over every point
             at = (tied * width + np.arange(width)).reshape(-1)
             slots = (order[tied].astype(np.int64) * width + np.arange(width)).reshape(-1)
