@@ -4,8 +4,12 @@ They give the speed a reader could reach on those bytes (issue 11) — no canoni
 time parsing, no checks, no sorting — so the project/reference ratio shows what the readers'
 own work costs:
 
-- CSV files (metric files of every format, GAIA trace and business tables, MSDS log exports):
-  ``polars.read_csv`` per file and one ``polars.concat`` (diagonal, for differing columns);
+- CSV files (metric files of every format, MSDS log exports): ``polars.read_csv`` per file and
+  one ``polars.concat`` (diagonal, for differing columns);
+- GAIA trace tables: the same, plus the one parse a span needs: ``start_time`` / ``end_time``
+  strings to epoch µs (``str.to_datetime``) and the duration;
+- GAIA business tables: the same, plus the message header a log line needs: one regex
+  (``str.extract_groups``: time, level, text) and its time to epoch µs;
 - MSDS OSProfiler traces: ``json.loads`` per file, a walk of the ``children`` tree collecting
   ids and offsets, one DataFrame at the end;
 - Eadro ``spans.json[.zip]`` (Jaeger) and ``logs.json``: ``json.loads`` and one DataFrame of the
@@ -28,7 +32,30 @@ def read(fmt: str, modality: str, files: list[Path]) -> pl.DataFrame:
         return jaeger(files)
     if fmt == "eadro" and modality == "logs":
         return log_lines(files)
+    if fmt == "gaia" and modality == "traces":
+        return gaia_traces(files)
+    if fmt == "gaia" and modality == "logs":
+        return gaia_business(files)
     return csvs(files)
+
+
+def _epoch_us(col: pl.Expr) -> pl.Expr:
+    return col.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", strict=False, time_unit="us").dt.epoch("us")
+
+
+def gaia_traces(files: list[Path]) -> pl.DataFrame:
+    start, end = _epoch_us(pl.col("start_time")), _epoch_us(pl.col("end_time"))
+    return csvs(files).with_columns(start.alias("start_ts"), ((end - start) / 1e6).alias("duration_s"))
+
+
+_GAIA_HEADER = r"(?s)^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),?(\d*) \| (\w+) \| (?:[^|]* \| ){3}(.*)$"
+
+
+def gaia_business(files: list[Path]) -> pl.DataFrame:
+    g = csvs(files).with_columns(pl.col("message").str.extract_groups(_GAIA_HEADER).alias("_g")).unnest("_g")
+    ms = pl.col("2").replace("", None).cast(pl.Int64, strict=False).fill_null(0)
+    return g.with_columns((_epoch_us(pl.col("1")) + ms * 1000).alias("ts"), pl.col("3").alias("level"),
+                          pl.col("4").alias("text"))
 
 
 def csvs(files: list[Path]) -> pl.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from polars.testing import assert_frame_equal
+from polars.testing import assert_frame_equal, assert_series_equal
 
 from stages.core.frames import SCHEMAS, US, conform
 from stages.formats import _common as c
@@ -121,6 +121,48 @@ def random_files(rng: np.random.Generator, case: int) -> list[tuple[str, pl.Seri
 @pytest.mark.parametrize("case", range(60))
 def test_metric_points_match_previous_sort(case: int):
     files = random_files(np.random.default_rng(case), case)
+    points = MetricPoints()
+    for entity, ts, cols in files:
+        points.add(entity, ts, cols)
+    assert_frame_equal(points.frame(), previous(files), check_exact=True)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_metric_points_one_layout_repeated_seconds(case: int):
+    """Glances-like files (every file the same metrics, a second now and then twice) in any file
+    order, an entity sometimes in two files: tied rows' points sorted within their (ts, entity)."""
+    rng = np.random.default_rng(1000 + case)
+    names = [str(n) for n in rng.choice(["b", "a", "cpu", "mem.used", "a.b", "zz"], int(rng.integers(1, 5)),
+                                        replace=False)]
+    files = []
+    for _ in range(int(rng.integers(1, 5))):
+        n = int(rng.integers(1, 30))
+        ts = np.sort(rng.choice(np.arange(40), n, replace=True)) if case % 3 else rng.integers(0, 10, n)
+        cols = {}
+        for name in names:
+            v = rng.normal(size=n)
+            v[rng.random(n) < 0.1] = np.nan
+            cols[name] = pl.Series(name, v)
+        files.append((str(rng.choice(["node2", "node1"])), pl.Series("ts", ts.astype(np.int64) * US), cols))
+    points = MetricPoints()
+    for entity, ts, cols in files:
+        points.add(entity, ts, cols)
+    assert_frame_equal(points.frame(), previous(files), check_exact=True)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_metric_points_shared_grids(case: int):
+    """GAIA-like one-series files on a few shared time grids (the counting order), any file order,
+    an (entity, metric) sometimes in two files, some files several metrics (Eadro-like)."""
+    rng = np.random.default_rng(2000 + case)
+    grids = [np.sort(rng.choice(np.arange(50), int(rng.integers(1, 20)), replace=False)) for _ in range(3)]
+    files = []
+    for _ in range(int(rng.integers(2, 12))):
+        ts = grids[int(rng.integers(0, len(grids) if case % 2 else 1))]
+        k = 1 if case % 4 else int(rng.integers(1, 3))
+        cols = {str(name): pl.Series(rng.normal(size=len(ts)))
+                for name in rng.choice(["b", "a", "cpu", "mem.used"], k, replace=False)}
+        files.append((str(rng.choice(["svc-b", "svc-a", "node1"])), pl.Series("ts", ts.astype(np.int64) * US), cols))
     points = MetricPoints()
     for entity, ts, cols in files:
         points.add(entity, ts, cols)
@@ -269,3 +311,51 @@ def test_gaia_metric_files_one_series_each(tmp_path: Path):
 def test_integer_epochs_as_the_float_path(values: list):
     s = pl.Series("t", values, dtype=pl.Int64)
     assert_frame_equal(c.epoch_to_us(s).to_frame(), c.epoch_to_us(s.cast(pl.Float64)).to_frame(), check_exact=True)
+
+
+# ------------------------------------------------------------------ time strings
+
+TIME_COLUMNS = {
+    "glances": ["2019-11-19 12:00:00 CEST", "2019-11-19 12:00:01 CEST", "2019-11-19 12:00:01 CEST"],
+    "lower": ["2019-11-19 12:00:00 cet", "2019-12-31 23:59:59 cet"],
+    "naive": ["2019-11-19 12:00:00", "2020-02-29 23:59:59"],
+    "utc": ["2019-11-19 12:00:00 UTC", "2019-12-31 23:59:59 UTC"],
+    "mixed zones": ["2019-11-19 12:00:00 CEST", "2019-11-19 12:00:01 CET "],
+    "z": ["2019-11-19 12:00:00Z", "2019-12-31 23:59:59Z"],
+    "blank": [" 2019-11-19 12:00:00 ", "2019-11-19 12:00:01"],
+    "fraction": ["2019-11-19 12:00:00.5 CEST", "2019-11-19 12:00:01.0 CEST"],
+    "iso": ["2019-11-19T12:00:00", "2019-11-19T12:00:01"],
+    "null": [None, "2019-11-19 12:00:00 CEST", None],
+    "all null": [None, None],
+    "gaia trace": ["2021-07-01 00:01:42.875903", "2021-07-01 00:01:43", "2021-07-01 00:01:43.1"],
+    "gaia business": ["2021-07-01 00:02:22,277", None, "2021-07-01 00:02:27,488"],
+    "nanoseconds": ["2021-07-01 00:02:22.123456789 UTC", "2021-07-01 00:02:22.999999999 UTC"],
+    "blank cell": ["2021-07-01 00:02:22", ""],
+    "offset": ["2021-07-01 00:02:22+02:00", "2021-07-01 00:02:23+02:00"],
+    "unknown zone": ["2019-11-19 12:00:00 CEST", "2019-11-19 12:00:00 XYZ"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIME_COLUMNS))
+@pytest.mark.parametrize("offset", [0.0, 3600.0, 0.5])
+def test_fixed_time_parse_matches_general(monkeypatch, name: str, offset: float):
+    """The fixed-width time parse (Glances' `` CEST`` strings) gives the general path's µs."""
+    col = pl.Series("now", TIME_COLUMNS[name], dtype=pl.Utf8)
+    try:
+        fast = c.parse_times(col, "f.csv", "now", tz_offset_s=offset)
+    except c.InputError as exc:
+        fast = str(exc)
+    assert (c._parse_fixed(col, offset) is not None) == (name in (
+        "glances", "lower", "naive", "utc", "null", "gaia trace", "gaia business", "nanoseconds", "fraction"))
+    monkeypatch.setattr(c, "_parse_fixed", lambda *a: None)
+    try:
+        general = c.parse_times(col, "f.csv", "now", tz_offset_s=offset)
+    except c.InputError as exc:
+        assert fast == str(exc)
+    else:
+        assert_series_equal(fast, general, check_exact=True)
+
+
+def test_fixed_time_parse_leaves_bad_days_to_the_general_path():
+    with pytest.raises(c.InputError, match="row 2"):
+        c.parse_times(pl.Series("now", ["2019-02-28 12:00:00 CET", "2019-02-30 12:00:00 CET"]), "f.csv", "now")

@@ -17,11 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.ma  # noqa: F401 - polars' Series-from-NumPy imports it on first use (~17 ms inside a read)
 import polars as pl
 
 from stages.core.frames import METRIC_SCHEMA, empty
 
 _KEY_LIMIT = 2**62  # a composite key must fit an Int64 with room to spare
+_MAX_GRIDS = 16  # distinct time arrays among the files for the counting order (_Rows._grid_order)
 
 
 @dataclass
@@ -111,13 +113,17 @@ class _Rows:
             layouts.add(ranks.tobytes())
             base += int(n[i] * k[i])
         self.m_lo, self.m_hi = _runs(lo_m, n), _runs(hi_m, n)
+        self.file_n, self.file_e, self.file_m = n, e_rank[[f.entity for f in files]], lo_m
         self.layout = ranks if len(layouts) == 1 else None  # the ranks every row holds, if one layout
 
     def points(self, n_e: int, n_m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(ts, entity rank, metric rank, value) of every slot in (ts, entity, metric) order."""
-        order = self._row_order(n_e, n_m)
-        if order is False:
+        found = self._row_order(n_e, n_m)
+        if found is False:
             return self._sorted_points(n_e, n_m)
+        order, ties = found
+        if ties is not None:
+            return self._untangled_points(order, ties)
         if order is None:
             return _each(self.ts, self.k), _each(self.e, self.k), self.metric, self.values
         k = self.k[order]
@@ -129,14 +135,50 @@ class _Rows:
         if int(k.max()) == 1:  # one metric per row (GAIA files): slots are rows
             values, metric = self.values[order], self.metric[order]
         else:
-            first = np.cumsum(self.k, dtype=np.int64) - self.k  # first slot of each row
-            shift = _each(first[order] - (np.cumsum(k, dtype=np.int64) - k), k)
-            slots = np.arange(len(self.values), dtype=np.int64) + shift
+            slots = self._slots(order, k)
             values, metric = self.values[slots], self.metric[slots]
         return _each(self.ts[order], k), _each(self.e[order], k), metric, values
 
-    def _row_order(self, n_e: int, n_m: int) -> np.ndarray | None | bool:
-        """Row permutation (None: already in order), or False when rows cannot stand for their points."""
+    def _slots(self, order: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """The slot (index into ``values``) of each point when rows come in ``order`` (``k``: their widths)."""
+        first = np.cumsum(self.k, dtype=np.int64) - self.k  # first slot of each row
+        shift = _each(first[order] - (np.cumsum(k, dtype=np.int64) - k), k)
+        return np.arange(len(self.values), dtype=np.int64) + shift
+
+    def _untangled_points(self, order: np.ndarray | None, ties: np.ndarray):
+        """Rows in (ts, entity) order where some rows share a (ts, entity) and their metric sets
+        overlap (a second repeated within a Glances file): every point stays where its row puts it,
+        except those of rows sharing a (ts, entity), which are sorted within their group on
+        (metric, arrival): the stable point sort, with a sort of the tied points only."""
+        if order is None:
+            k = self.k
+            ts, e, metric, values = _each(self.ts, k), _each(self.e, k), self.metric.copy(), self.values.copy()
+            at = np.flatnonzero(_each(ties, k))  # points of tied rows (a group's points are contiguous)
+            slots = at
+        elif self.layout is not None:  # whole rows move; a point's slot follows from its row's
+            width = len(self.layout)
+            k = width
+            ts, e = _each(self.ts[order], width), _each(self.e[order], width)
+            values = self.values.reshape(-1, width)[order].reshape(-1)
+            metric = np.tile(self.layout, len(order))  # written below: a fresh array, not a broadcast view
+            tied = np.flatnonzero(ties)[:, None]  # the tied rows' points, without a mask over every point
+            at = (tied * width + np.arange(width)).reshape(-1)
+            slots = (order[tied].astype(np.int64) * width + np.arange(width)).reshape(-1)
+        else:
+            k = self.k[order]
+            every = self._slots(order, k)
+            ts, e = _each(self.ts[order], k), _each(self.e[order], k)
+            metric, values = self.metric[every], self.values[every]
+            at = np.flatnonzero(_each(ties, k))
+            slots = every[at]
+        perm = np.lexsort((slots, metric[at], e[at], ts[at]))
+        metric[at], values[at] = metric[at][perm], values[at][perm]
+        return ts, e, metric, values
+
+    def _row_order(self, n_e: int, n_m: int) -> tuple[np.ndarray | None, np.ndarray | None] | bool:
+        """(row permutation or None when already in order, None or a mask over the ordered rows
+        of those sharing a (ts, entity) whose metric sets overlap or interleave with another's),
+        or False when the Int64 key cannot hold (ts, entity, metric)."""
         lo = int(self.ts.min())
         if (int(self.ts.max()) - lo + 1) * n_e * n_m >= _KEY_LIMIT:
             return False
@@ -144,9 +186,13 @@ class _Rows:
         key += self.e
         key *= n_m
         key += self.m_lo
-        order = None if bool(np.all(key[1:] >= key[:-1])) else np.argsort(key, kind="stable")
+        order = None
+        if not bool(np.all(key[1:] >= key[:-1])):
+            order = self._grid_order()
+            if order is None:
+                order = np.argsort(key, kind="stable")
         if int(self.k.max()) == 1:
-            return order  # one point per row: the row order is the point order, ties included
+            return order, None  # one point per row: the row order is the point order, ties included
         if order is not None:
             key = key[order]
         group = key // n_m  # (ts, entity) of each row
@@ -154,8 +200,51 @@ class _Rows:
         del group
         if tied.size:
             hi = self.m_hi[tied if order is None else order[tied]]
-            if bool(np.any(hi >= key[tied + 1] % n_m)):
-                return False  # their metric sets overlap or interleave
+            if bool(np.any(hi >= key[tied + 1] % n_m)):  # their metric sets overlap or interleave
+                ties = np.zeros(len(key), bool)
+                ties[tied] = True
+                ties[tied + 1] = True
+                return order, ties
+        return order, None
+
+    def _grid_order(self) -> np.ndarray | None:
+        """``argsort(key, kind="stable")`` without a comparison sort, when the files' times come from
+        a few shared grids (GAIA: hundreds of one-series files every 30 s), each strictly increasing
+        within its file; None otherwise. Files ranked (stably) on (entity, first metric), then each
+        row placed by counting on its time's rank among the distinct times: rows at one time come
+        in file rank, then file order, as the stable sort on (ts, entity, first metric) puts them."""
+        starts = np.cumsum(self.file_n) - self.file_n
+        grids: list[np.ndarray] = []  # distinct time arrays
+        grid_of = np.empty(len(starts), np.int64)
+        seen: dict[tuple[int, int, int], list[int]] = {}  # (rows, first, last) → indices into grids
+        for f, (a, n) in enumerate(zip(starts.tolist(), self.file_n.tolist())):
+            t = self.ts[a:a + n]
+            if n > 1 and not bool(np.all(t[1:] > t[:-1])):
+                return None
+            same = seen.setdefault((n, int(t[0]), int(t[-1])), [])
+            g = next((g for g in same if np.array_equal(grids[g], t)), None)
+            if g is None:
+                if len(grids) == _MAX_GRIDS:
+                    return None
+                g = len(grids)
+                grids.append(t)
+                same.append(g)
+            grid_of[f] = g
+        rank = np.lexsort((self.file_m, self.file_e))
+        if len(grids) == 1:  # one grid: at each time every file in rank order, a transpose
+            return (starts[rank][None, :] + np.arange(len(grids[0]), dtype=np.int64)[:, None]).reshape(-1)
+        times = np.unique(np.concatenate(grids))
+        codes = [np.searchsorted(times, t) for t in grids]
+        counts = np.zeros(len(times), np.int64)
+        for g, c in zip(*np.unique(grid_of, return_counts=True)):
+            counts[codes[g]] += c
+        cursor = np.cumsum(counts) - counts  # next free place of each time
+        del counts
+        order = np.empty(len(self.ts), np.int64)
+        for f in rank.tolist():
+            c = codes[grid_of[f]]
+            order[cursor[c]] = np.arange(starts[f], starts[f] + self.file_n[f], dtype=np.int64)
+            cursor[c] += 1
         return order
 
     def _sorted_points(self, n_e: int, n_m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
