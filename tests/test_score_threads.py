@@ -34,8 +34,27 @@ def test_auto_keeps_to_one_core_in_a_dvc_queue_workspace(monkeypatch):
 
 def test_auto_takes_every_available_core_otherwise(monkeypatch):
     monkeypatch.delenv(device.SCORE_THREADS_ENV, raising=False)
+    monkeypatch.setattr(device, "busy_elsewhere", lambda: 0)
     n, why = device.resolve_score_threads("auto", cwd="/repo")
     assert n == device.available_cores() >= 1 and why == "all available cores"
+
+
+def test_auto_leaves_the_cores_other_running_work_holds(monkeypatch):
+    monkeypatch.delenv(device.SCORE_THREADS_ENV, raising=False)
+    monkeypatch.setattr(device, "available_cores", lambda: 4)
+    monkeypatch.setattr(device, "busy_elsewhere", lambda: 1)
+    assert device.resolve_score_threads("auto", cwd="/repo") == (3, "4 cores, 1 busy with other work")
+    monkeypatch.setattr(device, "busy_elsewhere", lambda: 9)
+    assert device.resolve_score_threads("auto", cwd="/repo")[0] == 1
+
+
+def test_busy_elsewhere_reads_the_kernels_runnable_count(tmp_path):
+    f = tmp_path / "loadavg"
+    f.write_text("2.03 1.68 1.84 3/105 13783\n")  # 3 runnable, this process among them
+    assert device.busy_elsewhere(samples=3, interval_s=0, loadavg=str(f)) == 2
+    f.write_text("0.10 0.10 0.10 1/99 1\n")
+    assert device.busy_elsewhere(samples=1, interval_s=0, loadavg=str(f)) == 0
+    assert device.busy_elsewhere(loadavg=str(tmp_path / "missing")) == 0
 
 
 def test_the_stage_wide_choice_overrides_each_detector_and_can_be_cleared():

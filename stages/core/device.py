@@ -173,12 +173,13 @@ def available_cores() -> int:
 
 def resolve_score_threads(setting: int | str, cwd: str | os.PathLike | None = None) -> tuple[int, str]:
     """Torch threads for scoring passes and why: a number as given; ``auto`` = ``$AIOPS_SCORE_THREADS``
-    when set, 1 inside a ``dvc queue`` workspace, else every core this process may use.
+    when set, 1 inside a ``dvc queue`` workspace, else every core this process may use that no other
+    running thread holds (:func:`busy_elsewhere`).
 
-    Repeatable because scores do not depend on the count where it matters: every torch detector gives
-    the same bits at 1 and 2 threads (its tests check it; ``dvc queue`` vs a plain run on 2 cores), and two
-    machines of one kind have the same cores, so ``auto`` picks the same count (FuseGuard at 3 threads
-    differs in the 6th digit). Training keeps its fixed ``cpu_threads``: summed gradients depend on it."""
+    Repeatable on this project's 2-core machines: every torch detector gives the same bits at 1 and 2
+    threads (its tests check it), so whatever ``auto`` picks there, the scores are the same. On bigger
+    machines set a number for bit-identity (FuseGuard at 3 threads differs in the 6th digit). Training
+    keeps its fixed ``cpu_threads``: summed gradients depend on it."""
     if setting != "auto":
         return int(setting), "evaluate.score_threads"
     env = os.environ.get(SCORE_THREADS_ENV, "").strip()
@@ -190,7 +191,29 @@ def resolve_score_threads(setting: int | str, cwd: str | os.PathLike | None = No
         return int(env), f"${SCORE_THREADS_ENV}"
     if in_dvc_queue(cwd):
         return 1, "dvc queue workspace"
-    return available_cores(), "all available cores"
+    cores, busy = available_cores(), busy_elsewhere()
+    if busy:
+        return max(1, cores - busy), f"{cores} cores, {busy} busy with other work"
+    return cores, "all available cores"
+
+
+def busy_elsewhere(samples: int = 5, interval_s: float = 0.02, loadavg: str = "/proc/loadavg") -> int:
+    """Threads of other processes running right now (median of a few reads of the kernel's runnable
+    count, less this one): a scoring pass split over a core another job holds waits at every barrier
+    (measured: FuseGuard's scoring 8x slower on 2 threads beside a niced job). 0 where unknown."""
+    import time
+
+    counts = []
+    for i in range(samples):
+        try:
+            with open(loadavg, encoding="ascii") as fh:
+                counts.append(int(fh.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):
+            return 0
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    counts.sort()
+    return max(0, counts[len(counts) // 2])
 
 
 def set_scoring_threads(n: int | None) -> None:
