@@ -52,8 +52,8 @@ class EvaluateParams:
     vus_window: int = 100  # VUS buffer length in steps (TSB-AD's get_metrics default)
     bootstrap: int = 200  # block-bootstrap resamples over test events for the 95% intervals (0 = none)
     interval_level: float = 0.95
-    # torch threads of the scoring passes: a number, or auto (README, "Threads"). Scores are
-    # bit-identical whatever the count, so this changes speed only; training keeps `cpu_threads`.
+    # torch threads of the scoring passes: a number, or auto (README, "Repeatability", Threads). Scores
+    # are the same bits at 1 and 2 threads (not at 3+), so on 2 cores this changes speed only.
     score_threads: int | Literal["auto"] = "auto"
 
     def validate(self) -> None:
