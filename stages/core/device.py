@@ -179,7 +179,7 @@ def resolve_score_threads(setting: int | str, cwd: str | os.PathLike | None = No
     Repeatable on this project's 2-core machines: every torch detector gives the same bits at 1 and 2
     threads (its tests check it), so whatever ``auto`` picks there, the scores are the same. On bigger
     machines set a number for bit-identity (FuseGuard at 3 threads differs in the 6th digit). Training
-    keeps its fixed ``cpu_threads`` (a parameter): summed gradients depend on it."""
+    keeps its fixed ``cpu_threads``: summed gradients depend on it."""
     if setting != "auto":
         return int(setting), "evaluate.score_threads"
     env = os.environ.get(SCORE_THREADS_ENV, "").strip()
