@@ -12,8 +12,10 @@ own work costs:
   (``str.extract_groups``: time, level, text) and its time to epoch µs;
 - MSDS OSProfiler traces: ``json.loads`` per file, a walk of the ``children`` tree collecting
   ids and offsets, one DataFrame at the end;
-- Eadro ``spans.json[.zip]`` (Jaeger) and ``logs.json``: ``json.loads`` and one DataFrame of the
-  spans (ids, times, operation) or of the (service, line) pairs.
+- Eadro ``spans.json[.zip]`` (Jaeger): ``json.loads`` and one DataFrame of the spans (ids, times,
+  operation);
+- Eadro ``logs.json``: ``json.loads``, one DataFrame of the (service, line) pairs, and the header
+  parse a log line needs, as for GAIA business (one regex: time, level, text; time to epoch µs).
 """
 from __future__ import annotations
 
@@ -106,10 +108,18 @@ def jaeger(files: list[Path]) -> pl.DataFrame:
     return pl.DataFrame(cols, strict=False)
 
 
+_SPRING_HEADER = r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?)\s+([A-Za-z]+)\s+(.*)$"
+
+
 def log_lines(files: list[Path]) -> pl.DataFrame:
+    """(service, line) pairs plus the header a log line needs, as for GAIA business: one regex (time,
+    level, text) and its time to epoch µs (``str.to_datetime``)."""
     service, line = [], []
     for p in files:
         for svc, lines in _json(p).items():
             service += [svc] * len(lines or [])
             line += list(lines or [])
-    return pl.DataFrame({"service": service, "line": line})
+    g = pl.DataFrame({"service": service, "line": line}).with_columns(
+        pl.col("line").str.extract_groups(_SPRING_HEADER).alias("_g")).unnest("_g")
+    ts = pl.col("1").str.replace(",", ".", literal=True).str.replace("T", " ", literal=True)
+    return g.with_columns(_epoch_us(ts).alias("ts"), pl.col("2").alias("level"), pl.col("3").alias("text"))
