@@ -193,3 +193,21 @@ def test_span_chunks_give_the_same_frame_as_one_chunk(tmp_path: Path, monkeypatc
     for size in (1, 3):
         monkeypatch.setattr(eadro, "SPAN_CHUNK_TRACES", size)
         assert eadro.read_traces(tmp_path, 0.0).equals(whole)
+
+
+def test_head_split_equals_the_line_regex_on_edge_lines():
+    """The faster head-only split (issue 11) must give exactly _LINE's groups, and _BLANK_RUNS
+    exactly r"\\s+" → " ", on lines with embedded newlines, tabs and Unicode blanks."""
+    from stages.formats.eadro import _BLANK_RUNS, _LINE, _split_head
+
+    lines = ["2022-04-18 16:18:53.138  INFO 1 --- [main] a.B : started in 3 s",
+             "2022-04-18 16:18:53.138  INFO 1 --- [x] y : a\nb",      # newline in the text: no head
+             "2022-04-18 16:18:53.138  INFO \n abc",                  # newline inside the blank run: head
+             "2022-04-18 16:18:53 WARN", "2022-04-18 16:18:53 WARN  ", "2022-04-18 16:18:53.138  INFO\n",
+             "2022-04-18T16:18:53,5\tERROR\u00a0x  y\u2028z", "\tat com.x.Y(Y.java:1)", "", "x\u00a0\u00a0y\t z"]
+    df = pl.DataFrame({"raw": lines})
+    want = df.with_columns(pl.col("raw").str.extract_groups(_LINE).alias("g")).unnest("g") \
+        .rename({"1": "time", "2": "level", "3": "rest"})
+    assert _split_head(df).equals(want)
+    assert want["time"].null_count() == 5  # the cases above cover both outcomes
+    assert df["raw"].str.replace_all(_BLANK_RUNS, " ").equals(df["raw"].str.replace_all(r"\s+", " "))
