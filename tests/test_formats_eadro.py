@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from stages.core.errors import InputError
 from stages.core.frames import SCHEMAS, US
 from stages.formats import eadro, read_dump
 
@@ -211,3 +212,44 @@ def test_head_split_equals_the_line_regex_on_edge_lines():
     assert _split_head(df).equals(want)
     assert want["time"].null_count() == 5  # the cases above cover both outcomes
     assert df["raw"].str.replace_all(_BLANK_RUNS, " ").equals(df["raw"].str.replace_all(r"\s+", " "))
+
+
+def _one_at_a_time(path: Path) -> pl.DataFrame:
+    """The reader's former loop: each service parsed on its own, a repeated key replacing the earlier one."""
+    from stages.formats.eadro import _parse_log_lines
+
+    frames = {}
+    for service, lines in json.loads(path.read_text(), object_pairs_hook=list):  # every key, repeats too
+        frames[service] = _parse_log_lines(service, lines, path) if lines else None
+    return pl.concat([f for f in frames.values() if f is not None])
+
+
+def test_batched_services_equal_one_service_at_a_time(tmp_path: Path, caplog):
+    """Parsing many services in one polars pass (issue 11) keeps the rows, the continuation lines,
+    the per-service orphan warnings and the replacement of a repeated key."""
+    t = "2022-04-18 16:18:5{}.138  {} 1 --- [main] a.B : {}"
+    body = ('{"s1": ["orphan line", "' + t.format(1, "INFO", "x") + '", "\\tat y"],'
+            ' "s2": [], "s3": ["' + t.format(2, "WARN", "w") + '"],'
+            ' "s1": ["' + t.format(3, "ERROR", "again") + '", "more"],'
+            ' "s4": ["lost", "' + t.format(4, "DEBUG", "d  e") + '"], "s3": null}')
+    path = tmp_path / "logs.json"
+    path.write_text(body)
+    with caplog.at_level("WARNING"):
+        got = pl.concat(eadro._read_log_file(path))
+    batched_warnings = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        want = _one_at_a_time(path)
+    assert got.sort("service", maintain_order=True).equals(want.sort("service", maintain_order=True))
+    assert set(got["service"]) == {"s1", "s4"}  # s3's null replaced its line, s2 logged nothing
+    assert got.filter(pl.col("service") == "s1")["message"].to_list()[-1] == "more"  # the second s1 won
+    assert sorted(batched_warnings) == sorted(r.getMessage() for r in caplog.records)
+    assert any("key 's4': 1 line(s)" in w for w in batched_warnings)
+
+
+def test_batched_services_raise_the_first_error_in_file_order(tmp_path: Path):
+    """A bad time in an earlier service is reported before a later service's bad type, as before."""
+    path = tmp_path / "logs.json"
+    path.write_text('{"a": ["2022-04-18 16:18:53.138  INFO ok"], "b": ["2022-13-45 99:99:99.1  INFO bad"], "c": 5}')
+    with pytest.raises(InputError, match="key 'b' item 0"):
+        eadro._read_log_file(path)

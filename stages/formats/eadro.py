@@ -19,6 +19,8 @@ built into frames every ``SPAN_CHUNK_TRACES`` traces, so a multi-GB export never
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import re
 import zipfile
@@ -27,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from tqdm import tqdm
 
@@ -182,23 +185,85 @@ def _top_level_type(opener: c.Opener, path: Path, first: str) -> str:
     return type(next(c.stream_json(opener, path, ""), None)).__name__
 
 
+LOG_BATCH_LINES = 100_000  # lines parsed in one polars pass: bounds the Python strings held at once
+
+
+def _parse_services(batch: dict[str, list[str]], path: Path, audit: c.TimeAudit | None) -> pl.DataFrame:
+    """:func:`_parse_log_lines` of several services in one pass (issue 11: a dump has hundreds of
+    small services per file, and per-call polars overhead dominated). Same rows, times, messages,
+    warnings and errors: a parse error re-runs the services one by one so the first one met in file
+    order raises it, and the time audit runs per service, in order."""
+    names = list(batch)
+    if len(names) == 1:
+        return _parse_log_lines(names[0], batch[names[0]], path, audit)
+    sizes = [len(batch[n]) for n in names]
+    starts = [0, *itertools.accumulate(sizes)][:-1]
+    key = pl.Series("_k", np.repeat(np.arange(len(names), dtype=np.uint32), sizes))
+
+    def label(i: int) -> str:
+        k = bisect.bisect_right(starts, i) - 1
+        return f"key '{names[k]}' item {i - starts[k]}"
+
+    parts = _split_head(pl.DataFrame({"raw": pl.Series([x for n in names for x in batch[n]], dtype=pl.Utf8)}))
+    try:
+        times = c.parse_times(parts["time"], path, "line time", row_label=label)
+    except InputError:
+        for n in names:  # raises the error the one-service-at-a-time order meets first
+            _parse_log_lines(n, batch[n], path, audit)
+        raise
+    if audit is not None:
+        for n, start, size in zip(names, starts, sizes):
+            audit.series(path, times.slice(start, size), "line time", row_label=lambda i, n=n: f"key '{n}' item {i}")
+    head = pl.col("time").is_not_null()
+    out = parts.with_columns(
+        pl.Series("ts", times),
+        pl.when(head).then(pl.col("rest").str.replace(_SPRING_PREFIX, "")).otherwise(pl.col("raw"))
+        .str.replace_all(_BLANK_RUNS, " ").str.strip_chars().alias("message"),
+        pl.when(head).then(c.normalise_level(pl.col("level"))).alias("level"),
+        key,
+    ).with_columns(pl.col("ts").forward_fill().over("_k"), pl.col("level").forward_fill().over("_k"))
+    orphans = out.group_by("_k", maintain_order=True).agg(pl.col("ts").null_count().alias("n")).filter(pl.col("n") > 0)
+    for k, n in orphans.iter_rows():
+        log.warning("%s: key '%s': %d line(s) before the first timestamped line dropped", path, names[k], n)
+    kept = out.filter(pl.col("ts").is_not_null())
+    return kept.with_columns(pl.Series("service", names, dtype=pl.Utf8).gather(kept["_k"])).drop("_k")
+
+
 def _read_log_file(path: Path, audit: c.TimeAudit | None = None) -> list[pl.DataFrame]:
-    """One service's lines at a time (ijson kvitems), so the file is never held whole."""
+    """Services' lines streamed (ijson kvitems) and parsed in batches of ~LOG_BATCH_LINES lines, so
+    the file is never held whole."""
     opener = lambda: c.open_binary(path)
     first = c.json_first_byte(opener)
     if first != "{":
         raise InputError(path, "top level", "an object mapping service → list of log lines",
                          _top_level_type(opener, path, first))
-    frames: dict[str, pl.DataFrame | None] = {}  # a repeated key replaces the earlier one, as json.load does
+    frames: list[pl.DataFrame] = []
+    pending: dict[str, list[str]] = {}
+    seen: set[str] = set()
+
+    def flush() -> None:
+        if pending:
+            frames.append(_parse_services(pending, path, audit))
+            pending.clear()
+
     for service, lines in c.stream_json(opener, path, "", kv=True, lossy=True):
-        if lines is None or lines == []:
-            frames[service] = None  # a service that logged nothing in this chunk (real: 13 of 27 TT services)
-            continue
-        if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+        bad = lines is not None and lines != [] and (
+            not isinstance(lines, list) or not all(isinstance(x, str) for x in lines))
+        if bad or service in pending:
+            flush()  # what came before is parsed (and may raise) first, as one service at a time would be
+        if bad:
             raise InputError(path, f"key '{service}'", "a list of log-line strings",
                              type(lines).__name__ if not isinstance(lines, list) else "a list with non-strings")
-        frames[service] = _parse_log_lines(service, lines, path, audit)
-    return [f for f in frames.values() if f is not None]
+        if service in seen:  # a repeated key replaces the earlier one, as json.load does
+            frames[:] = [f.filter(pl.col("service") != service) for f in frames]
+        seen.add(service)
+        if lines is None or lines == []:
+            continue  # a service that logged nothing in this chunk (real: 13 of 27 TT services)
+        pending[service] = lines
+        if sum(map(len, pending.values())) >= LOG_BATCH_LINES:
+            flush()
+    flush()
+    return frames
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
