@@ -108,18 +108,17 @@ def jaeger(files: list[Path]) -> pl.DataFrame:
     return pl.DataFrame(cols, strict=False)
 
 
-_SPRING_HEADER = r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?)\s+([A-Za-z]+)\s+(.*)$"
-
-
 def log_lines(files: list[Path]) -> pl.DataFrame:
-    """(service, line) pairs plus the header a log line needs, as for GAIA business: one regex (time,
-    level, text) and its time to epoch µs (``str.to_datetime``)."""
+    """(service, line) pairs plus the header a log line needs, as for GAIA business: the reader's own
+    line regex (time, level, text) and its time to epoch µs (``str.to_datetime``)."""
+    from stages.formats.eadro import _LINE
+
     service, line = [], []
     for p in files:
         for svc, lines in _json(p).items():
             service += [svc] * len(lines or [])
             line += list(lines or [])
     g = pl.DataFrame({"service": service, "line": line}).with_columns(
-        pl.col("line").str.extract_groups(_SPRING_HEADER).alias("_g")).unnest("_g")
+        pl.col("line").str.extract_groups(_LINE).alias("_g")).unnest("_g")
     ts = pl.col("1").str.replace(",", ".", literal=True).str.replace("T", " ", literal=True)
     return g.with_columns(_epoch_us(ts).alias("ts"), pl.col("2").alias("level"), pl.col("3").alias("text"))

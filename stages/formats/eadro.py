@@ -157,29 +157,9 @@ def _split_head(df: pl.DataFrame) -> pl.DataFrame:
                     pl.when(ok).then(rest).alias("rest"))
 
 
-def _message_and_level() -> list[pl.Expr]:
-    """A head line's text without the Spring prefix, a continuation line whole, blanks collapsed;
-    the head's level, normalised (continuation lines get theirs by forward fill)."""
-    head = pl.col("time").is_not_null()
-    return [pl.when(head).then(pl.col("rest").str.replace(_SPRING_PREFIX, "")).otherwise(pl.col("raw"))
-            .str.replace_all(_BLANK_RUNS, " ").str.strip_chars().alias("message"),
-            pl.when(head).then(c.normalise_level(pl.col("level"))).alias("level")]
-
-
 def _parse_log_lines(service: str, lines: list[str], path: Path, audit: c.TimeAudit | None = None) -> pl.DataFrame:
     """Raw lines → (ts, level, message); continuation lines (stack traces) inherit the previous line's time."""
-    df = pl.DataFrame({"raw": pl.Series(lines, dtype=pl.Utf8)})
-    parts = _split_head(df)
-    label = lambda i: f"key '{service}' item {i}"  # noqa: E731
-    times = c.parse_times(parts["time"], path, "line time", row_label=label)
-    if audit is not None:
-        audit.series(path, times, "line time", row_label=label)
-    out = parts.with_columns(pl.Series("ts", times), *_message_and_level()) \
-        .with_columns(pl.col("ts").forward_fill(), pl.col("level").forward_fill())
-    orphans = out["ts"].is_null().sum()
-    if orphans:
-        log.warning("%s: key '%s': %d line(s) before the first timestamped line dropped", path, service, orphans)
-    return out.filter(pl.col("ts").is_not_null()).with_columns(pl.lit(service).alias("service"))
+    return _parse_services({service: lines}, path, audit)
 
 
 def _top_level_type(opener: c.Opener, path: Path, first: str) -> str:
@@ -195,11 +175,9 @@ LOG_BATCH_LINES = 100_000  # lines parsed in one polars pass: bounds the Python 
 def _parse_services(batch: dict[str, list[str]], path: Path, audit: c.TimeAudit | None) -> pl.DataFrame:
     """:func:`_parse_log_lines` of several services in one pass (issue 11: a dump has hundreds of
     small services per file, and per-call polars overhead dominated). Same rows, times, messages,
-    warnings and errors: a parse error re-runs the services one by one so the first one met in file
-    order raises it, and the time audit runs per service, in order."""
+    warnings and errors as one service at a time: a parse error re-runs the services one by one so
+    the first one met in file order raises it, and the time audit runs per service, in order."""
     names = list(batch)
-    if len(names) == 1:
-        return _parse_log_lines(names[0], batch[names[0]], path, audit)
     sizes = [len(batch[n]) for n in names]
     starts = [0, *itertools.accumulate(sizes)][:-1]
     key = pl.Series("_k", np.repeat(np.arange(len(names), dtype=np.uint32), sizes))
@@ -212,14 +190,21 @@ def _parse_services(batch: dict[str, list[str]], path: Path, audit: c.TimeAudit 
     try:
         times = c.parse_times(parts["time"], path, "line time", row_label=label)
     except InputError:
-        for n in names:  # raises the error the one-service-at-a-time order meets first
-            _parse_log_lines(n, batch[n], path, audit)
+        if len(names) > 1:
+            for n in names:  # raises the error the one-service-at-a-time order meets first
+                _parse_log_lines(n, batch[n], path, audit)
         raise
     if audit is not None:
-        for n, start, size in zip(names, starts, sizes):
-            audit.series(path, times.slice(start, size), "line time", row_label=lambda i, n=n: f"key '{n}' item {i}")
-    out = parts.with_columns(pl.Series("ts", times), *_message_and_level(), key) \
-        .with_columns(pl.col("ts").forward_fill().over("_k"), pl.col("level").forward_fill().over("_k"))
+        for start, size in zip(starts, sizes):
+            audit.series(path, times.slice(start, size), "line time", row_label=lambda i, start=start: label(start + i))
+    head = pl.col("time").is_not_null()
+    out = parts.with_columns(
+        pl.Series("ts", times),
+        pl.when(head).then(pl.col("rest").str.replace(_SPRING_PREFIX, "")).otherwise(pl.col("raw"))
+        .str.replace_all(_BLANK_RUNS, " ").str.strip_chars().alias("message"),
+        pl.when(head).then(c.normalise_level(pl.col("level"))).alias("level"),
+        key,
+    ).with_columns(pl.col("ts").forward_fill().over("_k"), pl.col("level").forward_fill().over("_k"))
     orphans = out.group_by("_k", maintain_order=True).agg(pl.col("ts").null_count().alias("n")).filter(pl.col("n") > 0)
     for k, n in orphans.iter_rows():
         log.warning("%s: key '%s': %d line(s) before the first timestamped line dropped", path, names[k], n)
