@@ -359,3 +359,416 @@ def test_fixed_time_parse_matches_general(monkeypatch, name: str, offset: float)
 def test_fixed_time_parse_leaves_bad_days_to_the_general_path():
     with pytest.raises(c.InputError, match="row 2"):
         c.parse_times(pl.Series("now", ["2019-02-28 12:00:00 CET", "2019-02-30 12:00:00 CET"]), "f.csv", "now")
+
+
+# ------------------------------------------------------------------ GAIA traces and business logs
+#
+# The previous GAIA trace and business-log readers, kept here as the reference for the faster ones
+# (issue 11): several collects per trace file, the capture regex on every message, the ids' join
+# and text sort. The general time parse (``c._parse_general``) and the unchanged helpers are shared.
+
+
+def old_parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
+    nulls = s.null_count()
+    if s.len() == nulls:
+        return None
+    first = s[0] if not nulls else s.drop_nulls()[0]
+    _, _, zone = first.rpartition(" ")
+    if zone.isascii() and zone.isalpha():
+        if not 2 <= len(zone) <= 5 or zone.upper() not in c.TZ_OFFSETS_S:
+            return None
+        suffix, shift_us = " " + zone, c.TZ_OFFSETS_S[zone.upper()] * US
+    else:
+        suffix, shift_us = "", int(round(tz_offset_s * US))
+    if not bool(s.str.contains(c._FIXED + suffix + "$").all()):
+        return None
+    fmt = "%Y-%m-%d %H:%M:%S"
+    if s.str.len_bytes().max() == 19 + len(suffix):
+        fmt += suffix
+    else:
+        if suffix:
+            s = s.str.strip_suffix(suffix)
+        fmt += "%.f"
+        if bool(s.str.contains(",", literal=True).any()):
+            s = s.str.replace(",", ".", literal=True)
+    parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
+    if parsed.null_count() != nulls:
+        return None
+    return parsed.dt.epoch("us") - shift_us
+
+
+def old_parse_times(col: pl.Series, path, column: str, row_label=c.row_of) -> pl.Series:
+    if col.dtype.is_numeric():
+        return c.epoch_to_us(col)
+    if col.dtype == pl.Utf8:
+        fixed = old_parse_fixed(col, 0.0)
+        if fixed is not None:
+            return fixed.rename(col.name)
+    return c._parse_general(col, path, column, 0.0, row_label)
+
+
+def old_to_float(col: pl.Series, path: Path, column: str) -> pl.Series:
+    s = col.cast(pl.Utf8).str.strip_chars()
+    out = s.cast(pl.Float64, strict=False)
+    bad = out.is_null() & s.is_not_null() & (s != "") & ~s.str.to_lowercase().is_in(["nan", "null", "none", "na"])
+    if bad.any():
+        i = int(bad.arg_true()[0])
+        raise c.InputError(path, f"{c.row_of(i)} column '{column}'", "a number", s[i])
+    return out
+
+
+def old_read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+    df = c.read_csv(path, gaia.TRACE_COLUMNS)
+    start = old_parse_times(df["start_time"], path, "start_time")
+    end = old_parse_times(df["end_time"], path, "end_time")
+    for name, series in (("start_time", start), ("end_time", end)):
+        if series.is_null().any():
+            i = int(series.is_null().arg_true()[0])
+            raise c.InputError(path, f"{c.row_of(i)} column '{name}'", "a time", df[name][i])
+        audit.series(path, series, name)
+    backwards = end < start
+    if backwards.any():
+        i = int(backwards.arg_true()[0])
+        raise c.InputError(path, f"{c.row_of(i)} column 'end_time'", f"a time >= start_time ({df['start_time'][i]})",
+                           df["end_time"][i])
+    status = old_to_float(df["status_code"], path, "status_code")
+    parent = pl.col("parent_id").str.strip_chars()
+    return df.with_columns(
+        pl.Series("start_ts", start),
+        ((end - start) / US).alias("duration_s"),
+        pl.when(parent.is_null() | parent.str.to_lowercase().is_in(["", "none", "null", "nan", "0"]))
+        .then(None).otherwise(parent).alias("parent_id"),
+        pl.col("service_name").alias("service"),
+        pl.col("url").fill_null("").alias("operation"),
+        ((pl.Series(status).fill_null(0) >= 400)
+         | pl.col("message").fill_null("").str.to_lowercase().str.contains("error")).alias("is_error"),
+    )
+
+
+def old_dedupe_spans(spans: pl.DataFrame, source: str) -> pl.DataFrame:
+    if spans.height == 0:
+        return spans
+    key = ["trace_id", "span_id"]
+    if not bool(spans.select(key).is_duplicated().any()):
+        return spans
+    distinct = spans.unique(maintain_order=True)
+    clash = distinct.filter(pl.len().over(key) > 1)
+    if clash.height:
+        groups = clash.unique(subset=key, maintain_order=True)
+        c.log.warning("%s: %d span id(s) reused by different spans (%d records); the first record of each is kept "
+                      "(%s)", source, groups.height, clash.height, c._ids(groups))
+    return distinct.unique(subset=key, keep="first", maintain_order=True)
+
+
+def old_cut_bad_parents(spans: pl.DataFrame, source: str) -> pl.DataFrame:
+    if spans.height == 0:
+        return spans
+    idx = spans.select("trace_id", "span_id").with_row_index("_i")
+    parent = (spans.select("trace_id", pl.col("parent_id").alias("span_id")).with_row_index("_c")
+              .join(idx, on=["trace_id", "span_id"], how="left").sort("_c")["_i"])
+    p = parent.fill_null(-1).cast(pl.Int64).to_numpy().copy()
+    n = len(p)
+    q = p.copy()
+    for _ in range(max(1, int(np.ceil(np.log2(n + 1))) + 1)):
+        q = np.where(q >= 0, q[np.maximum(q, 0)], -1)
+    in_cycle = np.zeros(n, bool)
+    frontier = np.unique(q[q >= 0])
+    while frontier.size:
+        new = frontier[~in_cycle[frontier]]
+        in_cycle[new] = True
+        frontier = p[new]
+        frontier = frontier[frontier >= 0]
+    if not in_cycle.any():
+        return spans
+    bad = spans.filter(pl.Series(in_cycle))
+    selfish = bad.filter(pl.col("parent_id") == pl.col("span_id"))
+    c.log.warning("%s: %d span(s) in %d trace(s) are their own parent (%d) or sit on a parent cycle (%d); their "
+                  "parent links are cut so no call edge is made up (%s)", source, bad.height,
+                  bad["trace_id"].n_unique(), selfish.height, bad.height - selfish.height, c._ids(bad))
+    return spans.with_columns(pl.when(pl.Series(in_cycle)).then(None).otherwise(pl.col("parent_id"))
+                              .alias("parent_id"))
+
+
+def old_sort_key(df: pl.DataFrame, column: str) -> pl.Expr:
+    col = df[column]
+    if col.dtype != pl.Utf8 or df.height < 1024:
+        return pl.col(column)
+    distinct = col.drop_nulls().unique()
+    if distinct.len() * 4 > df.height:
+        return pl.col(column)
+    return pl.col(column).cast(pl.Enum(distinct.sort().to_list()))
+
+
+def old_finish(frames: list[pl.DataFrame], modality: str, sort_by: list[str]) -> pl.DataFrame:
+    if not frames:
+        return gaia.empty(modality)
+    df = conform(pl.concat([conform(f, modality) for f in frames], how="vertical"), modality)
+    return df.sort([old_sort_key(df, k) for k in sort_by], maintain_order=True, nulls_last=True)
+
+
+def old_read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
+    found = gaia.scan(root)
+    files, skipped = found.files["traces"], list(found.skips("traces"))
+    audit = c.TimeAudit("traces")
+    frames = []
+    for p in files:
+        frame = conform(old_read_trace_file(p, audit), "traces")
+        if frame.height == 0:
+            skipped.append((p, "header only, no data row"))
+        frames.append(frame)
+    c.warn_skipped("traces", skipped, found.unclaimed)
+    if not files and not skipped:
+        return None
+    spans = pl.concat(frames) if frames else gaia.empty("traces")
+    c.require_rows("traces", spans, files, skipped)
+    audit.finish(spans["start_ts"])
+    label = f"gaia traces under {root}"
+    spans = old_cut_bad_parents(old_dedupe_spans(spans, label), label)
+    return c.shift(old_finish([spans], "traces", ["start_ts", "trace_id", "span_id"]), ["start_ts"], offset_s)
+
+
+def old_split_messages(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    g = df.with_row_index("_row").with_columns(pl.col("message").fill_null("").str.strip_chars().alias("_m"))
+    g = g.with_columns(pl.col("_m").str.extract_groups(gaia._HEADER).alias("_g")).unnest("_g")
+    g = g.rename({"1": "_time", "2": "_level", "3": "_instance", "4": "_text"})
+    times = old_parse_times(g["_time"], path, "message time")
+    return g.with_columns(pl.Series("_ts", times), pl.col("_text").str.replace(gaia._TRACE_PREFIX, "").alias("_text"))
+
+
+def old_read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+    df = c.read_csv(path, ["service", "message"], lossy=True)
+    g = old_split_messages(gaia._drop_index(df), path)
+    audit.series(path, g["_ts"], "message time", rows=g["_row"])
+    head = pl.col("_time").is_not_null()
+    out = g.filter(pl.col("_m") != "").with_columns(
+        pl.col("_ts").forward_fill().alias("ts"),
+        pl.when(head).then(c.normalise_level(pl.col("_level"))).otherwise(None).forward_fill().alias("level"),
+        pl.when(head).then(pl.col("_text")).otherwise(pl.col("_m")).alias("message"),
+        pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance")).alias("service"),
+    )
+    orphans = out["ts"].is_null().sum()
+    if orphans:
+        gaia.log.warning("%s: %d line(s) before the first timestamped line dropped", path, orphans)
+    return out.filter(pl.col("ts").is_not_null())
+
+
+def old_read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+    found = gaia.scan(root)
+    files, skipped = found.files["logs"], list(found.skips("logs"))
+    audit = c.TimeAudit("logs")
+    frames = []
+    for p in files:
+        frame = old_read_log_file(p, audit)
+        if frame.height == 0:
+            skipped.append((p, "no log line with a time"))
+        frames.append(frame)
+    c.warn_skipped("logs", skipped, found.unclaimed)
+    if not files and not skipped:
+        return None
+    df = old_finish(frames, "logs", ["ts", "service"])
+    c.require_rows("logs", df, files, skipped)
+    audit.finish(df["ts"])
+    return c.shift(df, ["ts"], offset_s)
+
+
+def outcome(read, root: Path, caplog, monkeypatch) -> tuple:
+    """(frame or error text, warnings) of one read, each file's warnings fresh."""
+    monkeypatch.setattr(c, "_WARNED", set())
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        try:
+            got = read(root, 2.5)
+        except c.InputError as exc:
+            got = str(exc)
+    return got, [(r.levelname, r.getMessage()) for r in caplog.records]
+
+
+def assert_same_read(new, old, root: Path, caplog, monkeypatch) -> None:
+    got, warned = outcome(new, root, caplog, monkeypatch)
+    want, want_warned = outcome(old, root, caplog, monkeypatch)
+    if isinstance(want, pl.DataFrame):
+        assert isinstance(got, pl.DataFrame), got
+        assert_frame_equal(got, want, check_exact=True)
+    else:
+        assert got == want
+    assert warned == want_warned
+
+
+GAIA_T0 = 1_625_097_600  # 2021-07-01T00:00:00Z
+
+
+def _stamp(rng: np.random.Generator, us: int, shape: str, digits: int) -> str:
+    """A GAIA time cell of one shape (a file mixes shapes only in 'mixed'), fractions cut to ``digits``."""
+    shape = rng.choice(["str", "ms", "comma", "whole"]) if shape == "mixed" else shape
+    if shape == "ms":
+        return str(us // 1000)
+    text = pl.Series([us], dtype=pl.Int64).cast(pl.Datetime("us")).dt.strftime("%Y-%m-%d %H:%M:%S").item()
+    if shape == "whole":
+        return text
+    return text + ("," if shape == "comma" else ".") + f"{us % US:06d}"[:digits]
+
+
+def _cell(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(ch in value for ch in ',"\n') else value
+
+
+def write_trace_table(path: Path, rng: np.random.Generator, rows: int, *, tied: bool, shape: str) -> None:
+    """Spans with repeated and clashing ids, self-parents and parent cycles, every null spelling,
+    unsorted, times of one shape (or mixed), ties in start time when ``tied``."""
+    traces = [f"{t:016x}" for t in rng.integers(0, 2**60, max(1, rows // 6))]
+    digits = int(rng.integers(1, 7))
+    lines = [",".join(["timestamp", "host_ip", "service_name", "trace_id", "span_id", "parent_id",
+                       "start_time", "end_time", "url", "status_code", "message"])]
+    for _ in range(rows):
+        trace = str(rng.choice(traces))
+        span = f"s{int(rng.integers(0, 12))}"
+        parent = str(rng.choice(["", "None", " null ", "NaN", "0", "s1", "s2", span, "s3", "s4", trace]))
+        start = GAIA_T0 * US + int(rng.integers(0, 50 if tied else 3_600 * US))
+        end = start + int(rng.integers(0, 5 * US))
+        status = str(rng.choice(["200", "500.0", "", " 404 ", "nan", "302"]))
+        message = str(rng.choice(["", "ok", "an Error here", "ERROR, again", 'say "hi"\nthen error', "fine"]))
+        lines.append(",".join([str(start // 1000), "0.0.0.1", str(rng.choice(["webservice1", "dbservice2", ""])),
+                               trace, span, parent, _cell(_stamp(rng, start, shape, digits)),
+                               _cell(_stamp(rng, end, shape, digits)),
+                               str(rng.choice(["/index", "", "http://0.0.0.1:9384/x"])), status, _cell(message)]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_gaia_traces_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int):
+    rng = np.random.default_rng(seed)
+    for k in range(int(rng.integers(1, 4))):
+        shape = str(rng.choice(["str", "ms", "comma", "whole", "mixed"]))
+        rows = int(rng.choice([0, 1, 7, 300, 1500]))
+        write_trace_table(tmp_path / "trace" / f"trace_table_svc{k}_2021-07.csv" if k else
+                          tmp_path / f"trace_table_svc{k}_2021-07.csv", rng, rows, tied=bool(rng.integers(0, 2)),
+                          shape=shape) if (tmp_path / "trace").mkdir(exist_ok=True) is None else None
+    assert_same_read(gaia.read_traces, old_read_traces, tmp_path, caplog, monkeypatch)
+
+
+def test_gaia_traces_distinct_starts_take_the_one_key_sort(tmp_path: Path, caplog, monkeypatch):
+    """Distinct start times (the bench's spans) sort by start alone; with ties, by all three keys."""
+    rng = np.random.default_rng(99)
+    write_trace_table(tmp_path / "trace_table_a_2021-07.csv", rng, 3000, tied=False, shape="str")
+    assert_same_read(gaia.read_traces, old_read_traces, tmp_path, caplog, monkeypatch)
+    spans = gaia.read_traces(tmp_path, 0.0)
+    assert spans["start_ts"].is_sorted() and spans["start_ts"].n_unique() == spans.height
+    write_trace_table(tmp_path / "trace_table_a_2021-07.csv", rng, 3000, tied=True, shape="str")
+    assert_same_read(gaia.read_traces, old_read_traces, tmp_path, caplog, monkeypatch)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gaia_span_checks_survive_hash_collisions(tmp_path: Path, caplog, monkeypatch, seed: int):
+    """A weak id hash (many collisions) sends the duplicate and parent checks to the exact paths."""
+    rng = np.random.default_rng(100 + seed)
+    write_trace_table(tmp_path / "trace_table_a_2021-07.csv", rng, 400, tied=bool(seed % 2), shape="str")
+    weak = c._pair_hash
+    monkeypatch.setattr(c, "_pair_hash", lambda a, b: weak(a, b) % (seed + 1))
+    assert_same_read(gaia.read_traces, old_read_traces, tmp_path, caplog, monkeypatch)
+
+
+def test_gaia_parent_rows_hashed_or_joined_alike():
+    spans = pl.DataFrame({"trace_id": ["t", "t", "t", None, "u", "u", "t"],
+                          "span_id": ["a", "b", None, "a", "a", "b", "c"],
+                          "parent_id": [None, "a", "b", "a", "b", "a", "zz"]})
+    hashed = c._parent_rows_hashed(spans)
+    assert hashed.to_list() == [None, 0, 1, None, 5, 4, None]
+    assert c._all_reach_a_root(c._parent_rows(spans)) is False  # u: a <-> b
+    assert c._all_reach_a_root(np.array([-1, 0, 1, 2])) is True
+
+
+@pytest.mark.parametrize("cell,col", [("2021-02-30 00:00:00.5", 6), ("garbage", 7), ("OK", 9), ("631152000000", 6),
+                                      ("", 6), ("1625097500000", 7)])
+def test_gaia_trace_bad_cells_fail_alike(tmp_path: Path, caplog, monkeypatch, cell: str, col: int):
+    rng = np.random.default_rng(5)
+    path = tmp_path / "trace_table_a_2021-07.csv"
+    write_trace_table(path, rng, 50, tied=False, shape="str")
+    with open(path, newline="") as fh:
+        records = list(csv.reader(fh))
+    row = 22  # the header is record 0: 'row 22' in the messages
+    records[row][col] = cell
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(records)
+    got, _ = outcome(gaia.read_traces, tmp_path, caplog, monkeypatch)
+    assert isinstance(got, str) and f"row {row}" in got
+    assert_same_read(gaia.read_traces, old_read_traces, tmp_path, caplog, monkeypatch)
+
+
+HEADER_PIECES = ["2021-07-01 00:00:01,250", "2021-07-01 00:00:02.5", "2021-07-01 00:00:03", "2021-07-01T00:00:04",
+                 "٢٠٢١-07-01 00:00:05", " ", "|", " | ", "||", "INFO", "WARN", "error", "x y", "é", "\n", "\t", "a|b",
+                 "3a9b7c1d2e3f4a5b", "3A9B7C1D2E3F4A5B0000", "  dbservice1 ", ""]
+
+
+def _message(rng: np.random.Generator, pieces: list[str] = HEADER_PIECES) -> str:
+    kind = int(rng.integers(0, 4))
+    pick = lambda: str(rng.choice(pieces))  # noqa: E731
+    if kind == 0:  # the documented header, trace id or not
+        stamp = f"2021-07-01 {int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}:00,{int(rng.integers(0, 999)):03d}"
+        trace = str(rng.choice(["", "3a9b7c1d2e3f4a5b | ", "3a9b | "]))
+        return f"{stamp} | {rng.choice(['INFO', 'WARN', 'warning', 'ERR'])} | 0.0.0.1 | 172.17.0.2 | {pick()} | {trace}{pick()}{pick()}"
+    if kind == 1:  # header-like pieces joined by pipes
+        return " | ".join(pick() for _ in range(int(rng.integers(0, 8))))
+    if kind == 2:
+        return "".join(pick() for _ in range(int(rng.integers(0, 10))))
+    return str(rng.choice(["", "(Background on this error at: http://sqlalche.me/e/14/e3q8)", "  ", "Traceback:"]))
+
+
+def write_business_table(path: Path, rng: np.random.Generator, rows: int, index: bool) -> None:
+    """Documented headers (with and without a trace id), continuation lines, near-misses with pipes,
+    tabs, newlines and other digits; the pandas index column or not."""
+    head = ",datetime,service,message" if index else "datetime,service,message"
+    lines = [head]
+    pieces = [p for p in HEADER_PIECES if not p.startswith("٢")]  # a header with other digits: an error
+    for i in range(rows):
+        service = str(rng.choice(["webservice1", "", " dbservice2 "]))
+        lines.append((f"{i}," if index else "") + f"2021-07-01,{service},{_cell(_message(rng, pieces))}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_gaia_business_logs_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int):
+    rng = np.random.default_rng(1000 + seed)
+    (tmp_path / "business").mkdir()
+    for k in range(int(rng.integers(1, 4))):
+        write_business_table(tmp_path / "business" / f"business_table_svc{k}_2021-07.csv", rng,
+                             int(rng.choice([0, 20, 400, 1500])), index=bool(rng.integers(0, 2)))
+    if seed == 1:  # a header whose time has other digits: the same error
+        p = tmp_path / "business" / "business_table_svc0_2021-07.csv"
+        p.write_text(p.read_text() + '2021-07-01,a,"٢٠٢١-07-01 00:00:05 | INFO | a | b | c | x"\n')
+    if seed == 0:  # one byte that is not UTF-8: replaced, with the same warning
+        p = tmp_path / "business" / "business_table_svc0_2021-07.csv"
+        p.write_bytes(p.read_bytes() + b'2021-07-01,webservice1,"2021-07-01 00:00:09,1 | INFO | a | b | c | \xff"\n')
+    assert_same_read(gaia.read_logs, old_read_logs, tmp_path, caplog, monkeypatch)
+
+
+def test_gaia_header_fields_match_the_capture_regex():
+    rng = np.random.default_rng(7)
+    messages = [_message(rng) for _ in range(20_000)] + HEADER_PIECES
+    m = pl.DataFrame({"_m": messages}).with_columns(pl.col("_m").str.strip_chars())
+    want = (m.select(pl.col("_m").str.extract_groups(gaia._HEADER).alias("_g")).unnest("_g")
+            .rename({"1": "_time", "2": "_level", "3": "_instance", "4": "_text"}))
+    got = m.select(gaia.header_fields(pl.col("_m")))
+    assert want["_time"].null_count() < m.height * 0.9  # thousands of headers matched
+    assert_frame_equal(got, want, check_exact=True)
+
+
+def test_gaia_business_bad_time_fails_alike(tmp_path: Path, caplog, monkeypatch):
+    (tmp_path / "business_table_a_2021-07.csv").write_text(
+        'datetime,service,message\n2021-07-01,a,"2021-07-01 00:00:01,250 | INFO | a | b | c | ok"\n'
+        '2021-07-01,a,"1990-07-01 00:00:01,250 | INFO | a | b | c | old"\n')
+    assert_same_read(gaia.read_logs, old_read_logs, tmp_path, caplog, monkeypatch)
+    (tmp_path / "business_table_a_2021-07.csv").write_text(
+        'datetime,service,message\n2021-07-01,a,"2021-07-01 00:00:01,250 | INFO | a | b | c | ok"\n'
+        '2021-07-01,a,"2021-02-30 00:00:01,250 | INFO | a | b | c | no such day"\n')
+    got, _ = outcome(gaia.read_logs, tmp_path, caplog, monkeypatch)
+    assert "row 2 column 'message time'" in got
+    assert_same_read(gaia.read_logs, old_read_logs, tmp_path, caplog, monkeypatch)
+
+
+def test_real_gaia_run_tables_split_alike(shared_data: Path, monkeypatch, caplog):
+    """The run tables go through the same message split: the real sample's faults are unchanged."""
+    got, warned = outcome(gaia.read_faults, shared_data / "gaia", caplog, monkeypatch)
+    monkeypatch.setattr(gaia, "split_messages", old_split_messages)
+    want, want_warned = outcome(gaia.read_faults, shared_data / "gaia", caplog, monkeypatch)
+    assert_frame_equal(got, want, check_exact=True)
+    assert warned == want_warned and got.height > 17_000

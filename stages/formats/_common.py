@@ -504,6 +504,8 @@ def to_float(col: pl.Series, path: Path, column: str) -> pl.Series:
     """Text column → Float64; empty/'nan' become missing; anything else non-numeric is an error."""
     s = col.cast(pl.Utf8).str.strip_chars()
     out = s.cast(pl.Float64, strict=False)
+    if out.null_count() == s.null_count():  # every text cell parsed: nothing to name
+        return out
     bad = out.is_null() & s.is_not_null() & (s != "") & ~s.str.to_lowercase().is_in(["nan", "null", "none", "na"])
     if bad.any():
         i = int(bad.arg_true()[0])
@@ -575,6 +577,11 @@ def parse_times(col: pl.Series, path: Path | str, column: str, *, tz_offset_s: f
         fixed = _parse_fixed(col, tz_offset_s)
         if fixed is not None:
             return fixed.rename(col.name)
+    return _parse_general(col, path, column, tz_offset_s, row_label)
+
+
+def _parse_general(col: pl.Series, path: Path | str, column: str, tz_offset_s: float, row_label) -> pl.Series:
+    """:func:`parse_times` of a text column of any accepted shape: zones, cleaning, format trials."""
     s = col.cast(pl.Utf8).str.strip_chars()
     nonnull = s.is_not_null() & (s != "")
     if bool(s.filter(nonnull).str.contains(_NUMBER).all()) and int(nonnull.sum()) > 0:
@@ -640,6 +647,45 @@ def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
     shapes its cleaning leaves the text as it is (but for ``,`` → ``.``) and its first format
     parses it; here with one regex check instead of its regex cleaning and format trials
     (issue 11: most of an MSDS metric read, of a GAIA trace read)."""
+    return _parse_fixed_columns(s.to_frame(), [s.name], tz_offset_s).get(s.name)
+
+
+def parse_time_columns(df: pl.DataFrame, columns: list[str], path: Path | str, *,
+                       tz_offset_s: float = 0.0) -> list[pl.Series]:
+    """:func:`parse_times` of several columns of one frame (each named by its column): the
+    fixed-shape text ones are checked in one pass and parsed in a second, side by side, instead of
+    one column after the other (a GAIA span's start and end, issue 11); the rest as before."""
+    fixed = _parse_fixed_columns(df, [c for c in columns if df[c].dtype == pl.Utf8], tz_offset_s)
+    out = []
+    for c in columns:
+        if c in fixed:
+            out.append(fixed[c])
+        elif df[c].dtype.is_numeric():
+            out.append(epoch_to_us(df[c]))
+        else:
+            out.append(_parse_general(df[c], path, c, tz_offset_s, row_of))
+    return out
+
+
+def _parse_fixed_columns(df: pl.DataFrame, columns: list[str], tz_offset_s: float) -> dict[str, pl.Series]:
+    """:func:`_parse_fixed` of each text column, those of the fixed shape only (see there)."""
+    zones = {c: z for c in columns if (z := _fixed_zone(df[c], tz_offset_s)) is not None}
+    if not zones:
+        return {}
+    checks = df.select([e for c, (suffix, _) in zones.items() for e in _fixed_checks(c, suffix)]).row(0)
+    plans = {}
+    for i, (c, (suffix, shift_us)) in enumerate(zones.items()):
+        fits, longest, comma = checks[3 * i:3 * i + 3]
+        if fits:
+            plans[c] = _fixed_parse(c, suffix, shift_us, longest, comma)
+    parsed = df.select(list(plans.values())) if plans else pl.DataFrame()
+    # a day or hour that does not exist parses to null: the general path names it
+    return {c: parsed[c] for c in plans if parsed[c].null_count() == df[c].null_count()}
+
+
+def _fixed_zone(s: pl.Series, tz_offset_s: float) -> tuple[str, int] | None:
+    """(zone suffix, µs to subtract) read off the first value; None when the column is all null or
+    its first value ends in an unknown zone name."""
     nulls = s.null_count()
     if s.len() == nulls:
         return None
@@ -648,24 +694,30 @@ def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
     if zone.isascii() and zone.isalpha():  # a zone name (a time ends with a digit)
         if not 2 <= len(zone) <= 5 or zone.upper() not in TZ_OFFSETS_S:
             return None
-        suffix, shift_us = " " + zone, TZ_OFFSETS_S[zone.upper()] * US
-    else:
-        suffix, shift_us = "", int(round(tz_offset_s * US))
-    if not bool(s.str.contains(_FIXED + suffix + "$").all()):  # nulls aside
-        return None
-    fmt = "%Y-%m-%d %H:%M:%S"
-    if s.str.len_bytes().max() == 19 + len(suffix):  # no value with a fraction: the zone in the format
+        return " " + zone, TZ_OFFSETS_S[zone.upper()] * US
+    return "", int(round(tz_offset_s * US))
+
+
+def _fixed_checks(column: str, suffix: str) -> list[pl.Expr]:
+    """Whether every value has the fixed shape (nulls aside), the longest value, whether one has a ','."""
+    col = pl.col(column)
+    return [col.str.contains(_FIXED + suffix + "$").all().alias(f"{column}:fits"),
+            col.str.len_bytes().max().alias(f"{column}:longest"),
+            col.str.contains(",", literal=True).any().alias(f"{column}:comma")]
+
+
+def _fixed_parse(column: str, suffix: str, shift_us: int, longest: int, comma: bool) -> pl.Expr:
+    """Epoch µs of a fixed-shape column: one ``to_datetime`` format (see :func:`_parse_fixed`)."""
+    col, fmt = pl.col(column), "%Y-%m-%d %H:%M:%S"
+    if longest == 19 + len(suffix):  # no value with a fraction: the zone in the format
         fmt += suffix  # (letters only: no % directive)
     else:
         if suffix:
-            s = s.str.strip_suffix(suffix)
+            col = col.str.strip_suffix(suffix)
         fmt += "%.f"
-        if bool(s.str.contains(",", literal=True).any()):
-            s = s.str.replace(",", ".", literal=True)
-    parsed = s.str.to_datetime(fmt, strict=False, time_unit="us")
-    if parsed.null_count() != nulls:  # a day or hour that does not exist: the general path names it
-        return None
-    return parsed.dt.epoch("us") - shift_us
+        if comma:
+            col = col.str.replace(",", ".", literal=True)
+    return (col.str.to_datetime(fmt, strict=False, time_unit="us").dt.epoch("us") - shift_us).alias(column)
 
 
 # Plausible times (issue 10): nothing before 2000 (an epoch-0 or negative stamp, a unit mistake),
@@ -772,13 +824,39 @@ def finish(frames: list[pl.DataFrame], modality: str, sort_by: list[str], *, mai
     if not frames:
         return empty(modality)
     df = conform(pl.concat([conform(f, modality) for f in frames], how="vertical"), modality)
+    by_first = _sorted_by_distinct_first(df, sort_by)
+    if by_first is not None:
+        return by_first
     return df.sort([_sort_key(df, c) for c in sort_by], maintain_order=maintain_order, nulls_last=True)
 
 
+def _sorted_by_distinct_first(df: pl.DataFrame, sort_by: list[str]) -> pl.DataFrame | None:
+    """``df`` sorted by its first key alone when that key is an integer without nulls or repeats
+    (span start times usually are): then the later keys cannot change the order, and sorting on
+    text ids as well was a third of a GAIA trace read (issue 11). None when the key has ties."""
+    first = df[sort_by[0]]
+    if len(sort_by) < 2 or df.height < 2 or not first.dtype.is_integer() or first.null_count():
+        return None
+    order = first.arg_sort()
+    ranked = first.gather(order)
+    if bool((ranked.slice(1) == ranked.slice(0, ranked.len() - 1)).any()):
+        return None
+    return df[order]
+
+
+_KEY_SAMPLE = 4096  # rows whose distinct count tells an id column from a label column
+
+
 def _sort_key(df: pl.DataFrame, column: str) -> pl.Expr:
-    """``column`` itself, or for text with at most one distinct value per 4 rows its Enum rank."""
+    """``column`` itself, or for text with at most one distinct value per 4 rows its Enum rank.
+
+    Either key gives the same order; the choice is only about speed. A first sample with more
+    than one distinct value per 4 rows (ids) settles it without hashing the whole column."""
     col = df[column]
     if col.dtype != pl.Utf8 or df.height < 1024:
+        return pl.col(column)
+    sample = col.head(_KEY_SAMPLE).drop_nulls()
+    if sample.n_unique() * 4 > max(sample.len(), 1024):
         return pl.col(column)
     distinct = col.drop_nulls().unique()
     if distinct.len() * 4 > df.height:
@@ -825,8 +903,10 @@ def dedupe_spans(spans: pl.DataFrame, source: str) -> pl.DataFrame:
     if spans.height == 0:
         return spans
     key = ["trace_id", "span_id"]
+    if not bool(spans.select(_pair_hash("trace_id", "span_id").is_duplicated().any()).item()):
+        return spans  # every id pair once (equal pairs hash alike): nothing repeated, nothing to drop
     if not bool(spans.select(key).is_duplicated().any()):
-        return spans  # every id once: nothing repeated, nothing to drop (a hash of two columns, not of all)
+        return spans  # only a hash collision: every id once after all
     distinct = spans.unique(maintain_order=True)
     clash = distinct.filter(pl.len().over(key) > 1)
     if clash.height:
@@ -834,6 +914,59 @@ def dedupe_spans(spans: pl.DataFrame, source: str) -> pl.DataFrame:
         log.warning("%s: %d span id(s) reused by different spans (%d records); the first record of each is kept "
                     "(%s)", source, groups.height, clash.height, _ids(groups))
     return distinct.unique(subset=key, keep="first", maintain_order=True)
+
+
+_HASH_SEEDS = (0x5EED, 0xC0FFEE)
+
+
+def _pair_hash(first: str, second: str) -> pl.Expr:
+    """One u64 per (first, second) text pair: equal pairs (nulls alike) get equal hashes, so a join
+    or duplicate test on it finds every true match, and only needs checking for collisions."""
+    return pl.col(first).hash(_HASH_SEEDS[0]) ^ pl.col(second).hash(_HASH_SEEDS[1])
+
+
+def _parent_rows(spans: pl.DataFrame) -> np.ndarray:
+    """Row of each span's parent in the same trace, -1 for none (null ids match nothing); (trace,
+    span) ids are unique here (:func:`dedupe_spans` ran), so the left join keeps one row per span."""
+    parent = _parent_rows_hashed(spans)
+    if parent is None:  # a hash collision: the join on the ids themselves
+        idx = spans.select("trace_id", "span_id").with_row_index("_i")
+        parent = (spans.select("trace_id", pl.col("parent_id").alias("span_id"))
+                  .join(idx, on=["trace_id", "span_id"], how="left", maintain_order="left")["_i"])
+    return parent.fill_null(-1).cast(pl.Int64).to_numpy().copy()
+
+
+def _parent_rows_hashed(spans: pl.DataFrame) -> pl.Series | None:
+    """:func:`_parent_rows` by a join on one u64 per id pair instead of on two text columns (most
+    of the parent check, issue 11); None when two different id pairs share a hash."""
+    known = pl.col("trace_id").is_not_null()
+    own = pl.when(known & pl.col("span_id").is_not_null()).then(_pair_hash("trace_id", "span_id"))
+    up = pl.when(known & pl.col("parent_id").is_not_null()).then(_pair_hash("trace_id", "parent_id"))
+    keys = spans.select(up.alias("_k"), own.alias("_own"))
+    hit = (keys.select("_k").with_row_index("_c")
+           .join(keys.select(pl.col("_own").alias("_k")).with_row_index("_i"), on="_k", how="left",
+                 maintain_order="left"))
+    if hit.height != spans.height:  # a span matched two rows: two id pairs share a hash
+        return None
+    found = hit.filter(pl.col("_i").is_not_null())
+    child = spans.select("trace_id", "parent_id")[found["_c"]]
+    parent = spans.select("trace_id", "span_id")[found["_i"]]
+    if not (child["trace_id"].equals(parent["trace_id"]) and child["parent_id"].equals(parent["span_id"])):
+        return None  # a hash collision matched different ids
+    return hit["_i"]
+
+
+def _all_reach_a_root(p: np.ndarray, steps: int = 64) -> bool:
+    """True when every parent chain ends at a root within ``steps`` links: then no span sits on a
+    cycle. Real traces are a few levels deep, so this settles the usual case in a few passes over
+    the linked spans instead of the pointer doubling's log2(n) passes over all of them."""
+    cur = p[p >= 0]
+    for _ in range(steps):
+        if not cur.size:
+            return True
+        cur = p[cur]
+        cur = cur[cur >= 0]
+    return not cur.size
 
 
 def cut_bad_parents(spans: pl.DataFrame, source: str) -> pl.DataFrame:
@@ -845,10 +978,9 @@ def cut_bad_parents(spans: pl.DataFrame, source: str) -> pl.DataFrame:
     """
     if spans.height == 0:
         return spans
-    idx = spans.select("trace_id", "span_id").with_row_index("_i")
-    parent = (spans.select("trace_id", pl.col("parent_id").alias("span_id")).with_row_index("_c")
-              .join(idx, on=["trace_id", "span_id"], how="left").sort("_c")["_i"])
-    p = parent.fill_null(-1).cast(pl.Int64).to_numpy().copy()
+    p = _parent_rows(spans)
+    if _all_reach_a_root(p):
+        return spans
     n = len(p)
     # pointer doubling: after k rounds q[i] is the 2^k-th ancestor; past n steps only a cycle remains
     q = p.copy()

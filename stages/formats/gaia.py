@@ -185,8 +185,7 @@ def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
 
 def _read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     df = c.read_csv(path, TRACE_COLUMNS)
-    start = c.parse_times(df["start_time"], path, "start_time")
-    end = c.parse_times(df["end_time"], path, "end_time")
+    start, end = c.parse_time_columns(df, ["start_time", "end_time"], path)
     for name, series in (("start_time", start), ("end_time", end)):
         if series.is_null().any():
             i = int(series.is_null().arg_true()[0])
@@ -235,11 +234,30 @@ def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
 # ------------------------------------------------------------------ message parsing
 
 
+def header_fields(m: pl.Expr) -> list[pl.Expr]:
+    """``_time``, ``_level``, ``_instance``, ``_text``: the groups of :data:`_HEADER` on the stripped
+    message ``m``, null where it does not match, without the regex's capture engine (most of a
+    business-log read, issue 11). A whole-message ``contains`` (no captures) decides the match;
+    no header field may hold a ``|``, so on a match the groups are the text between the first
+    five ``|``: time + " ", " " + level + " ", two fields, " " + instance + " ", " " + text."""
+    match = m.str.contains(_HEADER)
+    part = m.str.splitn("|", 6)
+
+    def field(i: int) -> pl.Expr:
+        return pl.when(match).then(part.struct.field(f"field_{i}"))
+
+    return [
+        field(0).str.strip_suffix(" ").alias("_time"),
+        field(1).str.strip_prefix(" ").str.strip_suffix(" ").alias("_level"),
+        field(4).str.strip_prefix(" ").str.strip_suffix(" ").alias("_instance"),
+        field(5).str.strip_prefix(" ").alias("_text"),
+    ]
+
+
 def split_messages(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     """Add time (µs), level, instance and text parsed from the ``message`` header."""
     g = df.with_row_index("_row").with_columns(pl.col("message").fill_null("").str.strip_chars().alias("_m"))
-    g = g.with_columns(pl.col("_m").str.extract_groups(_HEADER).alias("_g")).unnest("_g")
-    g = g.rename({"1": "_time", "2": "_level", "3": "_instance", "4": "_text"})
+    g = g.with_columns(header_fields(pl.col("_m")))
     times = c.parse_times(g["_time"], path, "message time")
     return g.with_columns(
         pl.Series("_ts", times),
