@@ -282,7 +282,8 @@ def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     orphans = out["ts"].is_null().sum()
     if orphans:
         log.warning("%s: %d line(s) before the first timestamped line dropped", path, orphans)
-    return out.filter(pl.col("ts").is_not_null())
+    # the canonical columns only: the parse's helper columns are freed file by file, not held to the end
+    return c.conform(out.filter(pl.col("ts").is_not_null()), "logs")
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
