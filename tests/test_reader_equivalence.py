@@ -772,3 +772,21 @@ def test_real_gaia_run_tables_split_alike(shared_data: Path, monkeypatch, caplog
     want, want_warned = outcome(gaia.read_faults, shared_data / "gaia", caplog, monkeypatch)
     assert_frame_equal(got, want, check_exact=True)
     assert warned == want_warned and got.height > 17_000
+
+
+@pytest.mark.parametrize("name", ["now", "", "^t.*$", "a:fits"])
+def test_fixed_time_parse_any_column_name(name: str):
+    """The fixed parse runs as an expression: a column name that reads like a regex stays a name."""
+    col = pl.Series(name, ["2021-07-01 00:00:01,5", None, "2021-07-01 00:00:02"])
+    got = c.parse_times(col, "f.csv", "now")
+    assert got.name == name and got.to_list() == [1625097601500000, None, 1625097602000000]
+    pair = c.parse_time_columns(pl.DataFrame({"a": col, "b": ["1625097601000", None, "1625097602000"]}), ["a", "b"],
+                                "f.csv")
+    assert pair[0].to_list() == got.to_list() and pair[1].to_list() == [1625097601000000, None, 1625097602000000]
+
+
+def test_parse_time_columns_names_the_bad_cell():
+    df = pl.DataFrame({"start_time": ["2021-07-01 00:00:01", "2021-07-01 00:00:02"],
+                       "end_time": ["2021-07-01 00:00:01", "2021-02-30 00:00:02"]})
+    with pytest.raises(c.InputError, match=r"f\.csv: row 2 column 'end_time': expected a date-time"):
+        c.parse_time_columns(df, ["start_time", "end_time"], "f.csv")

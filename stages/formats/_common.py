@@ -647,7 +647,8 @@ def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
     shapes its cleaning leaves the text as it is (but for ``,`` → ``.``) and its first format
     parses it; here with one regex check instead of its regex cleaning and format trials
     (issue 11: most of an MSDS metric read, of a GAIA trace read)."""
-    return _parse_fixed_columns(s.to_frame(), [s.name], tz_offset_s).get(s.name)
+    fixed = _parse_fixed_columns(s.to_frame("t"), ["t"], tz_offset_s).get("t")  # any name: not read as a regex
+    return None if fixed is None else fixed.rename(s.name)
 
 
 def parse_time_columns(df: pl.DataFrame, columns: list[str], path: Path | str, *,
