@@ -790,3 +790,24 @@ def test_parse_time_columns_names_the_bad_cell():
                        "end_time": ["2021-07-01 00:00:01", "2021-02-30 00:00:02"]})
     with pytest.raises(c.InputError, match=r"f\.csv: row 2 column 'end_time': expected a date-time"):
         c.parse_time_columns(df, ["start_time", "end_time"], "f.csv")
+
+
+def test_gaia_parent_cycles_cut_alike(tmp_path: Path, caplog, monkeypatch):
+    """A 3-span cycle, a 2-span cycle under a root, a self-parent and a deep chain: the walk that
+    settles 'no cycle' falls back to the pointer doubling, with the same cuts and warning."""
+    rows = [("t1", "a", "c"), ("t1", "b", "a"), ("t1", "c", "b"), ("t2", "r", ""), ("t2", "x", "y"), ("t2", "y", "x"),
+            ("t2", "z", "x"), ("t3", "s", "s")] + [("t4", f"d{i}", f"d{i - 1}" if i else "") for i in range(80)]
+    lines = [gaia_trace_line(i, *row) for i, row in enumerate(rows)]
+    (tmp_path / "trace_table_a_2021-07.csv").write_text("\n".join([GAIA_TRACE_COLUMNS, *lines]) + "\n")
+    assert_same_read(gaia.read_traces, old_read_traces, tmp_path, caplog, monkeypatch)
+    assert any("sit on a parent cycle (5)" in m for _, m in outcome(gaia.read_traces, tmp_path, caplog, monkeypatch)[1])
+    got = gaia.read_traces(tmp_path, 0.0)
+    assert got.filter(pl.col("trace_id") == "t4")["parent_id"].null_count() == 1  # 80 levels deep, no cycle
+
+
+GAIA_TRACE_COLUMNS = "timestamp,host_ip,service_name,trace_id,span_id,parent_id,start_time,end_time,url,status_code,message"
+
+
+def gaia_trace_line(i: int, trace: str, span: str, parent: str) -> str:
+    start = f"2021-07-01 00:00:{i % 60:02d}.{i:06d}"
+    return f"1625097600000,0.0.0.1,webservice1,{trace},{span},{parent},{start},{start},/x,200,"
