@@ -21,7 +21,9 @@ from stages.core.frames import SCHEMAS, US, conform
 from stages.formats import _common as c
 from stages.formats import _osprofiler as osp
 from stages.formats import eadro, gaia, msds
-from stages.formats._metric_points import MetricPoints
+from stages.core.errors import InputError
+from stages.formats._metric_grids import grid_plan
+from stages.formats._metric_points import MetricPoints, _ranks
 
 CHUNK = "tt-eadro/TT.2022-04-19T001753D2022-04-19T020534"
 GLANCES = "msds/snedelkoski_repo/workloads/network_create_delete_config"
@@ -184,7 +186,121 @@ def test_metric_points_layouts():
         MetricPoints().add("e", pl.Series([1, None]), {"a": pl.Series([1.0, 2.0])})
 
 
+def run_points(files, grid_path: bool = True) -> pl.DataFrame:
+    points = MetricPoints()
+    points.grid_path = grid_path
+    for entity, ts, cols in files:
+        points.add(entity, ts, cols)
+    return points.frame()
+
+
+def grid_files(rng: np.random.Generator, case: int) -> list[tuple[str, pl.Series, dict[str, pl.Series]]]:
+    """Files whose times never repeat within a file, drawn from a few grids: shared ones (GAIA),
+    back-to-back chunks (Eadro), overlapping ones with different steps (holes in the union); files
+    in any order, an (entity, metric) sometimes in two files, several metrics per file, NaN and nulls,
+    and grids missing a few times (one block on their union, the absent cells dropped)."""
+    chunks = [np.arange(c * 20, c * 20 + int(rng.integers(5, 20))) for c in range(3)]
+    shared = np.sort(rng.choice(np.arange(60), int(rng.integers(1, 30)), replace=False))
+    steps = [np.arange(0, 60, 2), np.arange(1, 61, 2), np.arange(0, 60, 3), np.arange(30, 45)]
+    base = np.arange(40)
+    gappy = [base, np.delete(base, rng.choice(40, int(rng.integers(1, 4)), replace=False)), np.arange(3, 43)]
+    pools = [[shared], chunks, steps, [shared, *chunks, steps[int(rng.integers(0, len(steps)))]], gappy][case % 5]
+    files = []
+    for _ in range(int(rng.integers(1, 14))):
+        ts = pools[int(rng.integers(0, len(pools)))]
+        k = 1 if case % 3 == 0 else int(rng.integers(1, 4))
+        cols = {}
+        for name in rng.choice(["b", "a", "cpu", "mem.used", "a.b", "zz", "Z"], k, replace=False):
+            v = rng.normal(size=len(ts))
+            if case % 3 == 1:
+                v[rng.random(len(ts)) < 0.2] = np.nan
+            col = pl.Series(str(name), v)
+            if case % 7 == 2:
+                col = col.set(pl.Series(rng.random(len(ts)) < 0.1), None)
+            if case % 11 == 3:  # integer columns: nulls only, no NaN
+                col = pl.Series(str(name), rng.integers(-5, 5, len(ts)))
+            cols[str(name)] = col
+        scale = 10**16 if case % 13 == 4 else US  # spans no Int64 key holds: the grid path needs none
+        files.append((str(rng.choice(["svc-b", "svc-a", "node1", "Node0"])),
+                      pl.Series("ts", ts.astype(np.int64) * scale), cols))
+    return files
+
+
+@pytest.mark.parametrize("case", range(150))
+def test_metric_points_grid_path_matches_row_path(case: int):
+    """The transpose (no file repeats a time) gives the row path's frame and the previous one's."""
+    files = grid_files(np.random.default_rng(3000 + case), case)
+    grid = run_points(files)
+    assert_frame_equal(grid, run_points(files, grid_path=False), check_exact=True)
+    floats = [(e, ts, {k: v.cast(pl.Float64) for k, v in cols.items()}) for e, ts, cols in files]
+    assert_frame_equal(grid, previous(floats), check_exact=True)
+
+
+def test_metric_points_grid_path_taken_and_left():
+    """Shared grids and back-to-back chunks take the transpose; interleaved grids (a sparse union)
+    and a repeated time do not; all give the previous frame."""
+    def plan_of(files):
+        points = MetricPoints()
+        for entity, ts, cols in files:
+            points.add(entity, ts, cols)
+        _, e_rank = _ranks(points._entities)
+        _, m_rank = _ranks(points._metrics)
+        return grid_plan(points._files, points._grids.arrays, e_rank, m_rank)
+
+    one = lambda t, v: {"m": pl.Series(v, dtype=pl.Float64)}  # noqa: E731
+    shared = [("b", pl.Series([1, 2, 3]), one(None, [1.0, 2.0, 3.0])), ("a", pl.Series([1, 2, 3]), one(None, [4, 5, 6]))]
+    chunks = [("a", pl.Series([1, 2]), one(None, [1, 2])), ("a", pl.Series([3, 4]), one(None, [3, 4]))]
+    interleaved = [("a", pl.Series([0, 2, 4, 6]), one(None, [1, 2, 3, 4])), ("b", pl.Series([1, 3, 5, 7]), one(None, [5, 6, 7, 8]))]
+    repeated = [("a", pl.Series([1, 1, 2]), one(None, [1, 2, 3]))]
+    for files, taken in ((shared, True), (chunks, True), (interleaved, False), (repeated, False)):
+        assert (plan_of(files) is not None) == taken
+        assert_frame_equal(run_points(files), previous(files), check_exact=True)
+    assert len(plan_of(shared).blocks) == 1 and len(plan_of(chunks).blocks) == 2
+
+
 # ------------------------------------------------------------------ CSV typing
+
+
+CSV_BYTES = {
+    "numbers": b"timestamp,value\n1,2\n3,4.5\n",
+    "bom": b"\xef\xbb\xbftimestamp,value\n1,2\n",
+    "text column": b"timestamp,now,value\n1,2019-11-19 12:00:00 CEST,2\n",
+    "utf-8 text": "timestamp,h\u00f4te,value\n1,caf\u00e9,2\n".encode(),
+    "quoted": b'timestamp,value\n1,"2"\n2,"a\nb"\n',
+    "bad byte in text": b"timestamp,value\n1,a\xff\n",
+    "bad byte late": b"timestamp,value\n" + b"1,2\n" * 150 + b"3,\xff\n",
+    "bad header byte": b"time\xffstamp,value\n1,2\n",
+    "header only": b"timestamp,value\n",
+    "empty": b"",
+    "blank": b"  \n",
+    "late decimal": b"timestamp,value\n" + b"1,2\n" * 150 + b"3,4.5\n",
+    "ragged": b"timestamp,value\n1,2,3\n",
+    "nan": b"timestamp,value\n1,nan\n2,\n3,NaN\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CSV_BYTES))
+def test_direct_csv_read_as_the_checked_path(tmp_path: Path, monkeypatch, name: str):
+    """Reading a metric CSV straight from its path gives the checked path's frame, or its error."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(CSV_BYTES[name])
+
+    def read():
+        try:
+            return c.read_csv(path, ["timestamp"], infer=True)
+        except InputError as exc:
+            return str(exc)
+
+    direct = read()
+    monkeypatch.setattr(c, "_direct_csv", lambda p: None)
+    checked = read()
+    if isinstance(checked, str):
+        assert direct == checked
+    else:
+        assert_frame_equal(direct, checked, check_exact=True)
+
+
+# ------------------------------------------------------------------ CSV typing (readers)
 
 
 def test_metric_csv_typed_past_the_first_100_rows(tmp_path: Path):
@@ -307,6 +423,10 @@ def test_gaia_metric_files_one_series_each(tmp_path: Path):
     [1574157601123456, -5],  # µs and a value of another unit: per-value units
     [1574157601123456789, 1574157601123456000],  # ns
     [2**40, 2**40 + 1],  # ms whose µs product passes 2**53
+    [-1650269873, -1650269874],  # negative only: the unit by |value|
+    [-1650269873, 1650269874, 0],  # both signs
+    [-(2**63), 1],  # |most negative Int64| does not fit
+    [-5, 1625097600000],  # a small negative among ms
 ])
 def test_integer_epochs_as_the_float_path(values: list):
     s = pl.Series("t", values, dtype=pl.Int64)

@@ -463,6 +463,10 @@ def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer:
     inference fails), so typing errors are reported with their row number by :func:`to_float` /
     :func:`parse_times` instead of failing inside the CSV parser.
     """
+    if infer and not lossy:
+        df = _direct_csv(path)
+        if df is not None and all(c in df.columns for c in required):
+            return df
     data = read_bytes(path)
     if data.isascii():  # valid UTF-8 as it is: no decoded copy of the file (bytes.isspace = str.isspace here)
         if not data or data.isspace():
@@ -490,6 +494,24 @@ def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer:
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise InputError(path, "header", f"columns {list(required)} (missing {missing})", df.columns)
+    return df
+
+
+def _direct_csv(path: Path) -> pl.DataFrame | None:
+    """The CSV parsed by polars straight from its path, types inferred from 100 rows, or None.
+
+    When polars parses it into rows and no column name holds U+FFFD, the bytes are UTF-8: a cell
+    typed as numbers is ASCII, polars validates every text cell, and a header byte that is not UTF-8
+    becomes U+FFFD. The checked path of :func:`read_csv` would then hand polars these very bytes with
+    the same settings, so the frame is the same (issue 11: reading and checking a metric file's bytes
+    first cost a tenth of a GAIA read). None otherwise: that path reads the file again and names
+    any problem (an empty file, header only, bad bytes, a cell past row 100 that breaks its type)."""
+    try:
+        df = pl.read_csv(path, infer_schema_length=100, quote_char='"')
+    except (Exception, pl.exceptions.PanicException):  # noqa: BLE001 - the checked path names it
+        return None
+    if df.height == 0 or any("\ufffd" in c for c in df.columns):
+        return None
     return df
 
 
@@ -547,10 +569,12 @@ def _integer_epoch_to_us(values: pl.Series) -> pl.Series | None:
     result exactly, when every product stays below 2**53 (the float product is exact there)."""
     if values.dtype not in _SMALL_INTS or values.null_count() == values.len():
         return None
-    a = values.cast(pl.Int64).abs()
-    lo, hi = int(a.min()), int(a.max())
-    if lo < 0:  # abs of the most negative Int64 wraps
-        return None
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0:  # a negative value: the range of |values| needs their absolute values
+        a = values.cast(pl.Int64).abs()
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0:  # abs of the most negative Int64 wraps
+            return None
     for limit, scale in _UNITS:
         if hi < limit:
             if lo >= limit / 1000 or limit == 1e11:  # the same unit for every value

@@ -21,6 +21,7 @@ import numpy.ma  # noqa: F401 - polars' Series-from-NumPy imports it on first us
 import polars as pl
 
 from stages.core.frames import METRIC_SCHEMA, empty
+from stages.formats._metric_grids import grid_plan
 
 _KEY_LIMIT = 2**62  # a composite key must fit an Int64 with room to spare
 _MAX_GRIDS = 16  # distinct time arrays among the files for the counting order (_Rows._grid_order)
@@ -29,18 +30,22 @@ _MAX_GRIDS = 16  # distinct time arrays among the files for the counting order (
 @dataclass
 class _File:
     entity: int  # entity code (first-seen order)
-    ts: np.ndarray  # Int64 µs per row
+    ts: np.ndarray  # Int64 µs per row (one array object per distinct strictly increasing time array)
     columns: list[tuple[int, np.ndarray]]  # (metric code, Float64 values with NaN for missing)
+    grid: int | None  # index of ``ts`` in MetricPoints' grids; None when its times are not strictly increasing
 
 
 class MetricPoints:
     """Accumulates metric files; :meth:`frame` returns the canonical frame sorted by (ts, entity, metric)."""
+
+    grid_path = True  # False: always the row path (tests compare the two)
 
     def __init__(self) -> None:
         self._files: list[_File] = []
         self._entities: dict[str, int] = {}  # name → code in first-seen order
         self._metrics: dict[str, int] = {}
         self._missing = 0  # NaN/missing values among the files' cells
+        self._grids = _Grids()
 
     def add(self, entity: str, ts: pl.Series, columns: Mapping[str, pl.Series]) -> int:
         """Points of one file: ``ts`` (Int64 µs, no nulls) and numeric ``columns`` by metric name.
@@ -52,8 +57,9 @@ class MetricPoints:
                 for name, col in columns.items()]
         e = self._entities.setdefault(entity, len(self._entities))
         if cols and ts.len():
-            self._files.append(_File(e, ts.cast(pl.Int64).to_numpy(), cols))
-        missing = sum(int(np.isnan(v).sum()) for _, v in cols)
+            grid, t = self._grids.add(ts.cast(pl.Int64).to_numpy())
+            self._files.append(_File(e, t, cols, grid))
+        missing = sum(_missing(col, v) for col, (_, v) in zip(columns.values(), cols))
         self._missing += missing
         return missing
 
@@ -63,6 +69,11 @@ class MetricPoints:
             return empty("metrics")
         entities, e_rank = _ranks(self._entities)
         metrics, m_rank = _ranks(self._metrics)
+        if self.grid_path:
+            plan = grid_plan(self._files, self._grids.arrays, e_rank, m_rank)
+            if plan is not None:
+                self._files, self._grids = [], _Grids()
+                return plan.frame(entities, metrics, self._missing)
         rows = _Rows(self._files, e_rank, m_rank)
         self._files = []
         ts, e, m, values = rows.points(len(entities), len(metrics))
@@ -76,6 +87,34 @@ class MetricPoints:
             "metric": pl.Series(metrics, dtype=pl.Utf8).gather(pl.Series(m)),
             "value": pl.Series(values, dtype=pl.Float64),
         }, schema=METRIC_SCHEMA)
+
+
+def _missing(col: pl.Series, values: np.ndarray) -> int:
+    """Missing cells of a column: its nulls, and NaN too when it is a float column (ints hold none)."""
+    if col.dtype.is_float():
+        return int(np.isnan(values).sum())  # nulls are NaN in ``values``
+    return col.null_count()
+
+
+class _Grids:
+    """The distinct strictly increasing time arrays among the files: files on one grid share one
+    array (GAIA: hundreds of series on one 30 s grid), so only one copy of their times is held."""
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+        self._by_ends: dict[tuple[int, int, int], list[int]] = {}  # (rows, first, last) → indices
+
+    def add(self, ts: np.ndarray) -> tuple[int | None, np.ndarray]:
+        """(grid index, the shared array) of a file's times; (None, ts) when not strictly increasing."""
+        if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
+            return None, ts
+        same = self._by_ends.setdefault((len(ts), int(ts[0]), int(ts[-1])), [])
+        for g in same:
+            if np.array_equal(self.arrays[g], ts):
+                return g, self.arrays[g]
+        same.append(len(self.arrays))
+        self.arrays.append(ts)
+        return len(self.arrays) - 1, ts
 
 
 def _ranks(codes: dict[str, int]) -> tuple[list[str], np.ndarray]:

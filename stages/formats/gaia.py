@@ -156,8 +156,8 @@ def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> b
     ts = c.parse_times(df["timestamp"], path, "timestamp")
     audit.series(path, ts, "timestamp")
     value = df["value"].cast(pl.Float64) if df["value"].dtype.is_numeric() else c.to_float(df["value"], path, "value")
-    keep = ts.is_not_null()
-    if not keep.all():
+    if ts.null_count():
+        keep = ts.is_not_null()
         ts, value = ts.filter(keep), value.filter(keep)
     points.add(m["instance"], ts, {m["metric"]: value})
     return True
