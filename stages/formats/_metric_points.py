@@ -53,7 +53,9 @@ class MetricPoints:
         Missing and NaN values are left out of the frame; returns how many."""
         if ts.null_count():
             raise ValueError("metric times must not be null: drop those rows first")
-        cols = [(self._metrics.setdefault(name, len(self._metrics)), col.cast(pl.Float64).to_numpy())
+        # NumPy-owned copies: the file's polars buffers are freed (and reused for the next file) now,
+        # and these are handed back to the system once copied out, not held by polars' allocator
+        cols = [(self._metrics.setdefault(name, len(self._metrics)), _owned(col.cast(pl.Float64).to_numpy()))
                 for name, col in columns.items()]
         e = self._entities.setdefault(entity, len(self._entities))
         if cols and ts.len():
@@ -89,6 +91,11 @@ class MetricPoints:
         }, schema=METRIC_SCHEMA)
 
 
+def _owned(a: np.ndarray) -> np.ndarray:
+    """``a``, or a copy when it views memory NumPy does not own (a polars buffer)."""
+    return a if a.flags.owndata else a.copy()
+
+
 def _missing(col: pl.Series, values: np.ndarray) -> int:
     """Missing cells of a column: its nulls, and NaN too when it is a float column (ints hold none)."""
     if col.dtype.is_float():
@@ -107,14 +114,14 @@ class _Grids:
     def add(self, ts: np.ndarray) -> tuple[int | None, np.ndarray]:
         """(grid index, the shared array) of a file's times; (None, ts) when not strictly increasing."""
         if len(ts) > 1 and not bool(np.all(ts[1:] > ts[:-1])):
-            return None, ts
+            return None, _owned(ts)
         same = self._by_ends.setdefault((len(ts), int(ts[0]), int(ts[-1])), [])
         for g in same:
             if np.array_equal(self.arrays[g], ts):
                 return g, self.arrays[g]
         same.append(len(self.arrays))
-        self.arrays.append(ts)
-        return len(self.arrays) - 1, ts
+        self.arrays.append(_owned(ts))
+        return len(self.arrays) - 1, self.arrays[-1]
 
 
 def _ranks(codes: dict[str, int]) -> tuple[list[str], np.ndarray]:
