@@ -18,7 +18,7 @@ from test_evaluate_report import DS, write_windows
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "sklearn")
 
-# runs in a fresh interpreter: argv = root, detector, what ("import" | "train" | "load");
+# runs in a fresh interpreter: argv = root, detector, what ("import" | "train" | "load" | "evaluate");
 # prints the heavy modules then imported, as JSON on the last line
 CHILD = r"""
 import json, sys
@@ -40,6 +40,10 @@ elif what == "train":
     stages.train.run(sys.argv[4], det, raw=raw, windows_root=root / "data" / "windows",
                      models_root=root / "models", metrics_root=root / "metrics",
                      word_pca_root=root / "models" / "word_pca")
+elif what == "evaluate":
+    import os
+    os.chdir(root)  # the stage's default paths: data/windows, models, metrics/eval
+    stages.evaluate.run(sys.argv[4], det, raw={"seed": 0, "pipeline": {"datasets": [sys.argv[4]], "detectors": [det]}})
 else:
     from stages.core.windowset import load_split
 
@@ -81,6 +85,14 @@ def test_random_stages_import_no_torch_and_no_sklearn(trained):
     root, imported = trained
     assert imported["random"] == set()
     assert _imported(root, "random", "load") == set()
+
+
+def test_random_and_pca_evaluate_stages_import_no_sklearn(trained):
+    """AUC-PR/AUC-ROC come from stages.core.ranking (numpy): scikit-learn's import cost ~2 s per evaluate stage."""
+    root, _ = trained
+    assert _imported(root, "random", "evaluate") == set()
+    assert _imported(root, "pca", "evaluate") == set()
+    assert (root / "metrics" / "eval" / DS / "pca.json").is_file()
 
 
 def test_pca_trains_with_sklearn_decomposition_alone_and_scores_with_numpy(trained):

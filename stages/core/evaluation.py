@@ -24,6 +24,7 @@ import numpy as np
 from stages.core.dspot import MIN_POT_PEAKS, DSpot, dspot_thresholds, fit_gpd, tail_quantile
 from stages.core.errors import InputError
 from stages.core.io import atomic_path
+from stages.core.ranking import average_precision, roc_auc
 from stages.core.vus import DEFAULT_WINDOW, vus
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,6 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float | np.ndarr
     AUC with one class) are NaN, written as null, with a warning. ``vus_window`` is the largest
     buffer of VUS-PR/VUS-ROC (:mod:`stages.core.vus`; 100 = TSB-AD's default).
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     s, y = _finite_pairs(scores, labels)
     raw = np.asarray(scores, dtype=np.float64).ravel()
     thr_all = _per_step(threshold, len(raw))
@@ -292,8 +291,8 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float | np.ndarr
                     n_pos, len(s))
         out["auc_pr"] = out["auc_roc"] = out["vus_pr"] = out["vus_roc"] = math.nan
     else:
-        out["auc_pr"] = float(average_precision_score(y, s))
-        out["auc_roc"] = float(roc_auc_score(y, s))
+        out["auc_pr"] = average_precision(y, s)
+        out["auc_roc"] = roc_auc(y, s)
         out["vus_roc"], out["vus_pr"] = vus(s, y, vus_window)
     out["precision"], out["recall"], out["f1"] = _prf(alarm, y)
     if n_pos == 0:

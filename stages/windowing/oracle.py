@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stages.core.ranking import average_precision, roc_auc
 from stages.windowing.align import EDGE_FEATURES, Aligned
 
 
@@ -21,8 +22,6 @@ def _columns(al: Aligned) -> tuple[np.ndarray, list[str]]:
 
 def best_single_column(al: Aligned, test_range: list[int]) -> dict:
     """AUC-PR of the best column, scored by its value or its negation, on the test span (labelled oracle)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     a, b = test_range
     y = al.labels[a:b] > 0
     x, names = _columns(al)
@@ -35,12 +34,12 @@ def best_single_column(al: Aligned, test_range: list[int]) -> dict:
         if col.min() == col.max():
             continue
         for sign in (1.0, -1.0):
-            ap = float(average_precision_score(y, sign * col))
+            ap = average_precision(y, sign * col)
             if ap > best[0]:
                 best = (ap, names[j], sign)
     if best[0] < 0:
         return {"column": None, "auc_pr": None, "auc_roc": None, "note": "every column is constant on test"}
     j = names.index(best[1])
     return {"column": best[1], "direction": "high" if best[2] > 0 else "low", "auc_pr": best[0],
-            "auc_roc": float(roc_auc_score(y, best[2] * x[:, j])), "base_rate": float(y.mean()),
+            "auc_roc": roc_auc(y, best[2] * x[:, j]), "base_rate": float(y.mean()),
             "note": "oracle: chosen with test labels, a difficulty diagnostic only"}
