@@ -34,7 +34,7 @@ from stages.core.evaluation import (
     write_metrics_json,
 )
 from stages.core.protocol import ProtocolParams, visible_labels
-from stages.core.device import deterministic_threads, resolve_score_threads, set_scoring_threads
+from stages.core.device import deterministic_threads, set_scoring_threads, stage_scoring_threads
 from stages.core.io import read_json, staged_targets
 from stages.core.params import build, load_checked
 from stages.core.windowset import WindowSet, load_split, windows_dir
@@ -52,8 +52,9 @@ class EvaluateParams:
     vus_window: int = 100  # VUS buffer length in steps (TSB-AD's get_metrics default)
     bootstrap: int = 200  # block-bootstrap resamples over test events for the 95% intervals (0 = none)
     interval_level: float = 0.95
-    # torch threads of the scoring passes: a number, or auto (README, "Repeatability", Threads). Scores
-    # are the same bits at 1 and 2 threads (not at 3+), so on 2 cores this changes speed only.
+    # torch threads of the scoring passes: a number, or auto (README, "Repeatability", Threads). auto
+    # applies only to detectors whose scores are the same bits at 1 and 2 threads; FuseGuard keeps its
+    # cpu_threads (its scores move by ~1e-6 with the count).
     score_threads: int | Literal["auto"] = "auto"
 
     def validate(self) -> None:
@@ -167,17 +168,18 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
 
     raw = load_checked() if raw is None else raw
     # the detector's module first (torch for a torch detector only): deterministic_threads sets its threads
-    detector_class(detector)
+    cls = detector_class(detector)
     deterministic_threads()
     params = build(EvaluateParams, raw.get("evaluate"), where="evaluate")
-    n_threads, why = resolve_score_threads(params.score_threads)
+    n_threads, why = stage_scoring_threads(params.score_threads, cls.scores_depend_on_threads)
     set_scoring_threads(n_threads)
-    log.info("%s/%s: scoring with %d torch thread(s) (%s)", ds, detector, n_threads, why)
     wdir = windows_dir(ds, windows_root)
     word_pca = load_word_pca(word_pca_root)
     val: WindowSet = load_split(wdir, "val", word_pca)
     test: WindowSet = load_split(wdir, "test", word_pca)
     det, train_info = load_detector(models_root, ds, detector, test.schema)
+    log.info("%s/%s: scoring with %s torch thread(s) (%s)", ds, detector,
+             n_threads if n_threads is not None else getattr(det, "cpu_threads", "n/a"), why)
     train_json = Path(models_root) / ds / detector / "train.json"
 
     # 1. thresholds from scores only: calibrated on validation scores (val.labels is never read) and,

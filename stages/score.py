@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from stages.core.cli import run_stage
-from stages.core.device import deterministic_threads, resolve_score_threads, set_scoring_threads
+from stages.core.device import deterministic_threads, set_scoring_threads, stage_scoring_threads
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.windowset import WindowSet, load_split
@@ -152,9 +152,9 @@ def run(args: ScoreArgs) -> dict:
 
     t_start = time.perf_counter()
     frozen = load_frozen(args.model_dir, args.paths)  # files only: no numeric work before the pools are fixed
-    detector_class(frozen.detector)  # its module first (torch for a torch detector): then its threads are set
+    cls = detector_class(frozen.detector)  # its module first (torch for a torch detector): then its threads are set
     deterministic_threads()
-    set_scoring_threads(resolve_score_threads("auto")[0])  # scores are the same bits at any count
+    set_scoring_threads(stage_scoring_threads("auto", cls.scores_depend_on_threads)[0])  # bits kept (device.py)
     schema, step_us = frozen.schema, frozen.step_us
     state = StreamState.load(args.resume) if args.resume is not None else None
     if state is not None and (state.dataset, state.detector, state.fingerprint) != (

@@ -389,9 +389,9 @@ def test_fast_scoring_path_matches_the_plain_forward(trained):
 
 
 def test_scores_are_the_same_bits_at_any_scoring_thread_count(trained):
-    """evaluate.score_threads: auto picks 1 or 2 on a 2-core machine (this project's CI kind), so the
-    scores must not depend on it. At 3 threads this tiny net differs by ~2e-6 (another reduction split):
-    bit-identity holds between machines with the same number of cores, which auto then gives the same count."""
+    """This tiny net scores the same bits at 1 and 2 threads (at 3 it differs by ~2e-6); the full-size
+    default model does not (4 of 12,036 synth_tt test steps moved by up to 1e-6), which is why FuseGuard
+    sets scores_depend_on_threads and evaluate's `auto` keeps its cpu_threads."""
     from stages.core.device import set_scoring_threads
 
     ws = tiny_windowset(T=240, seed=13, faults=True, name="test")

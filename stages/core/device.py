@@ -176,10 +176,11 @@ def resolve_score_threads(setting: int | str, cwd: str | os.PathLike | None = No
     when set, 1 inside a ``dvc queue`` workspace, else every core this process may use that no other
     running thread holds (:func:`busy_elsewhere`).
 
-    Repeatable on this project's 2-core machines: every torch detector gives the same bits at 1 and 2
-    threads (its tests check it), so whatever ``auto`` picks there, the scores are the same. On bigger
-    machines set a number for bit-identity (FuseGuard at 3 threads differs in the 6th digit). Training
-    keeps its fixed ``cpu_threads``: summed gradients depend on it."""
+    Repeatable on this project's 2-core machines for KAD-Disformer, InterFusion, MetaLog and the xLSTM
+    detector: their scores are the same bits at 1 and 2 threads (checked in fresh processes on the
+    default synth_tt models). FuseGuard's are not (4 of 12,036 synth_tt test steps moved by up to 1e-6
+    relative), so :func:`stage_scoring_threads` never applies ``auto`` to it. On bigger machines set a
+    number for bit-identity. Training keeps its fixed ``cpu_threads``: summed gradients depend on it."""
     if setting != "auto":
         return int(setting), "evaluate.score_threads"
     env = os.environ.get(SCORE_THREADS_ENV, "").strip()
@@ -195,6 +196,19 @@ def resolve_score_threads(setting: int | str, cwd: str | os.PathLike | None = No
     if busy:
         return max(1, cores - busy), f"{cores} cores, {busy} busy with other work"
     return cores, "all available cores"
+
+
+def stage_scoring_threads(setting: int | str, depends_on_threads: bool, cwd: str | os.PathLike | None = None
+                          ) -> tuple[int | None, str]:
+    """The stage-wide scoring thread count and why; None = each detector keeps its own ``cpu_threads``.
+
+    ``auto`` may pick another count than the last run did (a queue workspace, a busy core), which is
+    safe only for a detector whose scores are the same bits at any count it may pick; for one whose
+    scores depend on it (``Detector.scores_depend_on_threads``) auto keeps the configured count, unless
+    ``$AIOPS_SCORE_THREADS`` names one (an explicit choice, as a number in params is)."""
+    if setting == "auto" and depends_on_threads and not os.environ.get(SCORE_THREADS_ENV, "").strip():
+        return None, "auto keeps the detector's cpu_threads: its scores depend on the thread count"
+    return resolve_score_threads(setting, cwd)
 
 
 def busy_elsewhere(samples: int = 5, interval_s: float = 0.02, loadavg: str = "/proc/loadavg") -> int:

@@ -38,6 +38,9 @@ class Detector(abc.ABC):
     # what :meth:`state` holds and :meth:`load_state` receives: torch tensors ("torch", every neural
     # detector) or numpy arrays ("numpy": saving and loading then never import torch)
     state_framework: ClassVar[str] = "torch"
+    # True when the scores move with the torch thread count (reduction order): evaluate.score_threads=auto
+    # then keeps the detector's own cpu_threads instead of a count chosen by the machine's load
+    scores_depend_on_threads: ClassVar[bool] = False
 
     def __init__(self, config: Any, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
         self.config = config
