@@ -5,7 +5,9 @@ Every evaluate stage needs exactly these two numbers; importing scikit-learn for
 and the order of the floating-point operations follow ``sklearn.metrics.average_precision_score``
 and ``roc_auc_score`` (tied scores form one threshold; ROC points on a straight segment dropped
 before the trapezoid), so the values are the same bits — tests/test_ranking.py checks that
-against scikit-learn.
+against scikit-learn. The block bootstrap's ``_Ranking`` (stages/core/bootstrap.py) computes the
+same two definitions over weighted resamplings of one sort; it trades those last bits for O(n)
+replicates, which is why the reported point values come from here.
 """
 from __future__ import annotations
 
