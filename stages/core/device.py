@@ -139,7 +139,7 @@ def autocast(device: torch.device, enabled: bool = True):
 
 @contextlib.contextmanager
 def limited_threads(n: int, device: torch.device):
-    """Run a block with ``n`` torch intra-op threads on the CPU.
+    """Run a block with ``n`` torch intra-op threads on the CPU, holding ``n`` of the machine's core slots.
 
     Small recurrent nets spend their time in many tiny per-step kernels; on a busy machine extra
     threads only add scheduling waits (measured: BiGRU step 60x slower with 2 threads under load).
@@ -149,12 +149,15 @@ def limited_threads(n: int, device: torch.device):
         return
     import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    from stages.core.cores import claim_cores
+
+    with claim_cores(n):  # parallel experiments take turns instead of oversubscribing (core/cores.py)
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def in_dvc_queue(cwd: str | os.PathLike | None = None) -> bool:
