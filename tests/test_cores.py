@@ -15,7 +15,8 @@ from stages.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 HOLDER = """
-import sys, time
+import logging, sys, time
+logging.basicConfig(level=logging.INFO)
 from stages.core.cores import claim_cores
 n, hold, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 with claim_cores(n, label="test") as got:
@@ -71,13 +72,16 @@ def test_a_killed_holder_frees_its_slots(tmp_path):
     while not (tmp_path / "dead.started").exists():
         assert time.monotonic() < deadline and first.poll() is None
         time.sleep(0.05)
-    second = subprocess.Popen([sys.executable, "-c", HOLDER, "1", "0", str(tmp_path / "next")], env=env)
-    time.sleep(1.0)
+    second = subprocess.Popen([sys.executable, "-c", HOLDER, "1", "0", str(tmp_path / "next")], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)  # past the 2 s after which a wait is logged
     assert second.poll() is None, "the second pass ran while the first held the only slot"
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    assert second.wait(timeout=30) == 0
+    _, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
     assert (tmp_path / "next").read_text().split()[0] == "1"
+    assert f"held by: pid {first.pid} (test), 1 slot(s)" in err  # the wait names who holds the slot
 
 
 def test_nested_claims_take_nothing_more(tmp_path, monkeypatch):

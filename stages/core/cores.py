@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 SLOTS_ENV = "AIOPS_CORE_SLOTS"
 DIR_ENV = "AIOPS_CORE_SLOTS_DIR"
 _POLL_S = (0.02, 0.5)  # first and longest pause between sweeps over the slots
-_REPORT_EVERY_S = 60.0  # a long wait is logged again, with the holders' pids
+_FIRST_REPORT_S = 2.0  # a wait is logged once it lasts this long (turns between passes take ~1 s)
+_REPORT_EVERY_S = 60.0  # and again after each further minute, with the holders' pids
 
 _held: list[int] = []  # this process's slot file descriptors
 
@@ -82,17 +83,17 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _holders(folder: Path, size: int) -> list[str]:
+def _holders(folder: Path, size: int) -> str:
     """What the other holders wrote in their slot files (pid and pass), for a wait message."""
-    mine, out = f"pid {os.getpid()} ", []
+    mine, out = f"pid {os.getpid()} ", {}
     for i in range(size):
         try:
             text = (folder / f"core-{i}").read_text(encoding="ascii").strip()
         except OSError:
             continue
         if text and not text.startswith(mine):
-            out.append(text)
-    return out
+            out[text] = out.get(text, 0) + 1
+    return "; ".join(f"{text}, {n} slot(s)" for text, n in out.items())
 
 
 def _acquire(want: int, size: int, folder: Path, label: str) -> list[int]:
@@ -101,9 +102,13 @@ def _acquire(want: int, size: int, folder: Path, label: str) -> list[int]:
     t0 = time.monotonic()
     got: list[int] = []
     try:
-        if not _try_lock(gate):
-            log.info("%s: waiting for another process to finish claiming cores", label)
-            fcntl.flock(gate, fcntl.LOCK_EX)
+        pause, told = _POLL_S[0], False
+        while not _try_lock(gate):  # another process is claiming (and maybe waiting for slots)
+            if not told and time.monotonic() - t0 >= _FIRST_REPORT_S:
+                log.info("%s: waiting for another process to finish claiming core slots", label)
+                told = True
+            time.sleep(pause)
+            pause = min(_POLL_S[1], pause * 2)
         pause, reported, taken = _POLL_S[0], None, set()
         while True:
             for i in range(size):
@@ -122,9 +127,10 @@ def _acquire(want: int, size: int, folder: Path, label: str) -> list[int]:
             if len(got) == want:
                 break
             now = time.monotonic()
-            if reported is None or now - reported >= _REPORT_EVERY_S:
+            if now - (t0 if reported is None else reported) >= (_FIRST_REPORT_S if reported is None
+                                                                  else _REPORT_EVERY_S):
                 log.info("%s: waiting for %d of %d core slot(s); held by: %s", label, want - len(got), size,
-                         "; ".join(_holders(folder, size)) or "unknown")
+                         _holders(folder, size) or "unknown")
                 reported = now
             time.sleep(pause)
             pause = min(_POLL_S[1], pause * 2)
@@ -135,7 +141,7 @@ def _acquire(want: int, size: int, folder: Path, label: str) -> list[int]:
     finally:
         os.close(gate)  # closing drops the gate lock
     waited = time.monotonic() - t0
-    if waited > 1.0:
+    if waited >= _FIRST_REPORT_S:
         log.info("%s: got %d core slot(s) after %.1f s", label, want, waited)
     return got
 
