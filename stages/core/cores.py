@@ -20,19 +20,24 @@ The rules:
 - ``$AIOPS_CORE_SLOTS``: ``off`` (or ``0``) claims nothing; a number sets the pool size, which is
   otherwise the number of cores this process may use.
 - ``$AIOPS_CORE_SLOTS_DIR`` moves the folder, which is otherwise ``<tmp>/aiops-core-slots-<uid>``.
+- Windows has no ``flock``: claims are off there.
 - Ranks of a ``torchrun`` job claim nothing: the launcher already chose how they share the machine,
   and a rank waiting for a slot that its sibling holds would stall both at the first collective.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no slots (claims are off)
+    fcntl = None
 
 log = logging.getLogger(__name__)
 SLOTS_ENV = "AIOPS_CORE_SLOTS"
@@ -48,7 +53,7 @@ def pool_size() -> int:
     """Slots on this machine: ``$AIOPS_CORE_SLOTS`` when it is a number, else this process's usable cores;
     0 = claims are off."""
     value = os.environ.get(SLOTS_ENV, "").strip().lower()
-    if value in ("off", "0") or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if value in ("off", "0") or fcntl is None or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         return 0
     if value:
         if not value.isdigit():
