@@ -32,7 +32,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 try:
     import fcntl
@@ -101,46 +101,47 @@ def _holders(folder: Path, size: int) -> str:
     return "; ".join(f"{text}, {n} slot(s)" for text, n in out.items())
 
 
+def _poll(done: Callable[[], bool], report: Callable[[], None]) -> None:
+    """Call ``done`` until it is true, with growing pauses; ``report`` once the wait lasts
+    ``_FIRST_REPORT_S`` and again after each further ``_REPORT_EVERY_S``."""
+    pause, next_report = _POLL_S[0], time.monotonic() + _FIRST_REPORT_S
+    while not done():
+        if time.monotonic() >= next_report:
+            report()
+            next_report = time.monotonic() + _REPORT_EVERY_S
+        time.sleep(pause)
+        pause = min(_POLL_S[1], pause * 2)
+
+
 def _acquire(want: int, size: int, folder: Path, label: str) -> list[int]:
     folder.mkdir(parents=True, exist_ok=True)
     gate = _open(folder / "gate")
     t0 = time.monotonic()
-    got: list[int] = []
-    try:
-        pause, told = _POLL_S[0], False
-        while not _try_lock(gate):  # another process is claiming (and maybe waiting for slots)
-            if not told and time.monotonic() - t0 >= _FIRST_REPORT_S:
-                log.info("%s: waiting for another process to finish claiming core slots", label)
-                told = True
-            time.sleep(pause)
-            pause = min(_POLL_S[1], pause * 2)
-        pause, reported, taken = _POLL_S[0], None, set()
-        while True:
-            for i in range(size):
-                if len(got) == want:
-                    break
-                if i in taken:
-                    continue
-                fd = _open(folder / f"core-{i}")
-                if not _try_lock(fd):
-                    os.close(fd)
-                    continue
-                os.ftruncate(fd, 0)
-                os.write(fd, f"pid {os.getpid()} ({label})\n".encode("ascii", "replace"))
-                got.append(fd)
-                taken.add(i)
+    got: dict[int, int] = {}  # slot index → its locked file descriptor
+
+    def sweep() -> bool:
+        for i in range(size):
             if len(got) == want:
                 break
-            now = time.monotonic()
-            if now - (t0 if reported is None else reported) >= (_FIRST_REPORT_S if reported is None
-                                                                  else _REPORT_EVERY_S):
-                log.info("%s: waiting for %d of %d core slot(s); held by: %s", label, want - len(got), size,
-                         _holders(folder, size) or "unknown")
-                reported = now
-            time.sleep(pause)
-            pause = min(_POLL_S[1], pause * 2)
+            if i in got:
+                continue
+            fd = _open(folder / f"core-{i}")
+            if not _try_lock(fd):
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} ({label})\n".encode("ascii", "replace"))
+            got[i] = fd
+        return len(got) == want
+
+    try:
+        # another process may hold the gate while it waits for slots: only the gate holder waits for them
+        _poll(lambda: _try_lock(gate),
+              lambda: log.info("%s: waiting for another process to finish claiming core slots", label))
+        _poll(sweep, lambda: log.info("%s: waiting for %d of %d core slot(s); held by: %s", label,
+                                      want - len(got), size, _holders(folder, size) or "unknown"))
     except BaseException:
-        for fd in got:
+        for fd in got.values():
             os.close(fd)
         raise
     finally:
@@ -148,7 +149,7 @@ def _acquire(want: int, size: int, folder: Path, label: str) -> list[int]:
     waited = time.monotonic() - t0
     if waited >= _FIRST_REPORT_S:
         log.info("%s: got %d core slot(s) after %.1f s", label, want, waited)
-    return got
+    return list(got.values())
 
 
 @contextlib.contextmanager

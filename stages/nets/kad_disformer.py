@@ -39,7 +39,7 @@ from stages.nets.torch_detector import TorchDetector
 log = logging.getLogger(__name__)
 # Scoring batches hold about this many (window, KPI) sequences. Every KPI of a window is its own
 # sequence, so 512 windows x 70 KPIs made 36k sequences per pass, whose activations left the caches:
-# measured on the default synth_* models (2 threads), 16 windows of 40-70 KPIs scored 2.7-2.9x faster
+# measured on the default synth_* models (2 threads), 16 windows of 40-70 KPIs scored 2.5-2.7x faster
 # than 512, with the same bits at every batch size tried (4 to 512 windows).
 SCORE_SEQUENCES = 1024
 SCORE_BATCH_CUDA = 512  # windows per scoring pass on a GPU (as before; not re-measured: no GPU here)
