@@ -39,12 +39,11 @@ def principal_word_embeddings(words: np.ndarray, n: int, seed: int = 0) -> tuple
 
 
 def run(raw: dict | None = None, out: Path = OUT) -> np.ndarray:
-    from stages.core.llm import load_backbone, word_embeddings
+    from stages.core.llm import load_word_pieces
 
     raw = load_raw() if raw is None else raw
     llm = build(LLMParams, raw.get("llm"), where="llm")
-    _, model = load_backbone(llm.backbone)
-    words = word_embeddings(model).float().numpy()
+    words = load_word_pieces(llm.backbone).table
     pcs, ratio = principal_word_embeddings(words, llm.pca_components, int(raw.get("seed", 0)))
     with atomic_dir(out) as tmp:
         np.save(tmp / "word_pca.npy", pcs)

@@ -123,6 +123,19 @@ def test_meta_step_updates_model_parameters_with_target_gradient():
     meta_step(module, opt, src, tgt, inner_lr=0.0, meta_weight=1.0)
     for n, p in module.named_parameters():
         assert torch.allclose(p, expected[n], atol=1e-6), n
+    # α > 0: the same update as one joint backward of L_src(θ) + β·L_tgt(θ') through both graphs
+    module.load_state_dict({**module.state_dict(), **before})
+    params = dict(module.named_parameters())
+    loss_src = loss_fn(module(*src[:2]), src[2])
+    g_src = torch.autograd.grad(loss_src, list(params.values()), retain_graph=True)
+    fast = {n: p - 0.5 * g.detach() for (n, p), g in zip(params.items(), g_src)}
+    loss_tgt = loss_fn(torch.func.functional_call(module, fast, tgt[:2]), tgt[2])
+    joint = torch.autograd.grad(loss_src + 0.7 * loss_tgt, list(params.values()))
+    expected = {n: p.detach() - 0.1 * g for (n, p), g in zip(params.items(), joint)}
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    meta_step(module, opt, src, tgt, inner_lr=0.5, meta_weight=0.7)
+    for n, p in module.named_parameters():
+        assert torch.allclose(p, expected[n], atol=1e-6), n
 
 
 def test_metalog_cross_system_beats_random_and_saves(tmp_path):

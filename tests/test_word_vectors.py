@@ -76,3 +76,21 @@ def test_backbone_word_vector_is_mean_of_wordpiece_rows():
     e = template_embeddings(["Connection timeout to database <*>", "Database connection timed out after <*> ms",
                              "User <*> logged in"], vectors, idf)
     assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_packaged_word_pieces_match_transformers_ids_and_rows(shared_data):
+    """The light loader (tokenizer.json + safetensors, no transformers import) must give exactly
+    the tokenizer ids and embedding rows that the transformers model gives."""
+    from stages.core.llm import load_backbone, load_word_pieces, word_embeddings
+
+    lines = []
+    for path in sorted((shared_data / "loghub").rglob("*.log"))[:2]:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            lines += [next(fh, "") for _ in range(2000)]
+    words = sorted({w for line in lines for w in tokenize(line)} | {w for line in lines[:200] for w in line.split()})
+    words += ["", "Ünïcödé", "日本語", "CamelCaseWORD", "a-b_c", "x" * 300, "  spaced  "]
+    assert len(words) > 500
+    light = load_word_pieces("minilm")
+    tok, model = load_backbone("minilm")
+    assert light.encode(words) == tok(words, add_special_tokens=False)["input_ids"]
+    np.testing.assert_array_equal(light.table, word_embeddings(model).float().numpy())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -50,6 +51,44 @@ def load_backbone(name: str):
         tok.pad_token = tok.eos_token or tok.unk_token
     model.eval()
     return tok, model
+
+
+# the input-embedding tensor of the packaged MiniLM's safetensors file
+_PACKAGED_WORD_TABLE = "embeddings.word_embeddings.weight"
+
+
+class WordPieces(NamedTuple):
+    """A backbone's word-piece tokenizer (text → ids, no special tokens) and its input-embedding
+    table (vocab, hidden) float32: all that word vectors and the word PCA read of a backbone."""
+
+    encode: Callable[[list[str]], list[list[int]]]
+    table: np.ndarray
+
+
+@functools.lru_cache(maxsize=4)
+def load_word_pieces(name: str) -> WordPieces:
+    """:class:`WordPieces` of a backbone. The packaged MiniLM is read straight from its
+    ``tokenizer.json`` and ``model.safetensors``: importing ``transformers`` and building the model
+    cost ~4 s per stage for one table (the same ids and rows; ``tests/test_llm.py``). Other
+    backbones go through :func:`load_backbone`, whose tokenizer settings may differ from the file."""
+    if name != PACKAGED:
+        tok, model = load_backbone(name)
+        return WordPieces(lambda words: tok(list(words), add_special_tokens=False)["input_ids"],
+                          word_embeddings(model).float().numpy())
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    path = resolve_backbone(name)
+    tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads and truncates to 128 pieces; transformers does neither unless asked
+    tokenizer.no_truncation()
+    with safe_open(os.path.join(path, "model.safetensors"), framework="np") as fh:
+        table = fh.get_tensor(_PACKAGED_WORD_TABLE).astype(np.float32, copy=False)
+
+    def encode(words: list[str]) -> list[list[int]]:
+        return [e.ids for e in tokenizer.encode_batch(list(words), add_special_tokens=False)]
+
+    return WordPieces(encode, table)
 
 
 def hidden_size(model) -> int:

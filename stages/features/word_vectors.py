@@ -55,11 +55,10 @@ class BackboneWordVectors:
     """Word vector = mean of the word's word-piece rows of the backbone's input embedding matrix."""
 
     def __init__(self, backbone: str):
-        from stages.core.llm import load_backbone, word_embeddings
+        from stages.core.llm import load_word_pieces
 
         self.backbone = backbone
-        self._tok, model = load_backbone(backbone)
-        self._table = word_embeddings(model).float().numpy()
+        self._encode, self._table = load_word_pieces(backbone)
         self.dim = int(self._table.shape[1])
 
     def lookup(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +66,7 @@ class BackboneWordVectors:
         found = np.zeros(len(words), bool)
         if not words:
             return out, found
-        pieces = self._tok(list(words), add_special_tokens=False)["input_ids"]
+        pieces = self._encode(list(words))
         lengths = np.array([len(p) for p in pieces])
         found = lengths > 0
         if found.any():
