@@ -34,7 +34,8 @@ from stages.core.evaluation import (
     write_metrics_json,
 )
 from stages.core.protocol import ProtocolParams, visible_labels
-from stages.core.device import deterministic_threads, set_scoring_threads, stage_scoring_threads
+from stages.core.device import (cpu_has_native_bf16, cpu_score_autocast, deterministic_threads, set_scoring_threads,
+                                stage_scoring_threads)
 from stages.core.io import read_json, staged_targets
 from stages.core.params import build, load_checked
 from stages.core.windowset import WindowSet, load_split, windows_dir
@@ -56,8 +57,13 @@ class EvaluateParams:
     # applies only to detectors whose scores are the same bits at 1 and 2 threads; FuseGuard keeps its
     # cpu_threads (its scores move by ~1e-6 with the count).
     score_threads: int | Literal["auto"] = "auto"
+    # precision of CPU scoring passes: bfloat16 lifts the AVX2 pin and runs matmuls in bf16, for
+    # detectors with a tested bf16 path (FuseGuard); scores lose cross-machine bit-identity
+    cpu_score_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self) -> None:
+        if self.cpu_score_dtype not in ("float32", "bfloat16"):
+            raise InputError("params.yaml", "evaluate.cpu_score_dtype", "float32 or bfloat16", self.cpu_score_dtype)
         if self.score_threads != "auto" and self.score_threads < 1:
             raise InputError("params.yaml", "evaluate.score_threads", "auto or a positive number of threads",
                              self.score_threads)
@@ -169,8 +175,15 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     raw = load_checked() if raw is None else raw
     # the detector's module first (torch for a torch detector only): deterministic_threads sets its threads
     cls = detector_class(detector)
-    deterministic_threads()
     params = build(EvaluateParams, raw.get("evaluate"), where="evaluate")
+    score_dtype = params.cpu_score_dtype if getattr(cls, "cpu_bf16_scoring", False) else "float32"
+    if score_dtype != params.cpu_score_dtype:
+        log.warning("%s/%s: evaluate.cpu_score_dtype=%s, but %s has no tested bf16 scoring path: it scores in "
+                    "float32", ds, detector, params.cpu_score_dtype, detector)
+    elif score_dtype == "bfloat16" and not cpu_has_native_bf16():
+        log.warning("%s/%s: this CPU has no AVX512-BF16 or AMX: bf16 is emulated here and scores slower than "
+                    "float32 (set evaluate.cpu_score_dtype=float32)", ds, detector)
+    pins = deterministic_threads(pin_vectors=score_dtype == "float32")
     n_threads, why = stage_scoring_threads(params.score_threads, cls.scores_depend_on_threads)
     set_scoring_threads(n_threads)
     wdir = windows_dir(ds, windows_root)
@@ -193,7 +206,8 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
             params.threshold, contamination=float(seen.mean())))
         log.info("%s/%s: contamination %.3f from the labels of the first %d few-shot training faults", ds,
                  detector, params.threshold.contamination, k)
-    val_scores = det.score(val)
+    with cpu_score_autocast(score_dtype):
+        val_scores = det.score(val)
     if not np.isfinite(val_scores).any():
         raise InputError(Path(models_root) / ds / detector, "validation scores",
                          f"finite scores from {detector} on the validation split (all {len(val_scores)} are NaN/inf: "
@@ -201,7 +215,8 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
 
     # 2. score the test span, timed
     t0 = time.perf_counter()
-    test_scores = det.score(test)
+    with cpu_score_autocast(score_dtype):
+        test_scores = det.score(test)
     score_seconds = time.perf_counter() - t0
     if test_scores.shape != (test.n_steps,):
         raise ValueError(f"{detector}.score returned shape {test_scores.shape}, expected ({test.n_steps},)")
@@ -210,7 +225,8 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     log.info("%s/%s: %s threshold from %d validation steps (test: median %.6g, last %.6g)", ds, detector,
              params.threshold.method, int(np.isfinite(val_scores).sum()), float(np.nanmedian(thresholds)),
              float(thresholds[-1]))
-    explain = det.explain(test) or {}
+    with cpu_score_autocast(score_dtype):
+        explain = det.explain(test) or {}
     device = getattr(det, "device", "cpu")
 
     # 3. metrics (test labels are read only here)
@@ -241,6 +257,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         score_windows_per_s=len(test) / score_seconds if score_seconds > 0 else None,
         peak_memory_mb=max(score_peak, train_peak or 0.0), score_peak_memory_mb=score_peak,
         device=str(train_info.get("device", device)),
+        cpu_score_dtype=score_dtype, cpu_vectors=pins["ATEN_CPU_CAPABILITY"],
     )
     scalars = explained_scalars(explain)
     if scalars:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,34 @@ def test_evaluate_is_deterministic_and_ignores_val_labels(workdir, tmp_path_fact
     strip = ("score_seconds", "score_windows_per_s", "peak_memory_mb", "score_peak_memory_mb")
     a, b = json.loads(first), json.loads(second)
     assert {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
+
+
+def test_bf16_scoring_request_is_float32_for_a_detector_without_a_bf16_path(workdir, caplog, monkeypatch):
+    """Only detectors with a tested bf16 scoring path (FuseGuard) use evaluate.cpu_score_dtype=bfloat16;
+    the others score in float32, keep the vector pin, say so, and give the float32 metrics."""
+    for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR"):
+        monkeypatch.delenv(key, raising=False)
+    fp32 = evaluate_stage.run(DS, "pca", raw=RAW)
+    assert fp32["cpu_score_dtype"] == "float32" and fp32["cpu_vectors"] in ("avx2", "default")
+    raw = {**RAW, "evaluate": {**RAW["evaluate"], "cpu_score_dtype": "bfloat16"}}
+    with caplog.at_level(logging.WARNING, logger="stages.evaluate"):
+        asked = evaluate_stage.run(DS, "pca", raw=raw)
+    assert "no tested bf16 scoring path" in caplog.text
+    assert asked["cpu_score_dtype"] == "float32" and asked["auc_pr"] == fp32["auc_pr"]
+    with pytest.raises(InputError, match="evaluate.cpu_score_dtype"):
+        evaluate_stage.run(DS, "pca", raw={**RAW, "evaluate": {**RAW["evaluate"], "cpu_score_dtype": "fp8"}})
+
+
+def test_vector_pin_is_left_to_the_libraries_for_bf16(monkeypatch):
+    from stages.core.device import reproducible_cpu_env
+
+    for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR"):
+        monkeypatch.delenv(key, raising=False)
+    assert reproducible_cpu_env(pin_vectors=False) == {
+        "ATEN_CPU_CAPABILITY": "unset", "ONEDNN_MAX_CPU_ISA": "unset", "MKL_CBWR": "unset"}
+    assert "ATEN_CPU_CAPABILITY" not in os.environ
+    pinned = reproducible_cpu_env()
+    assert pinned["MKL_CBWR"] in ("AVX2", "COMPATIBLE")
 
 
 class ExplainingPCA(PCADetector):

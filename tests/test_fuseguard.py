@@ -404,3 +404,27 @@ def test_scores_are_the_same_bits_at_any_scoring_thread_count(trained):
     finally:
         set_scoring_threads(None)
     assert np.array_equal(runs[0], runs[1], equal_nan=True), np.nanmax(np.abs(runs[1] - runs[0]))
+
+
+def test_bf16_cpu_scoring_ranks_like_float32(trained):
+    """evaluate.cpu_score_dtype=bfloat16: the scoring pass under CPU bf16 autocast really runs in bf16
+    (the scores move), keeps float scores, and ranks the steps as float32 does."""
+    from scipy.stats import spearmanr
+
+    from stages.core.device import cpu_score_autocast
+
+    ws = tiny_windowset(T=240, seed=14, faults=True, name="test")
+    trained._last_collect = None
+    fp32 = trained.score(ws)
+    trained._last_collect = None
+    with cpu_score_autocast("bfloat16"):
+        bf16 = trained.score(ws)
+        weights = trained.explain(ws)["fusion_weights"]  # explain shares the bf16 pass
+    trained._last_collect = None
+    ok = np.isfinite(fp32)
+    assert bf16.dtype == fp32.dtype and np.isfinite(bf16[ok]).all()
+    assert not np.array_equal(bf16[ok], fp32[ok])
+    assert spearmanr(fp32[ok], bf16[ok]).statistic > 0.98
+    assert all(np.isfinite(w[ok]).all() for w in weights.values())
+    with cpu_score_autocast("float32"):
+        assert np.array_equal(trained.score(ws), fp32, equal_nan=True)

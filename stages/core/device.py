@@ -75,19 +75,35 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-def _cpu_has_avx2() -> bool:
-    """From /proc/cpuinfo: asking torch would fix its CPU capability before we may choose it."""
+def _cpu_flags() -> set[str]:
+    """From /proc/cpuinfo (empty where absent): asking torch would fix its CPU capability before we may choose it."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            return any(line.startswith("flags") and " avx2" in line for line in fh)
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
     except OSError:
-        return False
+        pass
+    return set()
 
 
-def reproducible_cpu_env() -> dict[str, str]:
+def _cpu_has_avx2() -> bool:
+    return "avx2" in _cpu_flags()
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 matrix products in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates them, slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def reproducible_cpu_env(pin_vectors: bool = True) -> dict[str, str]:
     """Environment pinning the CPU code paths (see the module docstring); existing values are kept.
 
-    Effective when set before torch/MKL run their first operation; a user's own setting wins."""
+    Effective when set before torch/MKL run their first operation; a user's own setting wins.
+    ``pin_vectors=False`` leaves the vector width to the libraries: for bf16 scoring, whose bits
+    differ between CPUs anyway, and which the AVX2 pin makes 6x slower (README, Scoring speed)."""
+    if not pin_vectors:
+        return {k: os.environ.get(k, "unset") for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
     avx2 = _cpu_has_avx2()
     wanted = {"ATEN_CPU_CAPABILITY": "avx2" if avx2 else "default",
               "ONEDNN_MAX_CPU_ISA": "AVX2" if avx2 else "DEFAULT",
@@ -97,7 +113,7 @@ def reproducible_cpu_env() -> dict[str, str]:
     return {k: os.environ[k] for k in wanted}
 
 
-def deterministic_threads(n: int = THREADS) -> dict[str, object]:
+def deterministic_threads(n: int = THREADS, pin_vectors: bool = True) -> dict[str, object]:
     """Fix every thread pool a training or scoring run uses to ``n`` and pin the CPU code paths.
 
     Call it at the start of a stage, before any tensor work. Returns what was set (for logs/metrics).
@@ -107,7 +123,7 @@ def deterministic_threads(n: int = THREADS) -> dict[str, object]:
     this. A torch imported later still starts with ``n`` intra-op threads, from ``OMP_NUM_THREADS``
     set here.
     """
-    env = reproducible_cpu_env()
+    env = reproducible_cpu_env(pin_vectors)
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[key] = str(n)  # for pools created from now on (and child processes)
     if "torch" in sys.modules:
@@ -126,6 +142,16 @@ def deterministic_threads(n: int = THREADS) -> dict[str, object]:
     except ImportError:
         log.info("threadpoolctl is not installed: numpy's BLAS threads are left as they are")
     return {"threads": n, "blas_threads": blas, **env}
+
+
+def cpu_score_autocast(dtype: str = "float32"):
+    """Scoring passes' CPU precision: ``bfloat16`` runs matmuls and convolutions in bf16 (torch CPU
+    autocast), ``float32`` changes nothing. It never reaches CUDA ops, which follow ``train.amp``."""
+    if dtype == "bfloat16":
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def autocast(device: torch.device, enabled: bool = True):
