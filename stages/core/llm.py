@@ -69,7 +69,7 @@ class WordPieces(NamedTuple):
 def load_word_pieces(name: str) -> WordPieces:
     """:class:`WordPieces` of a backbone. The packaged MiniLM is read straight from its
     ``tokenizer.json`` and ``model.safetensors``: importing ``transformers`` and building the model
-    cost ~4 s per stage for one table (the same ids and rows; ``tests/test_llm.py``). Other
+    cost ~4 s per stage for one table (the same ids and rows: ``tests/test_word_vectors.py``). Other
     backbones go through :func:`load_backbone`, whose tokenizer settings may differ from the file."""
     if name != PACKAGED:
         tok, model = load_backbone(name)
