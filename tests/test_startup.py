@@ -151,3 +151,17 @@ def test_seed_everything_switches_kernels_deterministic_without_loading_the_comp
             "'torch._inductor.config' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "False"]
+
+
+def test_dvc_reads_the_lock_file_with_the_c_yaml_parser_and_the_same_data():
+    """dvc parses dvc.yaml/dvc.lock with ruamel's safe loader several times per stage; the
+    project depends on ruamel.yaml.clib so that loader is the C one. Both parsers must give the
+    same data on the committed lock file and stage file."""
+    from ruamel.yaml import YAML
+
+    fast = YAML(typ="safe")
+    assert "_ruamel_yaml" in fast.Parser.__module__, f"pure-Python YAML parser in use: {fast.Parser}"
+    pure = YAML(typ="safe", pure=True)
+    for name in ("dvc.lock", "dvc.yaml", "params.yaml"):
+        text = (REPO / name).read_text(encoding="utf-8")
+        assert fast.load(text) == pure.load(text), name
