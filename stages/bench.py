@@ -8,6 +8,10 @@
         training and scoring windows/s on synthetic windows, on CUDA when present (bf16 and fp32)
         else on the CPU; peak memory.
 
+    python -m stages.bench dvc [--repeat 3] [--root .]
+        dvc's reads of dvc.yaml/dvc.lock with the C YAML parser against the pure-Python one, side by
+        side: one parse of each file, and ``dvc status`` in fresh processes (see stages/bench_dvc.py).
+
     python -m stages.bench score MODEL_DIR [--hours 24] [--workdir DIR]
         generate a new dump of the model's system (synth --variant), score it whole with
         ``stages.score`` (cold: includes the threshold calibration on validation scores), then as two
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import bench_ingest
+from stages import bench_dvc, bench_ingest
 from stages.core.cli import run_stage
 from stages.core.io import write_json
 
@@ -183,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log-columns", type=int, default=100)
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=32)
+    dv = sub.add_parser("dvc", description=bench_dvc.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dv.add_argument("--repeat", type=int, default=3)
+    dv.add_argument("--root", default=".", help="repository root holding dvc.yaml and dvc.lock")
     sc = sub.add_parser("score")
     sc.add_argument("model_dir", help="models/<dataset>/<detector> of a pipeline run")
     sc.add_argument("--hours", type=float, default=24.0)
@@ -195,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             result = bench_score(args)
             write_json(result, Path("bench") / f"score_{result['dataset']}_{result['detector']}.json")
             print(json.dumps(result, indent=2, default=str))
+            return
+        if args.what == "dvc":
+            result = bench_dvc.bench_dvc(Path(args.root), max(1, args.repeat))
+            write_json(result, Path("bench") / "dvc.json")
+            print(result["table"])
             return
         if args.what == "ingest":
             result = bench_ingest.bench_ingest(args)
