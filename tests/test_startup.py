@@ -165,3 +165,16 @@ def test_dvc_reads_the_lock_file_with_the_c_yaml_parser_and_the_same_data():
     for name in ("dvc.lock", "dvc.yaml", "params.yaml"):
         text = (REPO / name).read_text(encoding="utf-8")
         assert fast.load(text) == pure.load(text), name
+
+
+def test_torch_detector_modules_import_no_sklearn_or_transformers():
+    """Scoring a torch detector (its evaluate stage) needs neither: scikit-learn is imported inside
+    the xLSTM detector's fit only (TF-IDF, logistic weighting), transformers where a backbone loads."""
+    code = ("import json, sys\n"
+            "import stages.nets.fuseguard, stages.nets.interfusion, stages.nets.kad_disformer, "
+            "stages.nets.metalog, stages.nets.xlstm_logad\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'transformers'))))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

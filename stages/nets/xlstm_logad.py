@@ -29,9 +29,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfTransformer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import precision_recall_curve
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -233,6 +230,8 @@ class XLSTMLogAD(Detector):
             return self._fit_sequences(train, val, overlap)
 
     def _fit_sequences(self, train: LogSequences, val: LogSequences | None, overlap: int) -> dict[str, list[float]]:
+        from sklearn.feature_extraction.text import TfidfTransformer  # fit only: scoring never imports sklearn
+
         c = self.config
         seed_everything(self.seed)
         if len(train) == 0:
@@ -313,6 +312,9 @@ class XLSTMLogAD(Detector):
         return np.clip((err - self.err_mu) / self.err_sd, *Z_CLIP)
 
     def _fit_weighting(self, feats: np.ndarray, labels: np.ndarray) -> None:
+        from sklearn.linear_model import LogisticRegression  # fit only: scoring never imports sklearn
+        from sklearn.metrics import precision_recall_curve
+
         if len(np.unique(labels)) < 2:
             log.warning("xlstm_logad: training blocks hold one class only; score = sigmoid(reconstruction z)")
             self.coef, self.intercept = np.array([0.0, 1.0]), 0.0
