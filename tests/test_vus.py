@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from stages.core.vus import DEFAULT_WINDOW, vus
+from stages.core.vus import DEFAULT_THRESHOLDS, DEFAULT_WINDOW, _cum_counts, _edge_distances, _runs, vus
 
 TOL = 1e-9
 
@@ -126,37 +126,12 @@ def test_twenty_thousand_steps_give_values_in_range():
 
 # --- bit-for-bit equivalence with the previous implementation -------------------------------------
 # ``vus`` was rewritten for speed (it runs ~200 times per bootstrap interval). The code below is the
-# implementation it replaced, copied verbatim (only the entry point and its two constants renamed),
-# so that the rewrite can be held to identical floats (``==``), not merely to round-off.
+# implementation it replaced, copied verbatim (only the entry point renamed and its argument checks
+# dropped; the helpers the rewrite left unchanged, ``_runs``, ``_cum_counts`` and ``_edge_distances``,
+# are imported from the module), so that the rewrite can be held to identical floats (``==``), not
+# merely to round-off.
 
-_REF_WINDOW = 100  # TSB-AD's get_metrics default slidingWindow
-_REF_THRESHOLDS = 250  # TSB-AD's `thre`
 _CHUNK_ELEMS = 4_000_000  # cap on the overlap-steps × windows table held at once
-
-
-def _runs(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Starts and inclusive ends of the runs of True in ``y``."""
-    d = np.diff(np.concatenate([[0], y.astype(np.int8), [0]]))
-    return np.flatnonzero(d == 1), np.flatnonzero(d == -1) - 1
-
-
-def _cum_counts(idx: np.ndarray, n_thr: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """c[j] = (weighted) number of items whose first alarming threshold index is ≤ j, j < n_thr."""
-    return np.cumsum(np.bincount(idx, weights=weights, minlength=n_thr + 1)[:n_thr])
-
-
-def _edge_distances(near: np.ndarray, starts: np.ndarray, ends: np.ndarray, big: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Distance of each step in ``near`` to the nearest and second-nearest segment edge (end to its
-    left, start to its right); ``big`` when there is none."""
-    K = len(starts)
-    il = np.searchsorted(ends, near, side="left") - 1  # last segment ending before t
-    ir = np.searchsorted(starts, near, side="right")  # first segment starting after t
-    dl1 = np.where(il >= 0, near - ends[np.maximum(il, 0)], big)
-    dl2 = np.where(il >= 1, near - ends[np.maximum(il - 1, 0)], big)
-    dr1 = np.where(ir < K, starts[np.minimum(ir, K - 1)] - near, big)
-    dr2 = np.where(ir + 1 < K, starts[np.minimum(ir + 1, K - 1)] - near, big)
-    return np.minimum(dl1, dr1), np.minimum(np.maximum(dl1, dr1), np.minimum(dl2, dr2))
 
 
 class _RangeMin:
@@ -195,18 +170,11 @@ def _overlap_weights(fj: np.ndarray, d1: np.ndarray, d2: np.ndarray, soft: np.nd
     return out
 
 
-def _vus_reference(scores: np.ndarray, labels: np.ndarray, window: int = _REF_WINDOW,
-        n_thresholds: int = _REF_THRESHOLDS) -> tuple[float, float]:
-    """(VUS-ROC, VUS-PR) of ``scores`` against binary ``labels``; NaN when labels hold one class.
-
-    NaN scores are dropped with their labels (as :func:`stages.core.evaluation.evaluate` does).
-    """
+def _vus_reference(scores: np.ndarray, labels: np.ndarray, window: int = DEFAULT_WINDOW,
+        n_thresholds: int = DEFAULT_THRESHOLDS) -> tuple[float, float]:
+    """The previous ``vus`` (its argument checks, unchanged in ``vus``, left out: valid input only)."""
     s = np.asarray(scores, dtype=np.float64).ravel()
     y = np.asarray(labels).ravel() > 0
-    if s.shape != y.shape:
-        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in length")
-    if window < 0 or n_thresholds < 1:
-        raise ValueError(f"vus: window must be ≥ 0 and n_thresholds ≥ 1, got {window}, {n_thresholds}")
     keep = ~np.isnan(s)
     s, y = s[keep], y[keep]
     n, n_pos = len(s), int(y.sum())
