@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from stages.core.cli import run_stage
+from stages.core.device import deterministic_threads
 from stages.core.io import atomic_path
 from stages.core.llm import embed_texts
 from stages.core.params import LLMParams, build, load_raw
@@ -20,6 +21,10 @@ log = logging.getLogger("stages.embed")
 
 
 def run(ds: str, raw: dict | None = None, features_root: Path = Path("data/features")) -> np.ndarray:
+    # MiniLM's float sums follow the CPU's vector width and the thread count: pinned as in train and
+    # evaluate, the embeddings are the same bits on any AVX2 machine (unpinned, an AVX-512 machine
+    # wrote other bits than the committed run's)
+    deterministic_threads()
     raw = load_raw() if raw is None else raw
     llm = build(LLMParams, raw.get("llm"), where="llm")
     features = features_root / ds

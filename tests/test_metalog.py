@@ -9,7 +9,7 @@ from stages.core.errors import InputError
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.features.log_windows import from_windowset
 from stages.nets.metalog import (EMPTY_ID, PAD_ID, RESERVED, AttentionGRU, MetaLog, MetaLogConfig, Vocabulary,
-                                 meta_step, to_vocab)
+                                 bigru, meta_step, to_vocab)
 from stages.nets.base import TrainConfig
 
 TARGET_TEMPLATES = ["Received request <*> from <*>", "Query executed in <*> ms", "User <*> logged in",
@@ -136,6 +136,45 @@ def test_meta_step_updates_model_parameters_with_target_gradient():
     meta_step(module, opt, src, tgt, inner_lr=0.5, meta_weight=0.7)
     for n, p in module.named_parameters():
         assert torch.allclose(p, expected[n], atol=1e-6), n
+
+
+@pytest.mark.parametrize("lengths", [[7, 3, 1, 5, 2, 7], [4, 4, 4, 4, 4, 4], [1, 1, 1, 1, 1, 1]])
+def test_bigru_matches_torch_gru_on_packed_sequences(lengths):
+    """The padded two-direction loop is nn.GRU over packed sequences: outputs and gradients, float64."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(5, 3, batch_first=True, bidirectional=True).double()
+    lens = torch.tensor(lengths)
+    x = torch.randn(len(lengths), 7, 5, dtype=torch.float64)
+    valid = torch.arange(7)[None, :] < lens[:, None]
+    weight = torch.randn(len(lengths), 7, 6, dtype=torch.float64) * valid[..., None]  # a loss over valid steps
+
+    packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+    ref, _ = pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=7)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), list(gru.parameters()))
+    out = bigru(gru, x, lens)
+    grads = torch.autograd.grad((out * weight).sum(), list(gru.parameters()))
+
+    assert out.shape == ref.shape
+    assert torch.allclose(out[valid], ref[valid], rtol=0, atol=1e-12)
+    for (name, _), g, r in zip(gru.named_parameters(), grads, ref_grads):
+        assert torch.allclose(g, r, rtol=0, atol=1e-12), name
+
+
+def test_attention_gru_ignores_padding_past_each_length():
+    """Whatever fills the padding (or how wide the batch is padded), a sequence's logit is the same."""
+    torch.manual_seed(0)
+    module = AttentionGRU(dim=6, hidden=4, attention=3, dropout=0.0).eval()
+    lens = torch.tensor([5, 2, 3])
+    x = torch.randn(3, 5, 6)
+    noisy = torch.cat([x, torch.randn(3, 4, 6)], 1)
+    noisy[1, 2:] = torch.randn(7, 6)
+    with torch.no_grad():
+        a, b = module(x, lens), module(noisy, lens)
+        single = module(x[1:2, :2], lens[1:2])
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(a[1:2], single, atol=1e-6)
 
 
 def test_metalog_cross_system_beats_random_and_saves(tmp_path):

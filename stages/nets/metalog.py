@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tqdm.auto import tqdm
 
 from stages.core.device import limited_threads, pick_device, seed_everything
@@ -112,8 +111,56 @@ def to_vocab(seqs: LogSequences, local_to_vocab: np.ndarray) -> tuple[np.ndarray
     return ids, lengths
 
 
+def reversed_within(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) index reversing each row's first ``lengths`` steps in place; padding stays where it is."""
+    t = torch.arange(width, device=lengths.device)[None, :]
+    n = lengths.to(t.device)[:, None]
+    return torch.where(t < n, n - 1 - t, t)
+
+
+def bigru(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Outputs (B, L, 2H) of a one-layer bidirectional ``gru`` at the valid steps of a padded batch.
+
+    The same parameters and equations as ``nn.GRU`` over packed sequences; steps at or past a row's
+    length hold values no valid step depends on (the caller masks them). Why not ``nn.GRU``: on the
+    CPU its packed path steps each direction separately through small kernels, and autograd walks
+    them back one by one — most of MetaLog's training time. Here the input projections of every step
+    and both directions are one product, the two directions step together (one batched product per
+    step), and the reverse direction reads each row reversed within its own length.
+    """
+    B, L, _ = x.shape
+    H = gru.hidden_size
+    w_ih = torch.cat([gru.weight_ih_l0, gru.weight_ih_l0_reverse])  # (6H, D)
+    b_ih = torch.cat([gru.bias_ih_l0, gru.bias_ih_l0_reverse])
+    gi = nn.functional.linear(x, w_ih, b_ih)  # (B, L, 6H)
+    rev = reversed_within(lengths, L)
+    gi_rev = gi[..., 3 * H:].gather(1, rev[:, :, None].expand(B, L, 3 * H))
+    gi = torch.stack([gi[..., :3 * H], gi_rev]).permute(2, 0, 1, 3)  # (L, 2, B, 3H)
+    # unbind/split (not indexing): their backward assembles one gradient, where each slice's
+    # backward would zero-fill a full-size tensor per step
+    gi_rz, gi_n = (g.contiguous().unbind(0) for g in gi.split([2 * H, H], -1))
+    w_hh = torch.stack([gru.weight_hh_l0, gru.weight_hh_l0_reverse]).transpose(1, 2)  # (2, H, 3H)
+    b_hh = torch.stack([gru.bias_hh_l0, gru.bias_hh_l0_reverse])[:, None, :]  # (2, 1, 3H)
+    w_rz, w_n = w_hh.split([2 * H, H], -1)
+    b_rz, b_n = b_hh.split([2 * H, H], -1)
+    h = x.new_zeros(2, B, H)
+    steps = []
+    for t in range(L):
+        r, z = torch.sigmoid(gi_rz[t] + torch.baddbmm(b_rz, h, w_rz)).split([H, H], -1)
+        n = torch.tanh(gi_n[t] + r * torch.baddbmm(b_n, h, w_n))
+        h = n + z * (h - n)  # (1 - z)·n + z·h
+        steps.append(h)
+    out = torch.stack(steps, 2)  # (2, B, L, H)
+    back = out[1].gather(1, rev[:, :, None].expand(B, L, H))
+    return torch.cat([out[0], back], -1)
+
+
 class AttentionGRU(nn.Module):
-    """BiGRU over template embeddings; attention pooled with a learned context (guide) vector → logit."""
+    """BiGRU over template embeddings; attention pooled with a learned context (guide) vector → logit.
+
+    The GRU runs through :func:`bigru` over the batch's longest sequence; ``self.gru`` holds its
+    parameters (the state dict of an ``nn.GRU``, so saved models load either way).
+    """
 
     def __init__(self, dim: int, hidden: int, attention: int, dropout: float):
         super().__init__()
@@ -124,9 +171,9 @@ class AttentionGRU(nn.Module):
         self.head = nn.Linear(2 * hidden, 1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        L = x.shape[1]
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=L)
+        L = int(lengths.max())
+        x = x[:, :L]
+        out = bigru(self.gru, x, lengths)
         energy = torch.tanh(self.proj(out)) @ self.context  # (B, L)
         mask = torch.arange(L, device=x.device)[None, :] < lengths.to(x.device)[:, None]
         alpha = torch.softmax(energy.masked_fill(~mask, float("-inf")), dim=1)
