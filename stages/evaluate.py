@@ -38,6 +38,7 @@ from stages.core.device import (cpu_has_native_bf16, cpu_score_autocast, determi
                                 stage_scoring_threads)
 from stages.core.io import read_json, staged_targets
 from stages.core.params import build, load_checked
+from stages.core.provenance import environment
 from stages.core.windowset import WindowSet, load_split, windows_dir
 
 log = logging.getLogger("stages.evaluate")
@@ -258,6 +259,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         peak_memory_mb=max(score_peak, train_peak or 0.0), score_peak_memory_mb=score_peak,
         device=str(train_info.get("device", device)),
         cpu_score_dtype=score_dtype, cpu_vectors=pins["ATEN_CPU_CAPABILITY"],
+        environment=environment(),
     )
     scalars = explained_scalars(explain)
     if scalars:

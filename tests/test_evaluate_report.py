@@ -122,6 +122,7 @@ def test_bf16_scoring_request_is_float32_for_a_detector_without_a_bf16_path(work
         monkeypatch.delenv(key, raising=False)
     fp32 = evaluate_stage.run(DS, "pca", raw=RAW)
     assert fp32["cpu_score_dtype"] == "float32" and fp32["cpu_vectors"] in ("avx2", "default")
+    assert fp32["environment"]["libraries"]["torch"] and fp32["environment"]["cpu"]["vendor"]  # provenance
     raw = {**RAW, "evaluate": {**RAW["evaluate"], "cpu_score_dtype": "bfloat16"}}
     with caplog.at_level(logging.WARNING, logger="stages.evaluate"):
         asked = evaluate_stage.run(DS, "pca", raw=raw)
