@@ -39,3 +39,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def thread_counts_of_scoring(monkeypatch):
+    """``f(module, det, windows)`` → (thread counts the module's scoring asked for, scores with a
+    stage-wide count of 1, scores with none set): records what reaches ``limited_threads``."""
+    from stages.core.device import set_scoring_threads
+
+    def run(module, det, windows):
+        seen, real = [], module.limited_threads
+        monkeypatch.setattr(module, "limited_threads", lambda n, dev: seen.append(n) or real(n, dev))
+        set_scoring_threads(1)
+        try:
+            one = det.score(windows)
+        finally:
+            set_scoring_threads(None)
+        return seen, one, det.score(windows)
+
+    return run

@@ -196,6 +196,18 @@ def test_metalog_cross_system_beats_random_and_saves(tmp_path):
     np.testing.assert_allclose(again.score(test), scores, rtol=1e-5, atol=1e-6)
 
 
+def test_metalog_scores_with_the_stage_wide_thread_count(thread_counts_of_scoring):
+    """evaluate's score_threads reaches MetaLog's scoring pass (it used to run on cpu_threads always)."""
+    import stages.nets.metalog as metalog_module
+
+    train, val, test = make_log_windowset(TARGET_TEMPLATES, seed=1)
+    det = MetaLog(MetaLogConfig(train=FAST, hidden=8, attention=4, cpu_threads=2), train.schema, seed=0)
+    det.fit(train, val)
+    seen, one, two = thread_counts_of_scoring(metalog_module, det, test)
+    assert seen == [1, 2]
+    assert np.allclose(one, two, atol=1e-5, equal_nan=True)
+
+
 def test_metalog_zero_shot_reads_no_target_label():
     target = make_log_windowset(TARGET_TEMPLATES, seed=3, dataset="target")
     source = make_log_windowset(SOURCE_TEMPLATES, seed=4, dataset="source")

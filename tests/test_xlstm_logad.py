@@ -49,6 +49,20 @@ def test_xlstm_logad_beats_random_and_round_trips(tmp_path):
     assert again.threshold == pytest.approx(det.threshold)
 
 
+def test_xlstm_logad_scores_with_the_stage_wide_thread_count(thread_counts_of_scoring):
+    """evaluate's score_threads reaches the xLSTM scoring pass (it used to run on cpu_threads always)."""
+    import stages.nets.xlstm_logad as xlstm_module
+
+    train, val, test = make_log_windowset(TARGET_TEMPLATES, seed=5)
+    cfg = XLSTMLogADConfig(embed_dim=16, num_blocks=1, slstm_at=[], num_heads=4, max_len=16, oof_folds=0,
+                           cpu_threads=2, train=FAST)
+    det = XLSTMLogAD(cfg, train.schema, seed=0)
+    det.fit(train, val)
+    seen, one, two = thread_counts_of_scoring(xlstm_module, det, test)
+    assert seen == [1, 2]
+    np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-6)
+
+
 def test_xlstm_logad_bad_config_and_dataset_without_logs():
     with pytest.raises(InputError, match="embed_dim"):
         build(XLSTMLogADConfig, {"embed_dim": 10, "num_heads": 4}, where="xlstm_logad")

@@ -205,11 +205,11 @@ def resolve_score_threads(setting: int | str, cwd: str | os.PathLike | None = No
     when set, 1 inside a ``dvc queue`` workspace, else every core this process may use that no other
     running thread holds (:func:`busy_elsewhere`).
 
-    Repeatable on this project's 2-core machines for KAD-Disformer, InterFusion, MetaLog and the xLSTM
-    detector: their scores are the same bits at 1 and 2 threads (checked in fresh processes on the
-    default synth_tt models). FuseGuard's are not (4 of 12,036 synth_tt test steps moved by up to 1e-6
-    relative), so :func:`stage_scoring_threads` never applies ``auto`` to it. On bigger machines set a
-    number for bit-identity. Training keeps its fixed ``cpu_threads``: summed gradients depend on it."""
+    No torch detector's scores are the same bits at 1 and 2 threads (checked 2026-12-04 on the default
+    models in fresh processes), so :func:`stage_scoring_threads` never applies ``auto`` to them; it
+    picks threads for detectors whose scores do not depend on the count. For bit-identity across
+    runs, leave ``auto`` or set a number. Training keeps its fixed ``cpu_threads``: summed gradients
+    depend on it."""
     if setting != "auto":
         return int(setting), "evaluate.score_threads"
     env = os.environ.get(SCORE_THREADS_ENV, "").strip()

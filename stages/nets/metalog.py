@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from stages.core.device import limited_threads, pick_device, seed_everything
+from stages.core.device import limited_threads, pick_device, scoring_threads, seed_everything
 from stages.core.errors import InputError
 from stages.core.io import dumps_json
 from stages.core.params import LLMParams
@@ -236,6 +236,9 @@ def labelled_subset(target: LogSequences, percent: float, seed: int) -> LogSeque
 class MetaLog(Detector):
     name = "metalog"
     Config = MetaLogConfig
+    # scores move with the torch thread count (checked 2026-12-04, default models, 1 vs 2 threads in fresh
+    # processes: synth_tt's scores differed), so evaluate.score_threads=auto keeps cpu_threads
+    scores_depend_on_threads = True
 
     def __init__(self, config: MetaLogConfig, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
         super().__init__(config, schema, llm, seed)
@@ -365,7 +368,7 @@ class MetaLog(Detector):
         ids, lengths = to_vocab(seqs, self._extend(seqs.templates))
         self.module.eval()
         out = []
-        with limited_threads(self.config.cpu_threads, self.device):
+        with limited_threads(scoring_threads(self.config.cpu_threads), self.device):
             for i in range(0, len(ids), 256):
                 x, lens = self._embed(ids[i:i + 256], lengths[i:i + 256])
                 out.append(torch.sigmoid(self.module(x, lens)).cpu().numpy())

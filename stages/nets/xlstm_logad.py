@@ -39,7 +39,7 @@ from stages.core.params import LLMParams
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.features.log_windows import LogSequences, from_windowset, require_logs, steps_from_units
 from stages.nets.base import Detector, TrainConfig
-from stages.core.device import limited_threads
+from stages.core.device import limited_threads, scoring_threads
 
 log = logging.getLogger(__name__)
 Z_CLIP = (-5.0, 20.0)  # keeps one exotic block from dominating the logistic fit
@@ -161,6 +161,9 @@ class XLSTMReconstructor(nn.Module):
 class XLSTMLogAD(Detector):
     name = "xlstm_logad"
     Config = XLSTMLogADConfig
+    # scores move with the torch thread count (checked 2026-12-04, default models, 1 vs 2 threads in fresh
+    # processes: every dataset's scores differed), so evaluate.score_threads=auto keeps cpu_threads
+    scores_depend_on_threads = True
 
     def __init__(self, config: XLSTMLogADConfig, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
         super().__init__(config, schema, llm, seed)
@@ -387,7 +390,7 @@ class XLSTMLogAD(Detector):
             raise RuntimeError("xlstm_logad: fit (or load) before scoring")
         vectors = self.template_vectors(seqs.templates)
         x, lengths = self._inputs(seqs, vectors)
-        with limited_threads(self.config.cpu_threads, self.device):
+        with limited_threads(scoring_threads(self.config.cpu_threads), self.device):
             err = self._errors(x, lengths, self._tfidf(seqs.counts))
         p = container_probability(block_vectors(seqs.counts, vectors), self.container, self.container_labels,
                                   self.config.top_k)
