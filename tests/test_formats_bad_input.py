@@ -218,3 +218,20 @@ def test_wrong_top_level_is_named(tmp_path: Path):
     (chunk / "logs.json").write_text(json.dumps([["x"]]))
     with pytest.raises(InputError, match=r"logs\.json: top level: expected an object .*got 'list'"):
         eadro.read_logs(tmp_path, 0)
+
+
+def test_walk_lists_files_in_path_order_with_tricky_names(tmp_path):
+    """walk() sorts by parts (fast); the order is exactly sorted(Path) even where string order differs
+    ('a-b/x' < 'a/x' as text, but the folder 'a' < 'a-b')."""
+    from stages.formats._common import path_order, walk
+
+    for rel in ["a-b/x.csv", "a/x.csv", "a.b/y.json", "A/z.csv", "é/z.csv", "a/b/c/d.json", "z.csv", "a b/q.csv"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("now\n1\n")
+    (tmp_path / "folder.csv").mkdir()
+    files, other = walk(tmp_path)
+    assert files == sorted(files) and other == sorted(other)
+    assert [p.relative_to(tmp_path).as_posix() for p in files][:3] == ["A/z.csv", "a/b/c/d.json", "a/x.csv"]
+    assert other == [tmp_path / "a.b", tmp_path / "folder.csv"]  # folders named like data files
+    mixed = [Path("/r/a-b/x"), Path("/r/a/x"), Path("/r/a.b"), Path("/r/a")]
+    assert sorted(mixed, key=path_order) == sorted(mixed)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import ijson
@@ -51,6 +51,13 @@ _LEVEL_ALIASES = {"WARN": "WARNING", "ERR": "ERROR"}
 
 def _junk(name: str) -> bool:
     return name.startswith((".", "__MACOSX"))
+
+
+def path_order(p: Path):
+    """Sort key giving ``sorted(paths)``'s order: POSIX paths compare part by part, so their ``parts``
+    tuples compare the same way, in C, where ``Path.__lt__`` rebuilds each side's parts in Python
+    (300k trace-file paths: 0.9 s against 2.7 s, README Benchmarks)."""
+    return p.parts if isinstance(p, PurePosixPath) else p
 
 
 def walk(root: Path) -> tuple[list[Path], list[Path]]:
@@ -90,7 +97,7 @@ def walk(root: Path) -> tuple[list[Path], list[Path]]:
                 continue
             p = base / name
             (files if p.is_file() else other).append(p)
-    return sorted(files), sorted(other)
+    return sorted(files, key=path_order), sorted(other, key=path_order)
 
 
 def find(root: Path, *patterns: str, exclude: Iterable[str] = (), odd: list[tuple[Path, str]] | None = None,
