@@ -39,8 +39,10 @@ class Detector(abc.ABC):
     # detector) or numpy arrays ("numpy": saving and loading then never import torch)
     state_framework: ClassVar[str] = "torch"
     # True when the scores move with the torch thread count (reduction order): evaluate.score_threads=auto
-    # then keeps the detector's own cpu_threads instead of a count chosen by the machine's load
-    scores_depend_on_threads: ClassVar[bool] = False
+    # then keeps the detector's own cpu_threads instead of a count chosen by the machine's load. True by
+    # default: every torch detector's scores moved between 1 and 2 threads (default models, fresh
+    # processes, 2026-12-04); a detector shown to be thread-independent (the numpy floors) says False
+    scores_depend_on_threads: ClassVar[bool] = True
 
     def __init__(self, config: Any, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
         self.config = config

@@ -69,6 +69,7 @@ class RandomDetector(Detector):
     name = "random"
     Config = RandomConfig
     state_framework = "numpy"
+    scores_depend_on_threads = False  # numpy scoring: torch threads never reach it
 
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
@@ -137,6 +138,7 @@ class IsolationForestDetector(Detector):
     name = "iforest"
     Config = IForestConfig
     state_framework = "numpy"
+    scores_depend_on_threads = False  # numpy scoring: torch threads never reach it
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -242,6 +244,7 @@ class PCADetector(Detector):
     name = "pca"
     Config = PCAConfig
     state_framework = "numpy"
+    scores_depend_on_threads = False  # numpy scoring: torch threads never reach it
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -300,7 +300,7 @@ class FuseGuard(TorchDetector):
     name = "fuseguard"
     Config = FuseGuardConfig
     # the full-size model's scores move by ~1e-6 between 1 and 2 threads (MiniLM-sized reductions); the
-    # tiny test nets do not show it (README, "Repeatability"); TorchDetector says so for every torch net
+    # tiny test nets do not show it (README, "Repeatability"); Detector's default says so
     # evaluate.cpu_score_dtype=bfloat16 applies (a class without this attribute scores in float32):
     # its scoring pass casts every output it keeps to float32 (tests/test_fuseguard.py)
     cpu_bf16_scoring = True

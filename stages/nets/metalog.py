@@ -236,9 +236,6 @@ def labelled_subset(target: LogSequences, percent: float, seed: int) -> LogSeque
 class MetaLog(Detector):
     name = "metalog"
     Config = MetaLogConfig
-    # scores move with the torch thread count (checked 2026-12-04, default models, 1 vs 2 threads in fresh
-    # processes: synth_tt's scores differed), so evaluate.score_threads=auto keeps cpu_threads
-    scores_depend_on_threads = True
 
     def __init__(self, config: MetaLogConfig, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
         super().__init__(config, schema, llm, seed)

@@ -33,10 +33,6 @@ class TorchDetector(Detector):
     :meth:`window_scores`; ``self.config.train`` must be a :class:`~stages.nets.base.TrainConfig`.
     """
 
-    # scores move with the torch thread count (checked 2026-12-04, default models, 1 vs 2 threads in fresh
-    # processes: every dataset's scores differed), so evaluate.score_threads=auto keeps cpu_threads
-    scores_depend_on_threads = True
-
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.device = pick_device(self.config.train.device)

@@ -161,9 +161,6 @@ class XLSTMReconstructor(nn.Module):
 class XLSTMLogAD(Detector):
     name = "xlstm_logad"
     Config = XLSTMLogADConfig
-    # scores move with the torch thread count (checked 2026-12-04, default models, 1 vs 2 threads in fresh
-    # processes: every dataset's scores differed), so evaluate.score_threads=auto keeps cpu_threads
-    scores_depend_on_threads = True
 
     def __init__(self, config: XLSTMLogADConfig, schema: FeatureSchema, llm: LLMParams | None = None, seed: int = 0):
         super().__init__(config, schema, llm, seed)
