@@ -235,3 +235,34 @@ def test_walk_lists_files_in_path_order_with_tricky_names(tmp_path):
     assert other == [tmp_path / "a.b", tmp_path / "folder.csv"]  # folders named like data files
     mixed = [Path("/r/a-b/x"), Path("/r/a/x"), Path("/r/a.b"), Path("/r/a")]
     assert sorted(mixed, key=path_order) == sorted(mixed)
+
+
+def test_walk_names_links_pipes_and_loops_and_roots_spelled_differently(tmp_path, monkeypatch):
+    """The listing reads each entry's type from the folder listing: a symlinked file is a file, a
+    folder reached twice is followed once, a link back into the tree, a broken link and a pipe are
+    "other"; junk is skipped; the root's spelling ('x/', './x', 'x//') changes no order."""
+    import os
+
+    from stages.formats._common import walk
+
+    for rel in ["a/x.csv", "b-c/y.csv", "z.json"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("now\n1\n")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")
+    (tmp_path / "linked").symlink_to(tmp_path / "b-c")
+    (tmp_path / "a" / "alias.csv").symlink_to(tmp_path / "z.json")
+    (tmp_path / "broken.csv").symlink_to(tmp_path / "missing.csv")
+    os.mkfifo(tmp_path / "pipe.csv")
+    (tmp_path / "name.").mkdir()  # no suffix: not "named like a data file"
+    (tmp_path / ".hidden.csv").write_text("x")
+    (tmp_path / "__MACOSX").mkdir()
+    (tmp_path / "__MACOSX" / "x.csv").write_text("x")
+    files, other = walk(tmp_path)
+    rel = lambda ps: [p.relative_to(tmp_path).as_posix() for p in ps]  # noqa: E731
+    # the folder and its link are one folder: listed once, under the name met first in name order
+    assert rel(files) == ["a/alias.csv", "a/x.csv", "b-c/y.csv", "z.json"]
+    assert rel(other) == ["a/loop", "broken.csv", "linked", "pipe.csv"]
+    monkeypatch.chdir(tmp_path.parent)
+    for spelled in [f"{tmp_path.name}/", f"./{tmp_path.name}", f"{tmp_path.name}//"]:
+        again = walk(Path(spelled))
+        assert [rel([tmp_path.parent / p for p in ps]) for ps in again] == [rel(files), rel(other)]
