@@ -78,12 +78,14 @@ PROFILES = {
 def bench_train(args: argparse.Namespace) -> dict:
     import torch
 
+    from stages.core.heap import keep_freed_memory
     from stages.core.llm import hidden_size, load_backbone
     from stages.core.params import LLMParams, build
     from stages.nets.registry import detector_class
     from stages.train import training_throughput
 
     prof = PROFILES[args.profile]
+    keep_freed_memory()  # as the train and evaluate stages do
     llm = build(LLMParams, prof["llm"], where="llm")
     hidden = hidden_size(load_backbone(llm.backbone)[1]) if args.detector == "fuseguard" else 8
     ws = _synthetic_windows(args.windows, prof["window"], args.stride, args.channels, args.edges, args.log_columns,

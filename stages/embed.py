@@ -13,6 +13,7 @@ import polars as pl
 
 from stages.core.cli import run_stage
 from stages.core.device import deterministic_threads
+from stages.core.heap import keep_freed_memory
 from stages.core.io import atomic_path
 from stages.core.llm import embed_texts
 from stages.core.params import LLMParams, build, load_raw
@@ -25,6 +26,7 @@ def run(ds: str, raw: dict | None = None, features_root: Path = Path("data/featu
     # evaluate, the embeddings are the same bits on any AVX2 machine (unpinned, an AVX-512 machine
     # wrote other bits than the committed run's)
     deterministic_threads()
+    keep_freed_memory()
     raw = load_raw() if raw is None else raw
     llm = build(LLMParams, raw.get("llm"), where="llm")
     features = features_root / ds

@@ -36,6 +36,7 @@ from stages.core.evaluation import (
 from stages.core.protocol import ProtocolParams, visible_labels
 from stages.core.device import (cpu_has_native_bf16, cpu_score_autocast, deterministic_threads, set_scoring_threads,
                                 stage_scoring_threads)
+from stages.core.heap import keep_freed_memory
 from stages.core.io import read_json, staged_targets
 from stages.core.params import build, load_checked
 from stages.core.provenance import environment
@@ -185,6 +186,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
         log.warning("%s/%s: this CPU has no AVX512-BF16 or AMX: bf16 is emulated here and scores slower than "
                     "float32 (set evaluate.cpu_score_dtype=float32)", ds, detector)
     pins = deterministic_threads(pin_vectors=score_dtype == "float32")
+    keep_freed_memory()  # one batch's freed tensors serve the next (heap.py): ~10% faster scoring
     n_threads, why = stage_scoring_threads(params.score_threads, cls.scores_depend_on_threads)
     set_scoring_threads(n_threads)
     wdir = windows_dir(ds, windows_root)

@@ -29,6 +29,7 @@ import polars as pl
 
 from stages.core.cli import run_stage
 from stages.core.device import deterministic_threads, set_scoring_threads, stage_scoring_threads
+from stages.core.heap import keep_freed_memory
 from stages.core.errors import InputError
 from stages.core.io import atomic_dir, dumps_json
 from stages.core.windowset import WindowSet, load_split
@@ -154,6 +155,7 @@ def run(args: ScoreArgs) -> dict:
     frozen = load_frozen(args.model_dir, args.paths)  # files only: no numeric work before the pools are fixed
     cls = detector_class(frozen.detector)  # its module first (torch for a torch detector): then its threads are set
     deterministic_threads()
+    keep_freed_memory()  # one batch's freed tensors serve the next (heap.py)
     set_scoring_threads(stage_scoring_threads("auto", cls.scores_depend_on_threads)[0])  # bits kept (device.py)
     schema, step_us = frozen.schema, frozen.step_us
     state = StreamState.load(args.resume) if args.resume is not None else None

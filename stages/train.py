@@ -25,6 +25,7 @@ from stages.core import distributed
 from stages.core.cli import run_stage
 from stages.core.errors import InputError
 from stages.core.device import deterministic_threads
+from stages.core.heap import keep_freed_memory
 from stages.core.io import dumps_json, read_json, staged_targets
 from stages.core.params import LLMParams, build, dataset as dataset_params, load_checked
 from stages.core.protocol import ProtocolParams, visible_labels, windows_digest
@@ -77,6 +78,7 @@ def run(ds: str, detector: str, raw: dict | None = None, windows_root: Path = Pa
     # deterministic_threads then sets; the baselines' stages never import torch
     cls = detector_class(detector)
     threads = deterministic_threads()  # same bits on any machine of this kind (README, "Repeatability")
+    keep_freed_memory()  # one batch's freed tensors serve the next (heap.py)
     seed = raw.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError("params.yaml", "seed", "an integer", seed)

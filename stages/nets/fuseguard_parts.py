@@ -30,6 +30,16 @@ def sinusoid(n: int, d: int, device: torch.device | None = None) -> torch.Tensor
     return out
 
 
+def mean_squared_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a - b).pow(2).mean(-1)`` of broadcast operands; without autograd the square is taken in
+    place (the same bits: ``pow(2)`` multiplies the value by itself), which saves allocating and
+    first-touching a second (B, C, C, k) tensor per scoring batch (~7 -> ~3.5 ms for 128 windows)."""
+    gap = a - b
+    if torch.is_grad_enabled() and gap.requires_grad:
+        return gap.pow(2).mean(-1)
+    return gap.mul_(gap).mean(-1)
+
+
 class PatchEncoder(nn.Module):
     """A multichannel series window → one token: patch embedding, a local conv over patches,
     then mean + latest-patch pooling (the latest patch matters most to an online detector).
@@ -79,7 +89,7 @@ class FrequencySparseMask(nn.Module):
         spec = torch.fft.rfft(x.float().transpose(1, 2), dim=-1).abs()
         spec = F.adaptive_avg_pool1d(torch.log1p(spec), self.freq_bins)
         f = self.proj(spec).float()
-        dist = (f[:, :, None, :] - f[:, None, :, :]).pow(2).mean(-1)
+        dist = mean_squared_gap(f[:, :, None, :], f[:, None, :, :])
         dist = dist / dist.mean((1, 2), keepdim=True).clamp_min(1e-6)  # relative: scale-free across windows
         return torch.sigmoid((self.threshold - dist) * self.log_scale.exp())
 
@@ -403,7 +413,7 @@ class QualityFusion(nn.Module):
             if self.training and not bool(self.seeded[m]):
                 self._seed(m, z)
             proto = self.prototypes[m][None].float()  # (1, n, K, d)
-            dist = (z[:, :, None, :] - proto).pow(2).mean(-1) / proto.pow(2).mean(-1).clamp_min(1e-4)
+            dist = mean_squared_gap(z[:, :, None, :], proto) / proto.pow(2).mean(-1).clamp_min(1e-4)
             out.append(-torch.logsumexp(-dist, dim=-1).mean(1))
         energies = torch.stack(out, dim=1)
         if self.training and not detach and energies.shape[0] > 1:
