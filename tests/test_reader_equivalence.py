@@ -931,3 +931,122 @@ GAIA_TRACE_COLUMNS = "timestamp,host_ip,service_name,trace_id,span_id,parent_id,
 def gaia_trace_line(i: int, trace: str, span: str, parent: str) -> str:
     start = f"2021-07-01 00:00:{i % 60:02d}.{i:06d}"
     return f"1625097600000,0.0.0.1,webservice1,{trace},{span},{parent},{start},{start},/x,200,"
+
+
+# ------------------------------------------------------------------ MSDS Glances files read together
+
+_GLANCES_HEAD = "now,cpu.user,mem.used,load.cpucore"
+
+
+def _glances(root: Path, name: str, rows: list[str], head: str = _GLANCES_HEAD) -> None:
+    (root / name).write_text(head + "\n" + "".join(r + "\n" for r in rows))
+
+
+def _glances_rows(start_s: int, n: int, zone: str = " CEST", repeat_every: int = 3) -> list[str]:
+    """Seconds as Glances writes them: some repeated, mixed int and float cells."""
+    out = []
+    for i in range(n):
+        s = start_s + i - i // repeat_every  # every third second repeats
+        t = f"2019-11-19 12:{s // 60 % 60:02d}:{s % 60:02d}{zone}"
+        out.append(f"{t},{(i * 7) % 13 / 3:.3f},{20_000_000_000 + i * 97},{8 if i % 5 else ''}")
+    return out
+
+
+# (name, files as {file name: rows or (head, rows)}, whether the together path takes them)
+_LAYOUTS = [
+    ("plain", {"wally113_metrics.csv": _glances_rows(0, 40), "wally117_metrics.csv": _glances_rows(5, 30)}, True),
+    ("three nodes, one node in two files", {"wally113_metrics.csv": _glances_rows(0, 20),
+                                            "wally113_metrics_2.csv": _glances_rows(10, 20),
+                                            "wally124_metrics.csv": _glances_rows(3, 25)}, True),
+    ("no zone name", {"wally113_metrics.csv": _glances_rows(0, 12, zone=""),
+                      "wally117_metrics.csv": _glances_rows(0, 12, zone="")}, True),
+    ("zones differ between files", {"wally113_metrics.csv": _glances_rows(0, 12, zone=" CET"),
+                                    "wally117_metrics.csv": _glances_rows(0, 12)}, False),
+    ("zone changes within a file", {"wally113_metrics.csv": _glances_rows(0, 6) + _glances_rows(6, 6, zone=" CET"),
+                                    "wally117_metrics.csv": _glances_rows(0, 12)}, False),
+    ("fractional seconds", {"wally113_metrics.csv": [r.replace(" CEST", ".250 CEST", 1) for r in _glances_rows(0, 9)],
+                            "wally117_metrics.csv": _glances_rows(0, 9)}, False),
+    ("headers differ", {"wally113_metrics.csv": _glances_rows(0, 9),
+                        "wally117_metrics.csv": ("now,cpu.user,mem.used", [r.rsplit(",", 1)[0] for r in _glances_rows(0, 9)])},
+     False),
+    ("a column empty in one file", {"wally113_metrics.csv": _glances_rows(0, 9),
+                                    "wally117_metrics.csv": [r.rsplit(",", 1)[0] + "," for r in _glances_rows(0, 9)]},
+     False),
+    ("a text column", {"wally113_metrics.csv": ("now,cpu.user,host", [f"2019-11-19 12:00:0{i} CEST,{i},a" for i in range(5)]),
+                       "wally117_metrics.csv": ("now,cpu.user,host", [f"2019-11-19 12:00:0{i} CEST,{i},b" for i in range(5)])},
+     False),
+    ("text 'nan' cells and blanks", {"wally113_metrics.csv": [r + "" for r in _glances_rows(0, 6)] + ["2019-11-19 12:00:09 CEST,nan,,1"],
+                                     "wally117_metrics.csv": _glances_rows(0, 6)}, True),
+    ("a header-only file", {"wally113_metrics.csv": _glances_rows(0, 6), "wally117_metrics.csv": []}, False),
+    ("a row without a time", {"wally113_metrics.csv": _glances_rows(0, 6) + [",1.0,2,3"],
+                              "wally117_metrics.csv": _glances_rows(0, 6)}, False),
+    ("a day that does not exist", {"wally113_metrics.csv": ["2019-02-30 12:00:00 CEST,1,2,3"] + _glances_rows(0, 5),
+                                   "wally117_metrics.csv": _glances_rows(0, 6)}, False),
+    ("a name with glob characters", {"wally113_metrics[1].csv": _glances_rows(0, 8),
+                                     "wally117_metrics*.csv": _glances_rows(0, 8)}, True),
+]
+
+
+@pytest.mark.parametrize("name,files,together", _LAYOUTS, ids=[x[0] for x in _LAYOUTS])
+def test_glances_files_read_together_as_one_by_one(tmp_path: Path, monkeypatch, caplog, name, files, together):
+    """Read together, the frame, the warnings and the first error are those of the file-by-file read;
+    layouts that path handles differently are left to it whole."""
+    for file, rows in files.items():
+        head, rows = rows if isinstance(rows, tuple) else (_GLANCES_HEAD, rows)
+        _glances(tmp_path, file, rows, head)
+    one_by_one: list[Path] = []
+    real = msds._read_metric_file
+    monkeypatch.setattr(msds, "_read_metric_file", lambda p, *a: one_by_one.append(p) or real(p, *a))
+
+    def read(together_: bool):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            try:
+                out = msds.read_metrics(tmp_path, 0.0, together=together_)
+            except InputError as exc:
+                out = str(exc)
+        return out, [r.getMessage() for r in caplog.records if r.name.startswith("stages")]
+
+    fast, fast_logs = read(True)
+    took_together = not one_by_one
+    one_by_one.clear()
+    slow, slow_logs = read(False)
+    assert took_together == together
+    if isinstance(slow, str):
+        assert fast == slow
+    else:
+        assert_frame_equal(fast, slow)
+    assert fast_logs == slow_logs
+
+
+def test_glances_read_together_in_groups_of_bounded_input(tmp_path: Path, monkeypatch):
+    """Input past the group size goes to the next query: the frame is the one-by-one frame."""
+    for i in range(5):
+        _glances(tmp_path, f"wally11{i}_metrics.csv", _glances_rows(i, 30))
+    size = (tmp_path / "wally110_metrics.csv").stat().st_size
+    monkeypatch.setattr(msds, "_TOGETHER_BYTES", 2 * size + 1)
+    assert [len(g) for g in msds._file_groups(sorted(tmp_path.glob("*.csv")))] == [2, 2, 1]
+    assert_frame_equal(msds.read_metrics(tmp_path, 0.0), msds.read_metrics(tmp_path, 0.0, together=False))
+
+
+@pytest.mark.parametrize("where", ["time", "cell", "header", "bom"])
+def test_glances_bad_bytes_fail_as_one_by_one(tmp_path: Path, where: str):
+    """Bytes that are not UTF-8 (and a byte-order mark) end as the file-by-file read ends them."""
+    rows = _glances_rows(0, 6)
+    _glances(tmp_path, "wally117_metrics.csv", rows)
+    text = (_GLANCES_HEAD + "\n" + "\n".join(rows) + "\n").encode()
+    bad = {"time": text.replace(b"12:00:02 CEST", b"12:00:02 CE\xe9T", 1),
+           "cell": text.replace(b",8\n", b",8\xe9\n", 1),
+           "header": text.replace(b"cpu.user", b"cpu.\xe9user", 1),
+           "bom": b"\xef\xbb\xbf" + text}[where]
+    (tmp_path / "wally113_metrics.csv").write_bytes(bad)
+    out = []
+    for together in (True, False):
+        try:
+            out.append(msds.read_metrics(tmp_path, 0.0, together=together))
+        except InputError as exc:
+            out.append(str(exc))
+    if isinstance(out[1], str):
+        assert out[0] == out[1]
+    else:
+        assert_frame_equal(out[0], out[1])
