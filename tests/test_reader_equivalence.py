@@ -453,6 +453,12 @@ TIME_COLUMNS = {
     "blank cell": ["2021-07-01 00:02:22", ""],
     "offset": ["2021-07-01 00:02:22+02:00", "2021-07-01 00:02:23+02:00"],
     "unknown zone": ["2019-11-19 12:00:00 CEST", "2019-11-19 12:00:00 XYZ"],
+    "elasticsearch": ["2019-11-19T10:00:01.578Z", "2019-11-19T10:00:02Z", None, "2019-11-19T10:00:03,5Z"],
+    "elasticsearch whole seconds": ["2019-11-19T10:00:01Z", "2019-11-19T10:00:02Z"],
+    "separators mixed": ["2019-11-19T10:00:01Z", "2019-11-19 10:00:02Z"],
+    "z lower": ["2019-11-19T10:00:01z", "2019-11-19T10:00:02z"],
+    "z then zone": ["2019-11-19T10:00:01Z", "2019-11-19T10:00:02 UTC"],
+    "iso with zone": ["2019-11-19T12:00:00 CEST", "2019-11-19T12:00:01 CEST"],
 }
 
 
@@ -466,7 +472,8 @@ def test_fixed_time_parse_matches_general(monkeypatch, name: str, offset: float)
     except c.InputError as exc:
         fast = str(exc)
     assert (c._parse_fixed(col, offset) is not None) == (name in (
-        "glances", "lower", "naive", "utc", "null", "gaia trace", "gaia business", "nanoseconds", "fraction"))
+        "glances", "lower", "naive", "utc", "null", "gaia trace", "gaia business", "nanoseconds", "fraction",
+        "z", "iso", "elasticsearch", "elasticsearch whole seconds", "iso with zone"))
     monkeypatch.setattr(c, "_parse_fixed", lambda *a: None)
     try:
         general = c.parse_times(col, "f.csv", "now", tz_offset_s=offset)

@@ -693,15 +693,21 @@ def _parse_general(col: pl.Series, path: Path | str, column: str, tz_offset_s: f
     return out.rename(col.name)
 
 
-_FIXED = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]{1,9})?"  # + zone, $
+def _fixed_pattern(sep: str) -> str:
+    """The fixed shape with this date/time separator (" " or "T"), before its zone suffix and ``$``."""
+    return r"^[0-9]{4}-[0-9]{2}-[0-9]{2}" + sep + r"[0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]{1,9})?"
+
+
+_FIXED = _fixed_pattern(" ")
 
 
 def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
-    """:func:`parse_times` of a text column where every value is ``YYYY-MM-DD HH:MM:SS``, maybe
-    with a ``.`` or ``,`` fraction, all with the same known zone suffix (Glances'
-    ``2019-10-11 21:11:16 CEST``) or all without one (GAIA's ``2021-07-01 00:01:42.875903``);
-    nulls stay null. None for anything else (blanks, mixed zones, ``T``, offsets, a value that is
-    no date), which the general path then parses. The same µs as the general path: on these
+    """:func:`parse_times` of a text column where every value is ``YYYY-MM-DD HH:MM:SS`` (or with
+    ``T`` between date and time, as every value of the column), maybe with a ``.`` or ``,``
+    fraction, all with the same known zone suffix (Glances' ``2019-10-11 21:11:16 CEST``), all
+    ending in ``Z`` (Elasticsearch's ``2019-11-19T10:00:01.578Z``) or all without one (GAIA's
+    ``2021-07-01 00:01:42.875903``); nulls stay null. None for anything else (blanks, mixed zones
+    or separators, offsets, a value that is no date), which the general path then parses. The same µs as the general path: on these
     shapes its cleaning leaves the text as it is (but for ``,`` → ``.``) and its first format
     parses it; here with one regex check instead of its regex cleaning and format trials
     (issue 11: most of an MSDS metric read, of a GAIA trace read)."""
@@ -731,43 +737,51 @@ def _parse_fixed_columns(df: pl.DataFrame, columns: list[str], tz_offset_s: floa
     zones = {c: z for c in columns if (z := _fixed_zone(df[c], tz_offset_s)) is not None}
     if not zones:
         return {}
-    checks = df.select([e for c, (suffix, _) in zones.items() for e in _fixed_checks(c, suffix)]).row(0)
+    checks = df.select([e for c, (sep, suffix, _) in zones.items() for e in _fixed_checks(c, sep, suffix)]).row(0)
     plans = {}
-    for i, (c, (suffix, shift_us)) in enumerate(zones.items()):
+    for i, (c, (sep, suffix, shift_us)) in enumerate(zones.items()):
         fits, longest, comma = checks[3 * i:3 * i + 3]
         if fits:
-            plans[c] = _fixed_parse(c, suffix, shift_us, longest, comma)
+            plans[c] = _fixed_parse(c, sep, suffix, shift_us, longest, comma)
     parsed = df.select(list(plans.values())) if plans else pl.DataFrame()
     # a day or hour that does not exist parses to null: the general path names it
     return {c: parsed[c] for c in plans if parsed[c].null_count() == df[c].null_count()}
 
 
-def _fixed_zone(s: pl.Series, tz_offset_s: float) -> tuple[str, int] | None:
-    """(zone suffix, µs to subtract) read off the first value; None when the column is all null or
-    its first value ends in an unknown zone name."""
+def _fixed_zone(s: pl.Series, tz_offset_s: float) -> tuple[str, str, int] | None:
+    """(date/time separator, zone suffix, µs to subtract) read off the first value; None when the
+    column is all null or its first value ends in an unknown zone name.
+
+    Separator ``T`` and suffix ``Z`` (Elasticsearch's ``2019-11-19T10:00:01.578Z``) are what the
+    general path's cleaning removes: it takes such a time as naive (``tz_offset_s``), and so does
+    this one."""
     nulls = s.null_count()
     if s.len() == nulls:
         return None
     first = s[0] if not nulls else s.drop_nulls()[0]
+    sep = "T" if first[10:11] == "T" else " "
+    naive = int(round(tz_offset_s * US))
+    if first.endswith("Z") and first[-2:-1].isdigit():
+        return sep, "Z", naive
     head, _, zone = first.rpartition(" ")
     if zone.isascii() and zone.isalpha():  # a zone name (a time ends with a digit)
         if not 2 <= len(zone) <= 5 or zone.upper() not in TZ_OFFSETS_S:
             return None
-        return " " + zone, TZ_OFFSETS_S[zone.upper()] * US
-    return "", int(round(tz_offset_s * US))
+        return sep, " " + zone, TZ_OFFSETS_S[zone.upper()] * US
+    return sep, "", naive
 
 
-def _fixed_checks(column: str, suffix: str) -> list[pl.Expr]:
+def _fixed_checks(column: str, sep: str, suffix: str) -> list[pl.Expr]:
     """Whether every value has the fixed shape (nulls aside), the longest value, whether one has a ','."""
     col = pl.col(column)
-    return [col.str.contains(_FIXED + suffix + "$").all().alias(f"{column}:fits"),
+    return [col.str.contains(_fixed_pattern(sep) + suffix + "$").all().alias(f"{column}:fits"),
             col.str.len_bytes().max().alias(f"{column}:longest"),
             col.str.contains(",", literal=True).any().alias(f"{column}:comma")]
 
 
-def _fixed_parse(column: str, suffix: str, shift_us: int, longest: int, comma: bool) -> pl.Expr:
+def _fixed_parse(column: str, sep: str, suffix: str, shift_us: int, longest: int, comma: bool) -> pl.Expr:
     """Epoch µs of a fixed-shape column: one ``to_datetime`` format (see :func:`_parse_fixed`)."""
-    col, fmt = pl.col(column), "%Y-%m-%d %H:%M:%S"
+    col, fmt = pl.col(column), f"%Y-%m-%d{sep}%H:%M:%S"
     if longest == 19 + len(suffix):  # no value with a fraction: the zone in the format
         fmt += suffix  # (letters only: no % directive)
     else:
