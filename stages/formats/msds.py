@@ -158,10 +158,9 @@ def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> b
     return True
 
 
-def _time_zone(path: Path) -> tuple[str, int] | None:
-    """(zone suffix, µs to subtract) of a Glances file's first time, as ``_common``'s fixed-shape
-    parse reads it off a column's first value; None when the file has no data line or the first
-    time ends in a name that is no known zone."""
+def _time_shape(path: Path) -> tuple[str, str, int] | None:
+    """``_common``'s fixed-shape reading (separator, zone suffix, µs to subtract) of a Glances file's
+    first time; None when the file has no data line or that time ends in no known zone name."""
     try:
         with open(path, "rb") as fh:
             fh.readline()
@@ -169,14 +168,7 @@ def _time_zone(path: Path) -> tuple[str, int] | None:
     except OSError:
         return None
     value = first.split(",", 1)[0].strip().strip('"')
-    if not value:
-        return None
-    _, _, zone = value.rpartition(" ")
-    if zone.isascii() and zone.isalpha():
-        if not 2 <= len(zone) <= 5 or zone.upper() not in c.TZ_OFFSETS_S:
-            return None
-        return " " + zone, c.TZ_OFFSETS_S[zone.upper()] * US
-    return "", 0
+    return c._fixed_zone(pl.Series([value]), 0.0) if value else None
 
 
 _TOGETHER_BYTES = 256 * 2**20  # input read per query: memory stays bounded at any dump size
@@ -196,7 +188,8 @@ def _file_groups(files: list[Path]) -> list[list[Path]]:
     return groups
 
 
-def _read_metric_files_together(files: list[Path], audit: c.TimeAudit, points: MetricPoints) -> bool:
+def _read_metric_files_together(files: list[Path], headers: list[list[str]], audit: c.TimeAudit,
+                                points: MetricPoints) -> bool:
     """Adds these Glances CSVs to ``points`` from one polars query over all of them, or adds nothing
     and returns False so that :func:`_read_metric_file` reads them one by one.
 
@@ -205,25 +198,23 @@ def _read_metric_files_together(files: list[Path], audit: c.TimeAudit, points: M
     path would make the same points: the same header in every file, every cell of a metric column
     a number or empty (polars' Float64 parse, the value an Int64 read cast to Float64 gives), no
     column all empty (that path skips it as "not a metric"), at least one data row per file, and
-    every time ``YYYY-MM-DD HH:MM:SS`` with the first file's zone name, parsed by the same format as
-    ``_common``'s fixed-shape parse. Anything else, and any parse error, goes the file-by-file way,
+    every time of the first file's fixed shape (``YYYY-MM-DD HH:MM:SS`` and its zone name, no
+    fraction), checked and parsed by ``_common``'s fixed-shape expressions. Anything else, and any parse error, goes the file-by-file way,
     which names the file, row and cell (``tests/test_reader_equivalence.py`` compares the two)."""
     if len(files) < 2:
         return False
-    headers = [c.csv_header(p) for p in files]
     head = headers[0]
     if (any(h != head for h in headers) or "now" not in head or len(set(head)) != len(head)
             or any(not h or h.startswith("Unnamed") or "\ufffd" in h or h.startswith("_") for h in head)):
         return False
-    zones = {_time_zone(p) for p in files}
-    if len(zones) != 1 or None in zones:
+    shapes = {_time_shape(p) for p in files}
+    if len(shapes) != 1 or None in shapes:
         return False
-    suffix, shift_us = zones.pop()
-    fixed = r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}" + suffix + "$"  # suffix: " " + letters
-    now = pl.col("now")
+    sep, suffix, shift_us = shapes.pop()
     schema = {h: pl.String if h == "now" else pl.Float64 for h in head}
-    times = [(now.str.to_datetime("%Y-%m-%d %H:%M:%S" + suffix, strict=False, time_unit="us").dt.epoch("us")
-              - shift_us).alias("_ts"), now.str.contains(fixed).alias("_fits")]
+    # the format of a column without fractions: a time with one parses to null, and the file-by-file path takes it
+    times = [c._fixed_parse("now", sep, suffix, shift_us, longest=19 + len(suffix), comma=False).alias("_ts"),
+             pl.col("now").str.contains(c._fixed_pattern(sep) + suffix + "$").alias("_fits")]
     try:
         parts = pl.collect_all([pl.scan_csv(p, schema=schema, quote_char='"', glob=False).with_columns(times)
                                 for p in files])
@@ -253,14 +244,15 @@ def read_metrics(root: Path, offset_s: float, together: bool = True) -> pl.DataF
     files, skipped = found.files["metrics"], list(found.skips("metrics"))
     audit = c.TimeAudit("metrics")
     points = MetricPoints()
+    headers = {p: c.csv_header(p) for p in files}
     for group in _file_groups(files) if together else [[p] for p in files]:
-        if len(group) > 1 and _read_metric_files_together(group, audit, points):
+        if len(group) > 1 and _read_metric_files_together(group, [headers[p] for p in group], audit, points):
             continue
         for p in tqdm(group, desc="msds metrics", disable=len(group) < 20):
             if not _read_metric_file(p, audit, points):
                 skipped.append((p, "header only, no data row"))
     c.warn_skipped("metrics", skipped, found.unclaimed)
-    c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["now"])
+    c.check_columns("metrics", headers, skip=["now"])
     if not files and not skipped:
         return None
     df = points.frame()
