@@ -133,6 +133,7 @@ def deterministic_threads(n: int = THREADS, pin_vectors: bool = True) -> dict[st
             torch.set_num_interop_threads(n)
         except RuntimeError:  # fixed once any inter-op work ran; intra-op threads are what order sums
             pass
+        settle_mkl_branch()
     blas = "unchanged"
     try:
         from threadpoolctl import threadpool_limits
@@ -142,6 +143,27 @@ def deterministic_threads(n: int = THREADS, pin_vectors: bool = True) -> dict[st
     except ImportError:
         log.info("threadpoolctl is not installed: numpy's BLAS threads are left as they are")
     return {"threads": n, "blas_threads": blas, **env}
+
+
+_mkl_settled = False
+
+
+def settle_mkl_branch() -> None:
+    """Make MKL's first call in this process on this thread alone, so every thread uses the pinned branch.
+
+    MKL reads its code branch (``MKL_CBWR``) on its first call. When that first call is ATen's
+    elementwise ``exp``/``log`` (MKL VML) split over two OpenMP threads, the second thread sometimes ran
+    before the branch was set and computed its half with the CPU's own AVX-512 kernels: one ULP off
+    on ~100 of 3,840 values, on the first call only, in 4 of 30 fresh processes (2026-12-04). That was
+    InterFusion's "two training outcomes" (README, Repeatability). One tiny call here, where no
+    parallel region can run (a 64-value op runs inline), sets the branch before any thread races it.
+    """
+    global _mkl_settled
+    torch = sys.modules.get("torch")
+    if _mkl_settled or torch is None or not torch.backends.mkl.is_available():
+        return
+    torch.exp(torch.zeros(64))
+    _mkl_settled = True
 
 
 def cpu_score_autocast(dtype: str = "float32"):
@@ -177,6 +199,7 @@ def limited_threads(n: int, device: torch.device):
 
     from stages.core.cores import claim_cores
 
+    settle_mkl_branch()  # before the first parallel region (deterministic_threads may have run before torch)
     with claim_cores(n):  # parallel experiments take turns instead of oversubscribing (core/cores.py)
         before = torch.get_num_threads()
         torch.set_num_threads(n)
