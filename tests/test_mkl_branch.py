@@ -30,7 +30,7 @@ UNPINNED = """
 import json, os, torch
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
-x = torch.rand(3840, generator=g) * 4 - 2
+x = torch.rand(64, generator=g) * 4 - 2  # the size the settling call uses
 print(json.dumps(torch.exp(x).tolist()))
 """
 
@@ -52,8 +52,9 @@ def test_first_parallel_exp_uses_the_pinned_branch_on_both_threads():
 
 
 @pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="this torch build has no MKL")
-def test_settle_is_an_exp_through_mkl_once():
-    # the warm-up must reach MKL: on a CPU whose own branch differs from the pin, exp's bits follow MKL_CBWR
+def test_the_settling_exp_reaches_mkl():
+    # settle_mkl_branch() is a 64-value exp: it sets MKL's branch only if exp runs in MKL, which the bits
+    # show where this CPU's own branch differs from the pin (they follow MKL_CBWR)
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     pinned = json.loads(_run(UNPINNED, {**env, "MKL_CBWR": "AVX2" if device._cpu_has_avx2() else "COMPATIBLE"}))
     native = json.loads(_run(UNPINNED, {**env, "MKL_CBWR": "AUTO"}))
