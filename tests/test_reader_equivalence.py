@@ -507,7 +507,7 @@ def old_parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
         suffix, shift_us = " " + zone, c.TZ_OFFSETS_S[zone.upper()] * US
     else:
         suffix, shift_us = "", int(round(tz_offset_s * US))
-    if not bool(s.str.contains(c._FIXED + suffix + "$").all()):
+    if not bool(s.str.contains(c._fixed_pattern(" ") + suffix + "$").all()):
         return None
     fmt = "%Y-%m-%d %H:%M:%S"
     if s.str.len_bytes().max() == 19 + len(suffix):

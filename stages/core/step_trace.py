@@ -1,13 +1,14 @@
 """Fingerprints of a training run, step by step, to find where two runs that should match part.
 
 Two runs that end in other weights usually part at one step and one operation. A :class:`StepTrace`
-records, for every optimiser step, a hash of each module's forward output (in call order), of the
+records, for every optimiser step, a hash of each module's forward input and output (in call order), of the
 generator state at the step's first forward, of every gradient and of every parameter before and
 after the step. :func:`first_divergence` names the first thing that differs. That is how the MKL
 code-branch race (README, Repeatability) was found: two synth_gaia runs parted at step 0 in the
 first ``exp`` after the encoder.
 
-Hashing copies every output to bytes: a traced run is several times slower; use it to diagnose.
+Hashing copies every module input and output to bytes, so a traced run is slower (synth_gaia's
+InterFusion: 14 s against 12 s) and its timing differs: a race may hide under it. Use it to diagnose.
 """
 from __future__ import annotations
 

@@ -698,17 +698,15 @@ def _fixed_pattern(sep: str) -> str:
     return r"^[0-9]{4}-[0-9]{2}-[0-9]{2}" + sep + r"[0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]{1,9})?"
 
 
-_FIXED = _fixed_pattern(" ")
-
-
 def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
     """:func:`parse_times` of a text column where every value is ``YYYY-MM-DD HH:MM:SS`` (or with
     ``T`` between date and time, as every value of the column), maybe with a ``.`` or ``,``
     fraction, all with the same known zone suffix (Glances' ``2019-10-11 21:11:16 CEST``), all
     ending in ``Z`` (Elasticsearch's ``2019-11-19T10:00:01.578Z``) or all without one (GAIA's
     ``2021-07-01 00:01:42.875903``); nulls stay null. None for anything else (blanks, mixed zones
-    or separators, offsets, a value that is no date), which the general path then parses. The same µs as the general path: on these
-    shapes its cleaning leaves the text as it is (but for ``,`` → ``.``) and its first format
+    or separators, offsets, a value that is no date), which the general path then parses. The
+    same µs as the general path: on these shapes its cleaning leaves the text as it is (but for
+    ``,`` → ``.``) and its first format
     parses it; here with one regex check instead of its regex cleaning and format trials
     (issue 11: most of an MSDS metric read, of a GAIA trace read)."""
     fixed = _parse_fixed_columns(s.to_frame("t"), ["t"], tz_offset_s).get("t")  # any name: not read as a regex

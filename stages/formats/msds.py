@@ -194,13 +194,15 @@ def _read_metric_files_together(files: list[Path], headers: list[list[str]], aud
     and returns False so that :func:`_read_metric_file` reads them one by one.
 
     One ``collect_all`` reads the files in parallel and parses their times as it goes (issue 11:
-    per-file reads and time parses were ~45% of a Glances read). It is taken only where the file-by-file
-    path would make the same points: the same header in every file, every cell of a metric column
-    a number or empty (polars' Float64 parse, the value an Int64 read cast to Float64 gives), no
-    column all empty (that path skips it as "not a metric"), at least one data row per file, and
-    every time of the first file's fixed shape (``YYYY-MM-DD HH:MM:SS`` and its zone name, no
-    fraction), checked and parsed by ``_common``'s fixed-shape expressions. Anything else, and any parse error, goes the file-by-file way,
-    which names the file, row and cell (``tests/test_reader_equivalence.py`` compares the two)."""
+    per-file reads and time parses were ~45% of a Glances read). It is taken only where the
+    file-by-file path would make the same points: the same header in every file, every cell of a
+    metric column a number or empty (polars' Float64 parse, the value an Int64 read cast to
+    Float64 gives), no column all empty in a file (that path skips it as "not a metric"), at least
+    one data row per file, and every time of one fixed shape, the one every file's first time has
+    (``_common``'s: ``YYYY-MM-DD`` then `` `` or ``T``, ``HH:MM:SS``, one known zone name, ``Z`` or
+    none; no fraction), checked and parsed by ``_common``'s fixed-shape expressions. Anything else,
+    and any parse error, goes the file-by-file way, which names the file, row and cell
+    (``tests/test_reader_equivalence.py`` compares the two)."""
     if len(files) < 2:
         return False
     head = headers[0]
