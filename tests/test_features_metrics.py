@@ -7,7 +7,7 @@ import pytest
 
 from stages.core.errors import InputError
 from stages.core.params import SplitParams, build
-from stages.features.metric_matrix import forward_fill, metric_matrix
+from stages.features.metric_matrix import forward_fill, metric_matrix, with_column_names
 from stages.features.params import MetricsParams
 
 S = 1_000_000
@@ -124,3 +124,17 @@ def test_forward_fill_limit():
     np.testing.assert_array_equal(forward_fill(x, 2)[:, 0], [np.nan, 1, 1, 1, np.nan, 2])
     np.testing.assert_array_equal(forward_fill(x, None)[:, 0], [np.nan, 1, 1, 1, 1, 2])
     np.testing.assert_array_equal(forward_fill(x, 0)[:, 0], x[:, 0])
+
+
+def test_column_names_are_made_per_pair_and_equal_the_text_per_point():
+    """``<entity>/<metric>`` from the pairs' category codes equals the text built per point, for text
+    and Categorical keys alike; a null key reads as empty text (the per-point path)."""
+    rows = [(0, "b", "cpu", 1.0), (1, "a", "mem", 2.0), (2, "b", "cpu", 3.0), (3, "a", "cpu", 4.0), (4, "a/b", "c", 5.0)]
+    text = points(rows)
+    for frame in (text, text.cast({"entity": pl.Categorical, "metric": pl.Categorical})):
+        got = with_column_names(frame)
+        assert got["column"].dtype == pl.Categorical
+        assert got["column"].cast(pl.Utf8).to_list() == ["b/cpu", "a/mem", "b/cpu", "a/cpu", "a/b/c"]
+        assert got.drop("column").equals(frame.cast({"entity": pl.Categorical, "metric": pl.Categorical}))
+    holed = text.with_columns(pl.when(pl.col("ts") == S).then(None).otherwise(pl.col("metric")).alias("metric"))
+    assert with_column_names(holed)["column"].cast(pl.Utf8).to_list() == ["b/cpu", "a/", "b/cpu", "a/cpu", "a/b/c"]

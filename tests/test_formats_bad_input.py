@@ -266,3 +266,30 @@ def test_walk_names_links_pipes_and_loops_and_roots_spelled_differently(tmp_path
     for spelled in [f"{tmp_path.name}/", f"./{tmp_path.name}", f"{tmp_path.name}//"]:
         again = walk(Path(spelled))
         assert [rel([tmp_path.parent / p for p in ps]) for ps in again] == [rel(files), rel(other)]
+
+
+def test_find_matches_names_as_fnmatchcase_and_sorts_only_what_it_keeps(tmp_path):
+    """find() matches names as text, on one listing; it keeps exactly what ``fnmatch.fnmatchcase``
+    on each sorted ``Path``'s name keeps, and ``odd_only`` names odd entries without listing files."""
+    import fnmatch
+
+    from stages.formats._common import find, walk, walk_text
+
+    names = ["a/x.csv", "a/X.CSV", "b/y.json", "b/y.json.zip", "c/spans.json", "c/x.csv.bak", "d/[1].csv",
+             "d/?.csv", "é/z.csv", "z.csv"]
+    for rel in names:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("now\n1\n")
+    (tmp_path / "dir.json").mkdir()
+    (tmp_path / "gone.csv").symlink_to(tmp_path / "missing.csv")
+    files, other = walk(tmp_path)
+    walked = walk_text(tmp_path)
+    for patterns in [("*.csv",), ("*.json",), ("*.json", "*.zip"), ("spans.json",), ("[[]1].csv",), ("*.CSV",)]:
+        expect = [p for p in files if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
+        odd: list = []
+        assert find(tmp_path, *patterns, odd=odd) == expect == find(tmp_path, *patterns, walked=walked)
+        assert [p for p, _ in odd] == [p for p in other if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
+    odd = []
+    assert find(tmp_path, "*.json", odd=odd, odd_only=True) == []
+    assert [p.name for p, _ in odd] == ["dir.json"]
+    assert find(tmp_path, "*.csv", exclude=["a/*"]) == [p for p in files if p.suffix == ".csv" and p.parent.name != "a"]

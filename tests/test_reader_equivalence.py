@@ -98,7 +98,8 @@ def previous(files: list[tuple[str, pl.Series, dict[str, pl.Series]]]) -> pl.Dat
                      .with_columns(pl.lit(entity).alias("entity")).select(list(SCHEMAS["metrics"])))
     if not longs:
         return pl.DataFrame(schema=SCHEMAS["metrics"])
-    return pl.concat(longs).sort(KEYS, maintain_order=True)
+    # sorted as text, then given the canonical key dtype (Categorical entity and metric)
+    return pl.concat(longs).sort(KEYS, maintain_order=True).cast(SCHEMAS["metrics"])
 
 
 def random_files(rng: np.random.Generator, case: int) -> list[tuple[str, pl.Series, dict[str, pl.Series]]]:

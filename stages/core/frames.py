@@ -9,7 +9,10 @@ from pathlib import Path
 
 import polars as pl
 
-METRIC_SCHEMA = {"ts": pl.Int64, "entity": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64}
+# entity and metric are Categorical (DESIGN §8): a dump's few hundred names repeat over millions of
+# points, so a frame holds one code per point instead of the text (issue 11: building the two text
+# columns was a quarter of an MSDS Glances read). Categorical order is the text's order in sorts.
+METRIC_SCHEMA = {"ts": pl.Int64, "entity": pl.Categorical, "metric": pl.Categorical, "value": pl.Float64}
 SPAN_SCHEMA = {
     "trace_id": pl.Utf8,
     "span_id": pl.Utf8,
@@ -27,6 +30,13 @@ MODALITIES = ("metrics", "traces", "logs", "faults")
 SCHEMAS = {"metrics": METRIC_SCHEMA, "traces": SPAN_SCHEMA, "logs": LOG_SCHEMA, "faults": FAULT_SCHEMA}
 
 US = 1_000_000  # microseconds per second
+
+
+def key_column(names: list[str], codes) -> pl.Series:
+    """The Categorical column of ``names[codes]`` (codes: a NumPy integer array): only codes are
+    gathered, no text is written per point. Indexing with the NumPy array, not ``Series.gather``,
+    which goes through a one-expression query: 5 ms against 1 ms per 1.4 M codes."""
+    return pl.Series(names, dtype=pl.Categorical)[codes]
 
 
 def empty(modality: str) -> pl.DataFrame:

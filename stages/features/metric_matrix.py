@@ -112,9 +112,20 @@ def select_channels(names: list[str], params: MetricsParams) -> list[str]:
 
 
 def with_column_names(points: pl.DataFrame) -> pl.DataFrame:
-    """Canonical metric points plus their ``<entity>/<metric>`` column name."""
-    return conform(points, "metrics").with_columns(
-        (pl.col("entity").fill_null("") + "/" + pl.col("metric").fill_null("")).alias("column"))
+    """Canonical metric points plus their ``<entity>/<metric>`` column name (Categorical).
+
+    The name is made once per distinct (entity, metric) pair and mapped onto the points by the
+    pair's category codes: writing the text per point took ~0.1 s per 1.4 M points (MSDS Glances
+    at full size). Null keys take the per-point text path (a null reads as empty text)."""
+    pts = conform(points, "metrics")
+    if pts["entity"].null_count() or pts["metric"].null_count():
+        return pts.with_columns((pl.col("entity").cast(pl.Utf8).fill_null("") + "/"
+                                 + pl.col("metric").cast(pl.Utf8).fill_null("")).cast(pl.Categorical).alias("column"))
+    pair = pl.col("entity").to_physical().cast(pl.UInt64) * 2**32 + pl.col("metric").to_physical().cast(pl.UInt64)
+    pairs = pts.select("entity", "metric", pair.alias("pair")).unique("pair")
+    names = dict(zip(pairs["pair"].to_list(),
+                     (pairs["entity"].cast(pl.Utf8) + "/" + pairs["metric"].cast(pl.Utf8)).to_list()))
+    return pts.with_columns(pair.replace_strict(names, return_dtype=pl.Categorical).alias("column"))
 
 
 def step_means(finite: pl.DataFrame, col_index: dict[str, int], g0: int, n_steps: int, step: int) -> np.ndarray:

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -60,8 +61,9 @@ def path_order(p: Path):
     return p.parts if isinstance(p, PurePosixPath) else p
 
 
-def walk(root: Path) -> tuple[list[Path], list[Path]]:
-    """(regular files, other entries) under ``root``, recursively, hidden/macOS junk skipped.
+def walk_text(root: Path) -> tuple[list[str], list[str]]:
+    """(regular files, other entries) under ``root`` as unsorted path text, recursively, hidden/macOS
+    junk skipped; :func:`walk` sorts them into ``Path`` objects, :func:`find` only those it keeps.
 
     "Other" are names that are not regular files: folders, broken or looping symlinks, pipes —
     the readers list the ones named like a data file as skipped. Symlinked folders are followed
@@ -71,7 +73,8 @@ def walk(root: Path) -> tuple[list[Path], list[Path]]:
     ``os.scandir`` entries say whether they are files from the folder listing itself (no ``stat``
     per file unless a name is a symlink), and paths stay text until sorted (issue 11: an MSDS dump
     holds hundreds of thousands of trace files; listing 2,600 took 22 ms with a ``stat`` and a
-    ``Path`` per name, README Benchmarks)."""
+    ``Path`` per name, README Benchmarks; a metrics-only MSDS read spent 6 of its 13 ms listing
+    making and sorting ``Path`` objects of trace files it does not read)."""
     root = Path(root)
     files: list[str] = []
     other: list[str] = []
@@ -105,6 +108,12 @@ def walk(root: Path) -> tuple[list[Path], list[Path]]:
             if PurePosixPath(entry.name).suffix:  # a folder named like a data file ("svc.csv/")
                 other.append(entry.path)
         folders.extend(reversed(follow))  # popped in name order: os.walk's depth-first order
+    return files, other
+
+
+def walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """:func:`walk_text`'s (regular files, other entries), each sorted as ``sorted(paths)`` sorts."""
+    files, other = walk_text(root)
     return _sorted_paths(files), _sorted_paths(other)
 
 
@@ -128,20 +137,31 @@ def _sorted_paths(paths: list[str]) -> list[Path]:
 
 
 def find(root: Path, *patterns: str, exclude: Iterable[str] = (), odd: list[tuple[Path, str]] | None = None,
-         walked: tuple[list[Path], list[Path]] | None = None) -> list[Path]:
-    """Regular files under ``root`` (recursively) matching any glob pattern; sorted, hidden/macOS junk skipped.
+         walked: tuple[list[str], list[str]] | None = None, odd_only: bool = False) -> list[Path]:
+    """Regular files under ``root`` (recursively) whose name matches any glob pattern (case-sensitive,
+    as ``fnmatch.fnmatchcase``); sorted, hidden/macOS junk skipped.
 
     Entries that match but are not regular files are appended to ``odd`` as (path, why).
-    ``walked``: :func:`walk`'s result for ``root``, when the caller lists several patterns."""
-    files, other = walked if walked is not None else walk(root)
+    ``walked``: :func:`walk_text`'s result for ``root``, when the caller lists several patterns.
+    ``odd_only``: only fill ``odd`` and return no files (a reader listing a modality it does not read).
+    Names are matched as text and only matches become sorted ``Path`` objects."""
+    files, other = walked if walked is not None else walk_text(root)
+    named = _name_matcher(patterns)
     skip = tuple(exclude)
 
-    def wanted(p: Path) -> bool:
-        return any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns) and not (skip and any(p.match(x) for x in skip))
+    def kept(paths: list[str]) -> list[Path]:
+        picked = _sorted_paths([p for p in paths if named(os.path.basename(p))])
+        return [p for p in picked if not any(p.match(x) for x in skip)] if skip else picked
 
     if odd is not None:
-        odd.extend((p, not_regular(p)) for p in other if wanted(p))
-    return [p for p in files if wanted(p)]
+        odd.extend((p, not_regular(p)) for p in kept(other))
+    return [] if odd_only else kept(files)
+
+
+@functools.lru_cache(maxsize=64)
+def _name_matcher(patterns: tuple[str, ...]) -> Callable[[str], object]:
+    """One compiled regex for all ``patterns``: ``fnmatch.fnmatchcase`` of any of them."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
 
 
 def not_regular(p: Path) -> str:
@@ -936,10 +956,11 @@ def _sort_key(df: pl.DataFrame, column: str) -> pl.Expr:
 
 
 def melt_metrics(df: pl.DataFrame, ts: pl.Series, entity: str, path: Path, skip: Iterable[str],
-                 points: MetricPoints) -> None:
+                 points: MetricPoints, *, copy: bool = True) -> None:
     """Wide per-entity table → long metric points in ``points``; non-numeric columns skipped, bad cells named.
 
-    ``ts`` holds no nulls (the readers drop rows without a time first)."""
+    ``ts`` holds no nulls (the readers drop rows without a time first). ``copy``: as
+    :meth:`MetricPoints.add`'s."""
     skip = set(skip)
     cols = {}
     for c in df.columns:
@@ -951,7 +972,7 @@ def melt_metrics(df: pl.DataFrame, ts: pl.Series, entity: str, path: Path, skip:
             cols[c] = to_float(df[c], path, c)
         else:
             log.info("%s: column '%s' holds no numbers, not a metric: skipped", path, c)
-    dropped = points.add(entity, ts, cols)
+    dropped = points.add(entity, ts, cols, copy=copy)
     if dropped:
         log.info("%s: %d missing/NaN metric values dropped (gap filling happens in the metrics stage)", path, dropped)
 

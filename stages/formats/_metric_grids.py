@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from stages.core.frames import METRIC_SCHEMA
+from stages.core.frames import METRIC_SCHEMA, key_column
 
 _BLOCK_ROWS = 2048  # times per transposed stripe: a stripe's rows stay in cache while its slots are written
 _MAX_HOLES = 0.25  # absent cells a block may hold, as a share of its present cells
@@ -90,12 +90,12 @@ class GridPlan:
             start += b.size
 
     def _names(self, names: list[str], rank: str, keep: np.ndarray | None) -> pl.Series:
-        """The text column of each cell's entity (``rank='e'``) or metric, gathered from ``names``."""
+        """The Categorical column of each cell's entity (``rank='e'``) or metric, gathered from ``names``."""
         idx = np.empty(sum(b.size for b in self.blocks), np.min_scalar_type(max(len(names) - 1, 0)))
         self._each(lambda b, part: b.spread(getattr(b, rank), idx[part]))
         if keep is not None:
             idx = idx[keep]
-        return pl.Series(names, dtype=pl.Utf8).gather(pl.Series(idx))
+        return key_column(names, idx)
 
 
 def grid_plan(files: list, grids: list[np.ndarray], e_rank: np.ndarray, m_rank: np.ndarray) -> GridPlan | None:

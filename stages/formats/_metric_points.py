@@ -20,7 +20,7 @@ import numpy as np
 import numpy.ma  # noqa: F401 - polars' Series-from-NumPy imports it on first use (~17 ms inside a read)
 import polars as pl
 
-from stages.core.frames import METRIC_SCHEMA, empty
+from stages.core.frames import METRIC_SCHEMA, empty, key_column
 from stages.formats._metric_grids import grid_plan
 
 _KEY_LIMIT = 2**62  # a composite key must fit an Int64 with room to spare
@@ -47,15 +47,18 @@ class MetricPoints:
         self._missing = 0  # NaN/missing values among the files' cells
         self._grids = _Grids()
 
-    def add(self, entity: str, ts: pl.Series, columns: Mapping[str, pl.Series]) -> int:
+    def add(self, entity: str, ts: pl.Series, columns: Mapping[str, pl.Series], *, copy: bool = True) -> int:
         """Points of one file: ``ts`` (Int64 µs, no nulls) and numeric ``columns`` by metric name.
 
+        ``copy=False`` keeps NumPy views of the columns' polars buffers, for a caller that holds
+        all its files' frames until :meth:`frame` anyway (MSDS files read together).
         Missing and NaN values are left out of the frame; returns how many."""
         if ts.null_count():
             raise ValueError("metric times must not be null: drop those rows first")
         # NumPy-owned copies: the file's polars buffers are freed (and reused for the next file) now,
         # and these are handed back to the system once copied out, not held by polars' allocator
-        cols = [(self._metrics.setdefault(name, len(self._metrics)), _owned(col.cast(pl.Float64).to_numpy()))
+        own = _owned if copy else np.asarray
+        cols = [(self._metrics.setdefault(name, len(self._metrics)), own(col.cast(pl.Float64).to_numpy()))
                 for name, col in columns.items()]
         e = self._entities.setdefault(entity, len(self._entities))
         if cols and ts.len():
@@ -85,8 +88,8 @@ class MetricPoints:
             ts, e, m, values = ts[keep], e[keep], m[keep], values[keep]
         return pl.DataFrame({
             "ts": pl.Series(ts, dtype=pl.Int64),
-            "entity": pl.Series(entities, dtype=pl.Utf8).gather(pl.Series(e)),
-            "metric": pl.Series(metrics, dtype=pl.Utf8).gather(pl.Series(m)),
+            "entity": key_column(entities, e),
+            "metric": key_column(metrics, m),
             "value": pl.Series(values, dtype=pl.Float64),
         }, schema=METRIC_SCHEMA)
 

@@ -90,7 +90,7 @@ def scan(root: Path, modality: str | None = None) -> c.Scan:
     want = set(MODALITIES if modality is None else (modality,))
     out = c.Scan({"metrics": [], "traces": [], "logs": [], "faults": []})
     odd: list[tuple[Path, str]] = []
-    walked = c.walk(root)  # once for both patterns: a dump holds thousands of trace files
+    walked = c.walk_text(root)  # once for both patterns: a dump holds thousands of trace files
     csvs = c.find(root, "*.csv", odd=odd, walked=walked)
     for p in csvs if want & {"metrics", "logs"} else ():
         header = c.csv_header(p)
@@ -106,7 +106,8 @@ def scan(root: Path, modality: str | None = None) -> c.Scan:
             else:
                 out.unclaimed.append((p, why))
     rally, labels = [], [p for p in csvs if p.name.startswith("anomaly_label_")]
-    jsons = c.find(root, "*.json", odd=odd, walked=walked)  # listed always (not opened): odd entries are named per modality
+    # odd JSON entries are named per modality whatever is read; the files are listed only when read
+    jsons = c.find(root, "*.json", odd=odd, walked=walked, odd_only=not want & {"traces", "faults"})
     for p in jsons if want & {"traces", "faults"} else ():
         kind = _json_kind(p)
         if kind == "rally":
@@ -236,7 +237,8 @@ def _read_metric_files_together(files: list[Path], headers: list[list[str]], aud
         ts = part["_ts"]
         audit.series(p, ts, "now")
         m = _NODE.search(p.name)
-        c.melt_metrics(part.select(metrics), ts, m.group(1) if m else p.stem, p, skip=[], points=points)
+        c.melt_metrics(part.select(metrics), ts, m.group(1) if m else p.stem, p, skip=[], points=points,
+                       copy=False)  # ``parts`` are held until the end anyway
     return True
 
 
