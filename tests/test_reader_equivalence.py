@@ -23,7 +23,7 @@ from stages.formats import _osprofiler as osp
 from stages.formats import eadro, gaia, msds
 from stages.core.errors import InputError
 from stages.formats._metric_grids import grid_plan
-from stages.formats._metric_points import MetricPoints, _ranks
+from stages.formats._metric_points import MetricPoints, _consecutive_blocks, _ranks
 
 CHUNK = "tt-eadro/TT.2022-04-19T001753D2022-04-19T020534"
 GLANCES = "msds/snedelkoski_repo/workloads/network_create_delete_config"
@@ -151,6 +151,39 @@ def test_metric_points_one_layout_repeated_seconds(case: int):
     for entity, ts, cols in files:
         points.add(entity, ts, cols)
     assert_frame_equal(points.frame(), previous(files), check_exact=True)
+
+
+@pytest.mark.parametrize("case", range(24))
+def test_metric_points_rows_given_as_blocks(case: int):
+    """``add_rows`` (MSDS files read together): blocks back to back in one array (the rows are
+    used without a copy), blocks in arrays of their own (one contiguous copy each) and columns
+    not in text order (copied column by column) all give the frame ``add`` gives, NaN dropped."""
+    rng = np.random.default_rng(3000 + case)
+    names = [str(n) for n in rng.choice(["b", "a", "cpu", "mem.used", "zz"], int(rng.integers(1, 5)), replace=False)]
+    files = []
+    for _ in range(int(rng.integers(1, 5))):
+        n = int(rng.integers(1, 30))
+        ts = np.sort(rng.choice(np.arange(40), n, replace=True)) if case % 3 else rng.integers(0, 10, n)
+        v = rng.normal(size=(n, len(names)))
+        v[rng.random(v.shape) < 0.1] = np.nan
+        files.append((str(rng.choice(["node2", "node1"])), pl.Series("ts", ts.astype(np.int64) * US), v))
+    expect = previous([(e, ts, {m: pl.Series(m, v[:, j]) for j, m in enumerate(names)}) for e, ts, v in files])
+    order = sorted(range(len(names)), key=lambda j: names[j])
+    one = np.empty(sum(v.size for _, _, v in files))
+    at, shared = 0, []
+    for _, _, v in files:
+        shared.append(one[at:at + v.size].reshape(v.shape))
+        shared[-1][:] = v[:, order]
+        at += v.size
+    ways = {"one array": [(e, ts, [names[j] for j in order], b) for (e, ts, _), b in zip(files, shared)],
+            "own arrays": [(e, ts, [names[j] for j in order], np.ascontiguousarray(v[:, order])) for e, ts, v in files],
+            "any order": [(e, ts, names, np.ascontiguousarray(v)) for e, ts, v in files]}
+    for way, blocks in ways.items():
+        points = MetricPoints()
+        dropped = sum(points.add_rows(e, ts, cols, b) for e, ts, cols, b in blocks)
+        assert dropped == sum(int(np.isnan(v).sum()) for _, _, v in files), way
+        assert (_consecutive_blocks(points._files) is one) == (way == "one array")
+        assert_frame_equal(points.frame(), expect, check_exact=True)
 
 
 @pytest.mark.parametrize("case", range(40))

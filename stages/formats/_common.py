@@ -956,11 +956,10 @@ def _sort_key(df: pl.DataFrame, column: str) -> pl.Expr:
 
 
 def melt_metrics(df: pl.DataFrame, ts: pl.Series, entity: str, path: Path, skip: Iterable[str],
-                 points: MetricPoints, *, copy: bool = True) -> None:
+                 points: MetricPoints) -> None:
     """Wide per-entity table → long metric points in ``points``; non-numeric columns skipped, bad cells named.
 
-    ``ts`` holds no nulls (the readers drop rows without a time first). ``copy``: as
-    :meth:`MetricPoints.add`'s."""
+    ``ts`` holds no nulls (the readers drop rows without a time first)."""
     skip = set(skip)
     cols = {}
     for c in df.columns:
@@ -972,7 +971,11 @@ def melt_metrics(df: pl.DataFrame, ts: pl.Series, entity: str, path: Path, skip:
             cols[c] = to_float(df[c], path, c)
         else:
             log.info("%s: column '%s' holds no numbers, not a metric: skipped", path, c)
-    dropped = points.add(entity, ts, cols, copy=copy)
+    note_dropped(path, points.add(entity, ts, cols))
+
+
+def note_dropped(path: Path, dropped: int) -> None:
+    """Says how many missing/NaN values of a metric file were left out of its points."""
     if dropped:
         log.info("%s: %d missing/NaN metric values dropped (gap filling happens in the metrics stage)", path, dropped)
 

@@ -13,6 +13,7 @@ key ``(ts, entity, metric)``; ties keep file order, then row order, as the old s
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class _File:
     ts: np.ndarray  # Int64 µs per row (one array object per distinct strictly increasing time array)
     columns: list[tuple[int, np.ndarray]]  # (metric code, Float64 values with NaN for missing)
     grid: int | None  # index of ``ts`` in MetricPoints' grids; None when its times are not strictly increasing
+    block: np.ndarray | None = None  # (rows, metrics) C-order array whose columns ``columns`` views, if any
 
 
 class MetricPoints:
@@ -47,18 +49,21 @@ class MetricPoints:
         self._missing = 0  # NaN/missing values among the files' cells
         self._grids = _Grids()
 
-    def add(self, entity: str, ts: pl.Series, columns: Mapping[str, pl.Series], *, copy: bool = True) -> int:
-        """Points of one file: ``ts`` (Int64 µs, no nulls) and numeric ``columns`` by metric name.
+    def add(self, entity: str, ts: pl.Series, columns: Mapping[str, pl.Series | np.ndarray], *,
+            copy: bool = True) -> int:
+        """Points of one file: ``ts`` (Int64 µs, no nulls) and numeric ``columns`` by metric name
+        (polars Series, or Float64 NumPy arrays with NaN for missing).
 
-        ``copy=False`` keeps NumPy views of the columns' polars buffers, for a caller that holds
-        all its files' frames until :meth:`frame` anyway (MSDS files read together).
+        ``copy=False`` keeps the arrays, or NumPy views of the Series' polars buffers, for a caller
+        that holds them until :meth:`frame` anyway (MSDS files read together).
         Missing and NaN values are left out of the frame; returns how many."""
         if ts.null_count():
             raise ValueError("metric times must not be null: drop those rows first")
         # NumPy-owned copies: the file's polars buffers are freed (and reused for the next file) now,
         # and these are handed back to the system once copied out, not held by polars' allocator
         own = _owned if copy else np.asarray
-        cols = [(self._metrics.setdefault(name, len(self._metrics)), own(col.cast(pl.Float64).to_numpy()))
+        cols = [(self._metrics.setdefault(name, len(self._metrics)),
+                 own(col if isinstance(col, np.ndarray) else col.cast(pl.Float64).to_numpy()))
                 for name, col in columns.items()]
         e = self._entities.setdefault(entity, len(self._entities))
         if cols and ts.len():
@@ -66,6 +71,16 @@ class MetricPoints:
             self._files.append(_File(e, t, cols, grid))
         missing = sum(_missing(col, v) for col, (_, v) in zip(columns.values(), cols))
         self._missing += missing
+        return missing
+
+    def add_rows(self, entity: str, ts: pl.Series, names: list[str], block: np.ndarray) -> int:
+        """:meth:`add` of a file given as one C-order (rows, metrics) Float64 ``block`` (NaN for
+        missing) whose columns are ``names``, kept without a copy. With ``names`` in text order
+        the row path takes each row as it is, where it otherwise copies column by column."""
+        files = len(self._files)
+        missing = self.add(entity, ts, {n: block[:, j] for j, n in enumerate(names)}, copy=False)
+        if len(self._files) > files:  # not a file without rows or columns
+            self._files[-1].block = block
         return missing
 
     def frame(self) -> pl.DataFrame:
@@ -94,14 +109,34 @@ class MetricPoints:
         }, schema=METRIC_SCHEMA)
 
 
+def _consecutive_blocks(files: list[_File]) -> np.ndarray | None:
+    """The one flat array the files' blocks are, in file order, back to back and filling it (MSDS
+    Glances files read together), so that the rows need no copy; None otherwise."""
+    owner = files[0].block.base
+    if owner is None or owner.ndim != 1 or owner.dtype != np.float64 or not owner.flags.c_contiguous:
+        return None
+    at = owner.__array_interface__["data"][0]
+    end = at + owner.nbytes
+    for f in files:
+        b = f.block
+        if b.base is not owner or not b.flags.c_contiguous or b.__array_interface__["data"][0] != at:
+            return None
+        at += b.nbytes
+    return owner if at == end else None
+
+
+def _increasing(values: list) -> bool:
+    return all(a < b for a, b in zip(values, values[1:]))
+
+
 def _owned(a: np.ndarray) -> np.ndarray:
     """``a``, or a copy when it views memory NumPy does not own (a polars buffer)."""
     return a if a.flags.owndata else a.copy()
 
 
-def _missing(col: pl.Series, values: np.ndarray) -> int:
+def _missing(col: pl.Series | np.ndarray, values: np.ndarray) -> int:
     """Missing cells of a column: its nulls, and NaN too when it is a float column (ints hold none)."""
-    if col.dtype.is_float():
+    if isinstance(col, np.ndarray) or col.dtype.is_float():
         return int(np.isnan(values).sum())  # nulls are NaN in ``values``
     return col.null_count()
 
@@ -146,24 +181,43 @@ class _Rows:
         self.ts = np.concatenate([f.ts for f in files])
         self.e = _runs(e_rank[[f.entity for f in files]], n)
         self.k = _runs(k.astype(np.min_scalar_type(int(k.max()))), n)
-        self.values = np.empty(int((n * k).sum()), np.float64)
-        self.metric = np.empty(len(self.values), m_rank.dtype)
+        ready = all(f.block is not None and _increasing([m_rank[code] for code, _ in f.columns]) for f in files)
+        shared = _consecutive_blocks(files) if ready else None
+        self.values = shared if shared is not None else np.empty(int((n * k).sum()), np.float64)
+        self._file_ranks: list[np.ndarray] = []  # each file's metric ranks, for ``metric`` when it is asked for
+        self._rank_dtype = m_rank.dtype
         lo_m, hi_m = np.empty(len(files), m_rank.dtype), np.empty(len(files), m_rank.dtype)
         layouts = set()  # each file's metric ranks: one layout lets rows move as whole blocks
         base = 0
         for i, f in enumerate(files):
             cols = sorted(((m_rank[code], v) for code, v in f.columns), key=lambda c: c[0])
             block = self.values[base:base + n[i] * k[i]].reshape(n[i], k[i])
-            for j, (_, v) in enumerate(cols):
-                block[:, j] = v
+            if shared is not None:
+                pass  # the files' blocks are these rows already
+            elif f.block is not None and _increasing([m_rank[code] for code, _ in f.columns]):
+                block[:] = f.block  # ``columns`` are its columns, in rank order already: one contiguous copy
+            else:
+                for j, (_, v) in enumerate(cols):
+                    block[:, j] = v
             ranks = np.array([r for r, _ in cols], m_rank.dtype)
-            self.metric[base:base + n[i] * k[i]].reshape(n[i], k[i])[:] = ranks
+            self._file_ranks.append(ranks)
             lo_m[i], hi_m[i] = ranks[0], ranks[-1]
             layouts.add(ranks.tobytes())
             base += int(n[i] * k[i])
         self.m_lo, self.m_hi = _runs(lo_m, n), _runs(hi_m, n)
         self.file_n, self.file_e, self.file_m = n, e_rank[[f.entity for f in files]], lo_m
         self.layout = ranks if len(layouts) == 1 else None  # the ranks every row holds, if one layout
+
+    @functools.cached_property
+    def metric(self) -> np.ndarray:
+        """The metric rank of each slot of ``values``; built only where a path reads it (rows that
+        all hold one layout of metrics move as whole rows and never do)."""
+        out = np.empty(len(self.values), self._rank_dtype)
+        base = 0
+        for rows, ranks in zip(self.file_n.tolist(), self._file_ranks):
+            out[base:base + rows * len(ranks)].reshape(rows, len(ranks))[:] = ranks
+            base += rows * len(ranks)
+        return out
 
     def points(self, n_e: int, n_m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(ts, entity rank, metric rank, value) of every slot in (ts, entity, metric) order."""

@@ -31,6 +31,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from tqdm import tqdm
 
@@ -229,17 +230,41 @@ def _read_metric_files_together(files: list[Path], headers: list[list[str]], aud
     for part in parts:
         if part.height == 0:  # no data row: the file-by-file path lists the file as skipped
             return False
-        if part["now"].null_count() or part["_ts"].null_count() or not part["_fits"].all():
+        nulls = part.null_count().row(0, named=True)
+        if nulls["now"] or nulls["_ts"] or not part["_fits"].all():
             return False  # a time missing, of another shape or zone, or no date
-        if part.select(pl.col(metrics).null_count() == part.height).row(0).count(True):
+        if any(nulls[m] == part.height for m in metrics):
             return False  # a column empty in a file: the file-by-file path skips it there
-    for p, part in zip(files, parts):
+    names = sorted(metrics)  # the order MetricPoints ranks them in: its rows then need no reordering
+    for p, part, block in zip(files, parts, _blocks_in_one_array(parts, names)):
         ts = part["_ts"]
         audit.series(p, ts, "now")
         m = _NODE.search(p.name)
-        c.melt_metrics(part.select(metrics), ts, m.group(1) if m else p.stem, p, skip=[], points=points,
-                       copy=False)  # ``parts`` are held until the end anyway
+        # as melt_metrics would add them: every column is Float64 by the schema, none all empty
+        c.note_dropped(p, points.add_rows(m.group(1) if m else p.stem, ts, names, block))
     return True
+
+
+def _blocks_in_one_array(parts: list[pl.DataFrame], names: list[str]) -> list[np.ndarray]:
+    """Each frame's ``names`` columns as a C-order (rows, metrics) Float64 block, NaN where null,
+    the blocks consecutive slices of one NumPy array.
+
+    The columns are copied in chunk by chunk (a read's column comes in several chunks) straight
+    into the row layout MetricPoints orders rows in, instead of one ``to_numpy`` copy per column
+    and a second copy into rows: that first touched one small array per column, ~2,300 page
+    faults per 1.4 M values (NumPy asks for huge pages for an array this size)."""
+    buf = np.empty(sum(part.height for part in parts) * len(names), np.float64)
+    out, at = [], 0
+    for part in parts:
+        block = buf[at:at + part.height * len(names)].reshape(part.height, len(names))
+        for j, name in enumerate(names):
+            pos = 0
+            for chunk in part[name].get_chunks():
+                block[pos:pos + chunk.len(), j] = chunk.to_numpy()  # a view unless the chunk holds nulls
+                pos += chunk.len()
+        out.append(block)
+        at += block.size
+    return out
 
 
 def read_metrics(root: Path, offset_s: float, together: bool = True) -> pl.DataFrame | None:
