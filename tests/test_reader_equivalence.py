@@ -130,6 +130,17 @@ def test_metric_points_match_previous_sort(case: int):
     assert_frame_equal(points.frame(), previous(files), check_exact=True)
 
 
+def test_categorical_keys_sort_as_text():
+    """Downstream sorts on the Categorical keys must give the text order the readers produce
+    (polars >= 1.32: Categorical sorts lexically, whatever order its categories were met in)."""
+    files = random_files(np.random.default_rng(7), 1)
+    files.append(("zz-last-seen-first", pl.Series("ts", [0], dtype=pl.Int64), {"zz": pl.Series([1.0])}))
+    frame = run_points(files[::-1])
+    assert frame.schema["entity"] == pl.Categorical
+    assert_frame_equal(frame.sort(KEYS, maintain_order=True), frame)
+    assert frame["entity"].unique().sort().to_list() == sorted(frame["entity"].unique().to_list())
+
+
 @pytest.mark.parametrize("case", range(40))
 def test_metric_points_one_layout_repeated_seconds(case: int):
     """Glances-like files (every file the same metrics, a second now and then twice) in any file

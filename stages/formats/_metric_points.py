@@ -126,6 +126,7 @@ def _consecutive_blocks(files: list[_File]) -> np.ndarray | None:
 
 
 def _increasing(values: list) -> bool:
+    """Strictly increasing."""
     return all(a < b for a, b in zip(values, values[1:]))
 
 
@@ -181,8 +182,9 @@ class _Rows:
         self.ts = np.concatenate([f.ts for f in files])
         self.e = _runs(e_rank[[f.entity for f in files]], n)
         self.k = _runs(k.astype(np.min_scalar_type(int(k.max()))), n)
-        ready = all(f.block is not None and _increasing([m_rank[code] for code, _ in f.columns]) for f in files)
-        shared = _consecutive_blocks(files) if ready else None
+        # files whose block (add_rows) holds their columns in rank order: rows that need no reordering
+        in_order = [f.block is not None and _increasing([m_rank[code] for code, _ in f.columns]) for f in files]
+        shared = _consecutive_blocks(files) if all(in_order) else None
         self.values = shared if shared is not None else np.empty(int((n * k).sum()), np.float64)
         self._file_ranks: list[np.ndarray] = []  # each file's metric ranks, for ``metric`` when it is asked for
         self._rank_dtype = m_rank.dtype
@@ -194,8 +196,8 @@ class _Rows:
             block = self.values[base:base + n[i] * k[i]].reshape(n[i], k[i])
             if shared is not None:
                 pass  # the files' blocks are these rows already
-            elif f.block is not None and _increasing([m_rank[code] for code, _ in f.columns]):
-                block[:] = f.block  # ``columns`` are its columns, in rank order already: one contiguous copy
+            elif in_order[i]:
+                block[:] = f.block  # one contiguous copy
             else:
                 for j, (_, v) in enumerate(cols):
                     block[:, j] = v
