@@ -138,3 +138,67 @@ def test_column_names_are_made_per_pair_and_equal_the_text_per_point():
         assert got.drop("column").equals(frame.cast({"entity": pl.Categorical, "metric": pl.Categorical}))
     holed = text.with_columns(pl.when(pl.col("ts") == S).then(None).otherwise(pl.col("metric")).alias("metric"))
     assert with_column_names(holed)["column"].cast(pl.Utf8).to_list() == ["b/cpu", "a/", "b/cpu", "a/cpu", "a/b/c"]
+
+
+def _kahan_mean(values: list[float]) -> float:
+    total, carry = values[0], 0.0
+    for v in values[1:]:
+        y = v - carry
+        t = total + y
+        carry = (t - total) - y
+        total = t
+    return total / len(values)
+
+
+def test_step_means_are_row_order_kahan_means_and_repeatable(monkeypatch):
+    """Each cell's mean is the compensated sum of its points in row order over their count, the
+    same bits whatever slices of whole steps the points are taken in, and the bits polars'
+    group_by mean gives on cells of a few points (the committed data)."""
+    import stages.features.metric_matrix as mm
+
+    rng = np.random.default_rng(5)
+    n = 6000
+    ts = np.sort(rng.integers(0, 300, n)) * S  # ~20 points per 20 s cell and column
+    rows = [(int(t) / S, "e", str(rng.choice(["m1", "m2", "m3"])), float(v))
+            for t, v in zip(ts, rng.normal(1e3, 1e2, n) * 10.0 ** rng.integers(-8, 8, n))]
+    pts = mm.with_column_names(points(rows))
+    col_index = {c: i for i, c in enumerate(sorted(pts["column"].unique().to_list()))}
+    step = 20 * S
+    x = mm.step_means(pts, col_index, 0, 15, step)
+    cells: dict = {}
+    for t, _, m, v in rows:
+        cells.setdefault((int(t * S) // step, col_index[f"e/{m}"]), []).append(v)
+    expect = np.full((15, 3), np.nan)
+    for (k, c), vs in cells.items():
+        expect[k, c] = _kahan_mean(vs)
+    assert np.array_equal(x.view(np.int64), expect.view(np.int64))
+    slices = mm._whole_step_slices
+    for rows_per_pass in (7, 100, 10**9):
+        assert (len(slices(pts, step, rows_per_pass)) > 1) == (rows_per_pass < n)  # several passes, or one
+        monkeypatch.setattr(mm, "_whole_step_slices", lambda df, st, r=rows_per_pass: slices(df, st, r))
+        assert np.array_equal(mm.step_means(pts, col_index, 0, 15, step).view(np.int64), x.view(np.int64))
+    few = pts.filter(pl.int_range(pl.len()).over("column") % 50 < 4)  # a few points per cell
+    ours = mm.step_means(few, col_index, 0, 15, step)
+    means = (few.with_columns((pl.col("ts") // step).alias("k")).group_by(["k", "column"]).agg(pl.col("value").mean()))
+    theirs = np.full((15, 3), np.nan)
+    theirs[means["k"].to_numpy(), means["column"].replace_strict(col_index, return_dtype=pl.Int64).to_numpy()] = \
+        means["value"].to_numpy()
+    assert np.array_equal(ours.view(np.int64), theirs.view(np.int64))
+
+
+def test_fill_and_scaling_by_column_blocks_equal_one_pass(monkeypatch):
+    import stages.features.metric_matrix as mm
+    import stages.features.normalise as nz
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(200, 150))
+    x[rng.random(x.shape) < 0.4] = np.nan
+    seed, age = rng.normal(size=150), rng.integers(1, 5, 150)
+    seed[::3] = np.nan
+    centre, scale = rng.normal(size=150), rng.uniform(0.1, 2, 150)
+    blocks = mm.forward_fill(x, 3, seed, age), nz.apply_scaling(x, centre, scale, 5.0)
+    monkeypatch.setattr(mm, "_FILL_COLUMNS", 10**6)
+    monkeypatch.setattr(nz, "_SCALE_COLUMNS", 10**6)
+    one = mm.forward_fill(x, 3, seed, age), nz.apply_scaling(x, centre, scale, 5.0)
+    for a, b in zip(blocks, one):
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)

@@ -15,7 +15,7 @@ import re
 import numpy as np
 import polars as pl
 
-from stages.core.frames import conform
+from stages.core.frames import conform, key_column
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
 from stages.features.normalise import ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling
@@ -48,6 +48,9 @@ def scatter_on_grid(t_index: np.ndarray, c_index: np.ndarray, values: np.ndarray
     return out
 
 
+_FILL_COLUMNS = 64  # columns per pass of forward_fill
+
+
 def forward_fill(x: np.ndarray, limit: int | None, seed: np.ndarray | None = None,
                  seed_age: np.ndarray | None = None) -> np.ndarray:
     """Forward-fill NaNs down each column, bridging at most ``limit`` steps (None: unbounded).
@@ -58,6 +61,13 @@ def forward_fill(x: np.ndarray, limit: int | None, seed: np.ndarray | None = Non
     """
     if x.size == 0 or (limit is not None and limit <= 0):
         return x.copy()
+    if x.shape[1] > _FILL_COLUMNS:  # a block of columns at a time: each pass holds ~5 arrays of its size
+        out = np.empty(x.shape, np.float64)
+        for a in range(0, x.shape[1], _FILL_COLUMNS):
+            cols = slice(a, a + _FILL_COLUMNS)
+            out[:, cols] = forward_fill(x[:, cols], limit, None if seed is None else np.asarray(seed)[cols],
+                                        None if seed_age is None else np.asarray(seed_age)[cols])
+        return out
     t = np.arange(x.shape[0])[:, None]
     none = np.iinfo(np.int64).min // 2  # "never observed": farther back than any limit
     last = np.where(~np.isnan(x), t, none)
@@ -114,29 +124,123 @@ def select_channels(names: list[str], params: MetricsParams) -> list[str]:
 def with_column_names(points: pl.DataFrame) -> pl.DataFrame:
     """Canonical metric points plus their ``<entity>/<metric>`` column name (Categorical).
 
-    The name is made once per distinct (entity, metric) pair and mapped onto the points by the
-    pair's category codes: writing the text per point took ~0.1 s per 1.4 M points (MSDS Glances
-    at full size). Null keys take the per-point text path (a null reads as empty text)."""
+    The name is made once per distinct (entity, metric) pair and given to the points by their
+    category codes: writing the text per point took ~0.1 s per 1.4 M points (MSDS Glances at full
+    size), mapping the pairs in polars 1.2 s per 26 M (GAIA). Null keys take the per-point text
+    path (a null reads as empty text)."""
     pts = conform(points, "metrics")
     if pts["entity"].null_count() or pts["metric"].null_count():
         return pts.with_columns((pl.col("entity").cast(pl.Utf8).fill_null("") + "/"
                                  + pl.col("metric").cast(pl.Utf8).fill_null("")).cast(pl.Categorical).alias("column"))
-    pair = pl.col("entity").to_physical().cast(pl.UInt64) * 2**32 + pl.col("metric").to_physical().cast(pl.UInt64)
-    pairs = pts.select("entity", "metric", pair.alias("pair")).unique("pair")
-    names = dict(zip(pairs["pair"].to_list(),
-                     (pairs["entity"].cast(pl.Utf8) + "/" + pairs["metric"].cast(pl.Utf8)).to_list()))
-    return pts.with_columns(pair.replace_strict(names, return_dtype=pl.Categorical).alias("column"))
+    e, entities = _dense_codes(pts["entity"])
+    m, metrics = _dense_codes(pts["metric"])
+    n_pairs = len(entities) * len(metrics)
+    pair = e.astype(_small_uint(n_pairs))  # the smallest codes that hold every pair: a quarter of Int64's memory
+    pair *= len(metrics)
+    pair += m
+    seen = np.zeros(n_pairs, bool)
+    seen[pair] = True
+    present = np.flatnonzero(seen)
+    names = [f"{entities[p // len(metrics)]}/{metrics[p % len(metrics)]}" for p in present.tolist()]
+    rank = np.empty(n_pairs, _small_uint(len(names)))
+    rank[present[np.argsort(names, kind="stable")]] = np.arange(len(names))
+    return pts.with_columns(key_column(sorted(names), rank[pair]).alias("column"))
+
+
+def _small_uint(n: int) -> np.dtype:
+    """The smallest unsigned dtype holding 0 .. n-1."""
+    return np.min_scalar_type(max(n - 1, 0))
+
+
+def _dense_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
+    """Each row's index into the column's distinct values (a Categorical without nulls), and those values."""
+    distinct = col.unique()
+    phys = col.to_physical().to_numpy()
+    known = distinct.to_physical().to_numpy()
+    lut = np.empty(int(max(phys.max(initial=0), known.max(initial=0))) + 1, _small_uint(len(known)))
+    lut[known] = np.arange(len(known))
+    return lut[phys], distinct.cast(pl.Utf8).to_list()
+
+
+_STEP_MEAN_ROWS = 2_000_000  # points per pass of step_means: its arrays stay ~50 MB at any dump size
 
 
 def step_means(finite: pl.DataFrame, col_index: dict[str, int], g0: int, n_steps: int, step: int) -> np.ndarray:
     """(n_steps, C) mean of the finite points of each column inside [ts, ts+step) of the grid from ``g0``;
-    NaN where a step has none. ``finite`` holds ``ts``, ``column`` (a key of ``col_index``) and ``value``."""
-    means = (finite.with_columns(((pl.col("ts") // step) * step).alias("step_ts"))
-             .group_by(["step_ts", "column"]).agg(pl.col("value").mean())
-             .with_columns(((pl.col("step_ts") - g0) // step).alias("t"),
-                           pl.col("column").replace_strict(col_index, return_dtype=pl.Int64).alias("c")))
-    return scatter_on_grid(means["t"].to_numpy(), means["c"].to_numpy(), means["value"].to_numpy(),
-                           (n_steps, len(col_index)))
+    NaN where a step has none. ``finite`` holds ``ts``, ``column`` (a key of ``col_index``) and ``value``.
+
+    Each cell's mean is its points' Kahan-compensated sum, taken in row order, over their count:
+    the bits polars' ``group_by(...).mean()`` gives where it is repeatable. It was not, run to
+    run, once cells held ~20 points (MSDS Glances at 1 Hz on a 20 s grid gave another
+    ``metrics.parquet`` in each process), and its hash tables peaked at ~2.7 GB over 26 M GAIA
+    points. Points sorted by time (every reader's frame) are taken a slice of whole steps at a time."""
+    out = np.full(n_steps * len(col_index), np.nan)
+    for part in _whole_step_slices(finite, step):
+        if part.height == 0:
+            continue
+        cell = (part["ts"].to_numpy() // step * step - g0) // step * len(col_index) + _column_codes(part, col_index)
+        first, count, total = _kahan_sums(cell, part["value"].to_numpy())
+        out[first] = total / count
+    return out.reshape(n_steps, len(col_index))
+
+
+def _column_codes(df: pl.DataFrame, col_index: dict[str, int]) -> np.ndarray:
+    """``col_index`` of each row's ``column`` (Int64); an error names a column it lacks."""
+    col = df["column"]
+    if col.dtype == pl.Categorical and col_index:
+        known = pl.Series(list(col_index), dtype=pl.Categorical).to_physical().to_numpy()
+        phys = col.to_physical().to_numpy()
+        lut = np.full(int(max(known.max(), phys.max(initial=0))) + 1, -1, np.int64)
+        lut[known] = list(col_index.values())
+        codes = lut[phys]
+        if not (codes < 0).any():
+            return codes
+    return df.select(pl.col("column").replace_strict(col_index, return_dtype=pl.Int64)).to_series().to_numpy()
+
+
+def _kahan_sums(cell: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell, count, compensated sum) of each distinct cell, summing its values in row order.
+
+    Cells are ordered longest first, so at each position within a cell the cells still running
+    are a prefix: the loop runs once per position of the longest cell, vectorised across cells."""
+    order = np.argsort(cell, kind="stable")
+    by_cell = cell[order]
+    starts = np.flatnonzero(np.r_[True, by_cell[1:] != by_cell[:-1]])
+    count = np.diff(np.r_[starts, len(by_cell)])
+    longest = np.argsort(-count, kind="stable")
+    starts, count = starts[longest], count[longest]
+    ordered = value[order]
+    total = ordered[starts]
+    carry = np.zeros_like(total)
+    running = np.searchsorted(-count, -np.arange(1, int(count.max(initial=1))), side="left")  # cells with count > k
+    for k, n in enumerate(running.tolist(), start=1):
+        y = ordered[starts[:n] + k] - carry[:n]
+        t = total[:n] + y
+        carry[:n] = (t - total[:n]) - y
+        total[:n] = t
+    return by_cell[starts], count, total
+
+
+def _whole_step_slices(df: pl.DataFrame, step: int, rows: int = _STEP_MEAN_ROWS) -> list[pl.DataFrame]:
+    """Row slices of ``df`` of about ``rows`` points that cut only between two grid steps; the
+    whole frame when its times are not sorted."""
+    if df.height <= rows or df["ts"].null_count() or not df["ts"].is_sorted():
+        return [df]
+    ts = df["ts"].to_numpy()
+    cuts = [0]
+    for at in range(rows, len(ts), rows):
+        cut = int(np.searchsorted(ts, (ts[at] // step) * step, side="left"))  # first row of row at's step
+        if cut > cuts[-1]:
+            cuts.append(cut)
+    cuts.append(len(ts))
+    return [df.slice(a, b - a) for a, b in zip(cuts, cuts[1:])]
+
+
+def _rows_where(df: pl.DataFrame, keep: pl.Expr) -> pl.DataFrame:
+    """``df.filter(keep)``, or ``df`` itself when every row is kept: a filter copies every column
+    (26 M GAIA points: ~0.7 GB per copy), and readers' frames usually keep all their rows."""
+    mask = df.select(keep.alias("keep")).to_series()
+    return df if mask.all() else df.filter(mask)
 
 
 def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
@@ -149,7 +253,7 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
     step = step_us(step_s)
     pts = with_column_names(points)
     names = select_channels(sorted(pts["column"].unique().to_list()), params)
-    pts = pts.filter(pl.col("column").is_in(names) & pl.col("ts").is_not_null())
+    pts = _rows_where(pts, pl.col("column").is_in(names) & pl.col("ts").is_not_null())
     stats: dict = {"fit_until_ts": None, "step_s": step_s, "normalisation": None, "columns": {}, "dropped": [],
                    "gap_fill": METRIC_GAP_FILL}
     if pts.height == 0:
@@ -159,7 +263,7 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
     g = grid(int(pts["ts"].min()), int(pts["ts"].max()), step_s)
     cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
     col_index = {n: i for i, n in enumerate(names)}
-    finite = pts.filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
+    finite = _rows_where(pts, pl.col("value").is_not_null() & pl.col("value").is_finite())
     skipped = pts.height - finite.height
     if skipped:
         log.info("%d metric points are null/NaN/inf and count as missing", skipped)
