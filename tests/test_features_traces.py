@@ -149,3 +149,31 @@ def test_no_spans_give_empty_tables():
     out = trace_features(spans([]), 10, SPLIT)
     assert out["series"].height == 0 and out["aggregates"].height == 0
     assert out["graph"] == {"services": [], "edges": [], "edge_counts": {}}
+
+
+def test_edge_latency_means_are_row_order_kahan_means_every_call():
+    """Several hundred calls per (step, edge): each mean is the compensated sum in row order over the
+    count, the same bits on every call (polars' group_by mean gave other bits on a second call)."""
+    from stages.features.trace_features import edge_step_features
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    calls = pl.DataFrame({"ts": np.sort(rng.integers(0, 600, n)) * 1_000_000, "caller": rng.choice(["a", "b"], n),
+                          "callee": ["c"] * n, "latency_s": rng.lognormal(-3, 1.5, n), "is_error": rng.random(n) < 0.05})
+    step = 60_000_000
+    runs = [edge_step_features(calls, ["a->c", "b->c"], 0, 10, step) for _ in range(3)]
+    cells: dict = {}
+    for t, a, v, err in zip(calls["ts"], calls["caller"], calls["latency_s"], calls["is_error"]):
+        cells.setdefault((t // step, 0 if a == "a" else 1), []).append((v, err))
+    latency, count, errors = np.full((10, 2), np.nan), np.zeros((10, 2)), np.zeros((10, 2))
+    for (k, c), vs in cells.items():
+        total, carry = vs[0][0], 0.0
+        for v, _ in vs[1:]:
+            y = v - carry
+            t = total + y
+            carry = (t - total) - y
+            total = t
+        latency[k, c], count[k, c], errors[k, c] = total / len(vs), len(vs), sum(e for _, e in vs)
+    for run in runs:
+        assert np.array_equal(run["latency"].view(np.int64), latency.view(np.int64))
+        assert np.array_equal(run["count"], np.log1p(count)) and np.array_equal(run["error_rate"], errors / count)

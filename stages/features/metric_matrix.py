@@ -179,7 +179,7 @@ def step_means(finite: pl.DataFrame, col_index: dict[str, int], g0: int, n_steps
         if part.height == 0:
             continue
         cell = (part["ts"].to_numpy() // step * step - g0) // step * len(col_index) + _column_codes(part, col_index)
-        first, count, total = _kahan_sums(cell, part["value"].to_numpy())
+        first, count, total = cell_kahan_sums(cell, part["value"].to_numpy())
         out[first] = total / count
     return out.reshape(n_steps, len(col_index))
 
@@ -198,8 +198,10 @@ def _column_codes(df: pl.DataFrame, col_index: dict[str, int]) -> np.ndarray:
     return df.select(pl.col("column").replace_strict(col_index, return_dtype=pl.Int64)).to_series().to_numpy()
 
 
-def _kahan_sums(cell: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cell, count, compensated sum) of each distinct cell, summing its values in row order.
+def cell_kahan_sums(cell: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell, count, compensated sum) of each distinct cell, summing its values in row order: the
+    bits of polars' group_by mean/sum where that is repeatable (it was not on groups of ~20+ values
+    called twice in one process), the same bits every time here.
 
     Cells are ordered longest first, so at each position within a cell the cells still running
     are a prefix: the loop runs once per position of the longest cell, vectorised across cells."""

@@ -18,7 +18,7 @@ from stages.core.errors import InputError
 from stages.core.frames import conform
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
-from stages.features.metric_matrix import empty_table, forward_fill, scatter_on_grid, step_us
+from stages.features.metric_matrix import cell_kahan_sums, empty_table, forward_fill, step_us
 from stages.features.normalise import ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling
 from stages.features.params import TracesParams
 
@@ -133,21 +133,23 @@ def call_graph(spans: pl.DataFrame, calls: pl.DataFrame, min_edge_count: int = 1
 def edge_step_features(calls: pl.DataFrame, edges: list[str], g0: int, n_steps: int, step: int
                        ) -> dict[str, np.ndarray]:
     """Unscaled (n_steps, E) ``latency`` (mean callee duration, NaN without calls), ``count`` (log1p calls)
-    and ``error_rate`` of each ``caller->callee`` edge on the grid from ``g0``; calls on other edges are ignored."""
-    per_step = (calls.with_columns((pl.col("caller") + "->" + pl.col("callee")).alias("edge"),
-                                   ((pl.col("ts") // step) * step).alias("step_ts"))
-                .filter(pl.col("edge").is_in(edges))
-                .group_by(["step_ts", "edge"])
-                .agg(pl.len().alias("n"), pl.col("latency_s").mean().alias("lat"),
-                     pl.col("is_error").cast(pl.Int64).sum().alias("err"))
-                .with_columns(((pl.col("step_ts") - g0) // step).alias("t"),
-                              pl.col("edge").replace_strict({e: i for i, e in enumerate(edges)},
-                                                            return_dtype=pl.Int64).alias("c")))
+    and ``error_rate`` of each ``caller->callee`` edge on the grid from ``g0``; calls on other edges are ignored.
+
+    The mean latency is each cell's Kahan sum in row order over its count (``cell_kahan_sums``):
+    polars' group_by mean gave other bits when called again in one process on cells of a few
+    hundred calls, and the same bits as this where it was repeatable."""
+    on_edges = (calls.with_columns((pl.col("caller") + "->" + pl.col("callee")).alias("edge"))
+                .filter(pl.col("edge").is_in(edges)))
     shape = (n_steps, len(edges))
-    t, c = per_step["t"].to_numpy(), per_step["c"].to_numpy()
-    count = scatter_on_grid(t, c, per_step["n"].to_numpy(), shape, fill=0.0)
-    errors = scatter_on_grid(t, c, per_step["err"].to_numpy(), shape, fill=0.0)
-    latency = scatter_on_grid(t, c, per_step["lat"].to_numpy(), shape)
+    count, errors = np.zeros(n_steps * len(edges)), np.zeros(n_steps * len(edges))
+    latency = np.full(n_steps * len(edges), np.nan)
+    if on_edges.height:
+        c = on_edges.select(pl.col("edge").replace_strict({e: i for i, e in enumerate(edges)}, return_dtype=pl.Int64))
+        cell = (on_edges["ts"].to_numpy() // step * step - g0) // step * len(edges) + c.to_series().to_numpy()
+        first, n, total = cell_kahan_sums(cell, on_edges["latency_s"].cast(pl.Float64).to_numpy())
+        count[first], latency[first] = n, total / n
+        errors += np.bincount(cell, weights=on_edges["is_error"].fill_null(False).cast(pl.Float64).to_numpy(), minlength=len(errors))
+    count, errors, latency = count.reshape(shape), errors.reshape(shape), latency.reshape(shape)
     error_rate = np.divide(errors, count, out=np.zeros_like(errors), where=count > 0)
     return {"latency": latency, "count": np.log1p(count), "error_rate": error_rate}
 
