@@ -18,7 +18,8 @@ import polars as pl
 from stages.core.frames import conform, key_column
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
-from stages.features.normalise import ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling
+from stages.features.normalise import (ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling,
+                                      in_column_blocks)
 from stages.features.params import MetricsParams
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,9 @@ def forward_fill(x: np.ndarray, limit: int | None, seed: np.ndarray | None = Non
     """
     if x.size == 0 or (limit is not None and limit <= 0):
         return x.copy()
-    if x.shape[1] > _FILL_COLUMNS:  # a block of columns at a time: each pass holds ~5 arrays of its size
-        out = np.empty(x.shape, np.float64)
-        for a in range(0, x.shape[1], _FILL_COLUMNS):
-            cols = slice(a, a + _FILL_COLUMNS)
-            out[:, cols] = forward_fill(x[:, cols], limit, None if seed is None else np.asarray(seed)[cols],
-                                        None if seed_age is None else np.asarray(seed_age)[cols])
-        return out
+    if x.shape[1] > _FILL_COLUMNS:  # each pass holds ~5 arrays of its size
+        return in_column_blocks(lambda xb, sb, ab: forward_fill(xb, limit, sb, ab), x, [seed, seed_age],
+                                _FILL_COLUMNS, np.float64)
     t = np.arange(x.shape[0])[:, None]
     none = np.iinfo(np.int64).min // 2  # "never observed": farther back than any limit
     last = np.where(~np.isnan(x), t, none)
@@ -132,12 +129,12 @@ def with_column_names(points: pl.DataFrame) -> pl.DataFrame:
     if pts["entity"].null_count() or pts["metric"].null_count():
         return pts.with_columns((pl.col("entity").cast(pl.Utf8).fill_null("") + "/"
                                  + pl.col("metric").cast(pl.Utf8).fill_null("")).cast(pl.Categorical).alias("column"))
-    e, entities = _dense_codes(pts["entity"])
-    m, metrics = _dense_codes(pts["metric"])
+    entities, metrics = (pts[k].unique().cast(pl.Utf8).to_list() for k in ("entity", "metric"))
+    e, m = _category_codes(pts["entity"], entities), _category_codes(pts["metric"], metrics)
     n_pairs = len(entities) * len(metrics)
     pair = e.astype(_small_uint(n_pairs))  # the smallest codes that hold every pair: a quarter of Int64's memory
     pair *= len(metrics)
-    pair += m
+    pair += m.astype(pair.dtype)  # every value is among the names: no -1
     seen = np.zeros(n_pairs, bool)
     seen[pair] = True
     present = np.flatnonzero(seen)
@@ -152,14 +149,14 @@ def _small_uint(n: int) -> np.dtype:
     return np.min_scalar_type(max(n - 1, 0))
 
 
-def _dense_codes(col: pl.Series) -> tuple[np.ndarray, list[str]]:
-    """Each row's index into the column's distinct values (a Categorical without nulls), and those values."""
-    distinct = col.unique()
+def _category_codes(col: pl.Series, names: list[str]) -> np.ndarray:
+    """Each row's index in ``names`` (a Categorical column), -1 where its value is not among them:
+    a lookup on category ids, in the smallest signed dtype that holds the indices."""
+    known = pl.Series(names, dtype=pl.Categorical).to_physical().to_numpy()
     phys = col.to_physical().to_numpy()
-    known = distinct.to_physical().to_numpy()
-    lut = np.empty(int(max(phys.max(initial=0), known.max(initial=0))) + 1, _small_uint(len(known)))
-    lut[known] = np.arange(len(known))
-    return lut[phys], distinct.cast(pl.Utf8).to_list()
+    lut = np.full(int(max(phys.max(initial=0), known.max(initial=0))) + 1, -1, np.min_scalar_type(-max(len(names), 1)))
+    lut[known] = np.arange(len(names))
+    return lut[phys]
 
 
 _STEP_MEAN_ROWS = 2_000_000  # points per pass of step_means: its arrays stay ~50 MB at any dump size
@@ -178,7 +175,7 @@ def step_means(finite: pl.DataFrame, col_index: dict[str, int], g0: int, n_steps
     for part in _whole_step_slices(finite, step):
         if part.height == 0:
             continue
-        cell = (part["ts"].to_numpy() // step * step - g0) // step * len(col_index) + _column_codes(part, col_index)
+        cell = grid_cells(part["ts"].to_numpy(), _column_codes(part, col_index), g0, step, len(col_index))
         first, count, total = cell_kahan_sums(cell, part["value"].to_numpy())
         out[first] = total / count
     return out.reshape(n_steps, len(col_index))
@@ -186,16 +183,16 @@ def step_means(finite: pl.DataFrame, col_index: dict[str, int], g0: int, n_steps
 
 def _column_codes(df: pl.DataFrame, col_index: dict[str, int]) -> np.ndarray:
     """``col_index`` of each row's ``column`` (Int64); an error names a column it lacks."""
-    col = df["column"]
-    if col.dtype == pl.Categorical and col_index:
-        known = pl.Series(list(col_index), dtype=pl.Categorical).to_physical().to_numpy()
-        phys = col.to_physical().to_numpy()
-        lut = np.full(int(max(known.max(), phys.max(initial=0))) + 1, -1, np.int64)
-        lut[known] = list(col_index.values())
-        codes = lut[phys]
-        if not (codes < 0).any():
-            return codes
+    if df["column"].dtype == pl.Categorical and col_index:
+        at = _category_codes(df["column"], list(col_index))
+        if not (at < 0).any():
+            return np.fromiter(col_index.values(), np.int64, len(col_index))[at]
     return df.select(pl.col("column").replace_strict(col_index, return_dtype=pl.Int64)).to_series().to_numpy()
+
+
+def grid_cells(ts: np.ndarray, column: np.ndarray, g0: int, step: int, n_columns: int) -> np.ndarray:
+    """Flat (step, column) cell of each row on the grid from ``g0``: step * n_columns + column."""
+    return (ts // step * step - g0) // step * n_columns + column
 
 
 def cell_kahan_sums(cell: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -114,18 +114,26 @@ def fit_scaling(x: np.ndarray, train_rows: np.ndarray, rule: ScaleRule) -> Scali
                    missing_fraction=1.0 - n / rows)
 
 
-_SCALE_COLUMNS = 64  # columns per pass of apply_scaling: its float64 temporaries stay that narrow
+def in_column_blocks(fn, x: np.ndarray, per_column: list[np.ndarray | None], width: int, dtype) -> np.ndarray:
+    """``fn(x[:, block], *per_column[block])`` for blocks of ``width`` columns, gathered into one
+    array: a column-wise computation whose temporaries are the size of a block, not of ``x``
+    (a 60k × 650 grid is 315 MB per float64 temporary). ``None`` per-column arguments stay None."""
+    out = np.empty(x.shape, dtype)
+    for a in range(0, x.shape[1], width):
+        cols = slice(a, a + width)
+        out[:, cols] = fn(x[:, cols], *(None if v is None else np.asarray(v)[cols] for v in per_column))
+    return out
+
+
+_SCALE_COLUMNS = 64  # columns per pass of apply_scaling
 
 
 def apply_scaling(x: np.ndarray, centre: np.ndarray, scale: np.ndarray, clip: float) -> np.ndarray:
     """clip((x - centre) / scale) as float32; cells still missing sit at the centre, i.e. 0."""
     if x.ndim == 2 and x.shape[1] > _SCALE_COLUMNS and np.ndim(centre) <= 1 and np.ndim(scale) <= 1:
-        out = np.empty(x.shape, np.float32)
-        centre, scale = np.broadcast_to(centre, x.shape[1:]), np.broadcast_to(scale, x.shape[1:])
-        for a in range(0, x.shape[1], _SCALE_COLUMNS):
-            cols = slice(a, a + _SCALE_COLUMNS)
-            out[:, cols] = apply_scaling(x[:, cols], centre[cols], scale[cols], clip)
-        return out
+        return in_column_blocks(lambda xb, c, s: apply_scaling(xb, c, s, clip), x,
+                                [np.broadcast_to(centre, x.shape[1:]), np.broadcast_to(scale, x.shape[1:])],
+                                _SCALE_COLUMNS, np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
         z = (x - centre) / scale
     z = np.nan_to_num(z, nan=0.0, posinf=clip, neginf=-clip)

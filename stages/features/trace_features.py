@@ -18,7 +18,7 @@ from stages.core.errors import InputError
 from stages.core.frames import conform
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
-from stages.features.metric_matrix import cell_kahan_sums, empty_table, forward_fill, step_us
+from stages.features.metric_matrix import cell_kahan_sums, empty_table, forward_fill, grid_cells, step_us
 from stages.features.normalise import ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling
 from stages.features.params import TracesParams
 
@@ -145,7 +145,7 @@ def edge_step_features(calls: pl.DataFrame, edges: list[str], g0: int, n_steps: 
     latency = np.full(n_steps * len(edges), np.nan)
     if on_edges.height:
         c = on_edges.select(pl.col("edge").replace_strict({e: i for i, e in enumerate(edges)}, return_dtype=pl.Int64))
-        cell = (on_edges["ts"].to_numpy() // step * step - g0) // step * len(edges) + c.to_series().to_numpy()
+        cell = grid_cells(on_edges["ts"].to_numpy(), c.to_series().to_numpy(), g0, step, len(edges))
         first, n, total = cell_kahan_sums(cell, on_edges["latency_s"].cast(pl.Float64).to_numpy())
         count[first], latency[first] = n, total / n
         errors += np.bincount(cell, weights=on_edges["is_error"].fill_null(False).cast(pl.Float64).to_numpy(), minlength=len(errors))
