@@ -101,11 +101,17 @@ def _child(spec: dict) -> dict:
     import polars  # noqa: F401 - imported before the clock starts, for both readers alike
 
     fmt, root, modality = spec["format"], Path(spec["root"]), spec["modality"]
-    if spec["what"] == "reference":
+    if spec["what"] == "reference_stage":
+        return _reference_stage(spec)
+    if spec["what"] in ("reference", "reference_together"):
         from stages import bench_reference
 
         t0 = time.perf_counter()
-        frame = bench_reference.read(fmt, modality, [Path(p) for p in spec["files"]])
+        files = [Path(p) for p in spec["files"]]
+        if spec["what"] == "reference_together":
+            frame = bench_reference.csvs_together(files)
+        else:
+            frame = bench_reference.read(fmt, modality, files)
         return {"rows": frame.height, "read_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
     from stages.formats import read_modality, reader
 
@@ -117,18 +123,39 @@ def _child(spec: dict) -> dict:
     if spec.get("features") and frame is not None:
         t1 = time.perf_counter()
         _features(frame, modality, spec["step_s"])
-        out.update(features_s=time.perf_counter() - t1, peak_rss_with_features_mb=peak_rss_mb())
+        now = time.perf_counter()
+        out.update(features_s=now - t1, stage_s=now - t0, peak_rss_with_features_mb=peak_rss_mb())
     return out
 
 
+def _reference_stage(spec: dict) -> dict:
+    """The plain polars metrics stage (:func:`stages.bench_reference.metric_stage`) on the same files."""
+    from stages import bench_reference
+    from stages.core.params import SplitParams
+    from stages.features.params import MetricsParams
+
+    with tempfile.TemporaryDirectory(prefix="bench-ref-stage-") as tmp:
+        t0 = time.perf_counter()
+        z = bench_reference.metric_stage([Path(p) for p in spec["files"]], spec["step_s"], Path(tmp) / "m.parquet",
+                                         MetricsParams().max_gap_steps, SplitParams().train)
+        took = time.perf_counter() - t0
+    return {"rows": z.height, "columns": z.width - 1, "read_s": took, "stage_s": took, "peak_rss_mb": peak_rss_mb()}
+
+
 def _features(frame, modality: str, step_s: float) -> None:
+    """The modality's feature step; for metrics the whole stage's outputs too (Parquet and stats JSON,
+    into a temporary folder), so the time compares with the reference stage's."""
     from stages.core.params import SplitParams
     from stages.features.params import LogsParams, MetricsParams
 
     if modality == "metrics":
+        from stages.core.io import write_json, write_parquet
         from stages.features.metric_matrix import metric_matrix
 
-        metric_matrix(frame, step_s, SplitParams(), MetricsParams())
+        matrix, stats = metric_matrix(frame, step_s, SplitParams(), MetricsParams())
+        with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
+            write_parquet(matrix, Path(tmp) / "metrics.parquet")
+            write_json(stats, Path(tmp) / "metrics_stats.json")
     elif modality == "traces":
         from stages.features.trace_features import trace_features
 
@@ -243,6 +270,21 @@ def table(results: dict) -> str:
         lines.append(_row(modality, "project", m, m["files"], m["input_mb"], ref))
         if ref:
             lines.append(_row(modality, "reference", ref, m["files"], m["input_mb"], None))
+    together = results.get("reference_together")
+    if together:
+        proj = results["modalities"]["metrics"]
+        lines.append(_row("metrics", "reference, one `collect_all`", together, proj["files"], proj["input_mb"], None))
+        lines.append(f"| | project ÷ `collect_all` reference | | | | | | | | "
+                     f"{proj['read_s'] / together['read_s']:.2f} | {proj['peak_rss_mb'] / together['peak_rss_mb']:.2f} |")
+    stage = results.get("stage")
+    if stage:
+        proj, ref = stage["project"], stage["reference"]
+        lines += ["", "| metrics stage (read → Parquet) | s | peak RSS MiB | time / ref | RSS / ref |", "|---|---|---|---|---|",
+                  f"| project: reader, `metric_matrix`, Parquet + stats | {proj['stage_s']:.2f} | "
+                  f"{proj['peak_rss_mb']:.0f} | {proj['stage_s'] / ref['stage_s']:.2f} | "
+                  f"{proj['peak_rss_mb'] / ref['peak_rss_mb']:.2f} |",
+                  f"| reference: plain polars ({ref['columns']:,} columns × {ref['rows']:,} steps) | "
+                  f"{ref['stage_s']:.2f} | {ref['peak_rss_mb']:.0f} | — | — |"]
     lines.append("")
     lines.append("rows: rows of each reader's frame (the reference's metric rows are the files' wide lines, the "
                  "project's are long points); input MB: bytes on disk (a .zip counts compressed); peak RSS: the "
@@ -270,7 +312,17 @@ def bench_ingest(args: argparse.Namespace) -> dict:
         spec = {"format": fmt, "root": str(root), "modality": modality, "files": files, "step_s": args.step_s}
         specs = [{**spec, "what": "project", "features": not args.no_features}]
         specs += [{**spec, "what": "reference"}] if files else []
+        if modality == "metrics" and files:
+            specs.append({**spec, "what": "reference_together"})
+        staged = modality == "metrics" and files and not args.no_features
+        specs += [{**spec, "what": "reference_stage"}] if staged else []
         proj, *ref = _measure(specs, args.repeat)
+        if modality == "metrics" and files:
+            results["reference_together"] = ref.pop(1)
+        if staged:
+            ref, ref_stage = ref[:1], ref[1]
+            results["stage"] = {"step_s": args.step_s, "reference": ref_stage, "project": {
+                "stage_s": proj.get("stage_s"), "peak_rss_mb": proj.get("peak_rss_with_features_mb")}}
         results["modalities"][modality] = {**proj, "files": len(files), "input_mb": round(mb, 2),
                                            "rows_per_s": round(proj["rows"] / proj["read_s"], 1)
                                            if proj["read_s"] else None}

@@ -41,5 +41,19 @@ def test_ingest_rows_and_own_peak(tmp_path: Path):
         assert ref["rows"] == (40 if modality == "metrics" else rows)  # wide lines vs long points
         assert 0 < proj["peak_rss_mb"] < 600 and 0 < ref["peak_rss_mb"] < 600
     table = res["table"].splitlines()
-    assert table[0].startswith("| modality | reader |") and len([t for t in table if t.startswith("| metrics")]) == 2
+    # project, the reference (read_csv per file) and the one-collect_all reference
+    assert table[0].startswith("| modality | reader |") and len([t for t in table if t.startswith("| metrics")]) == 3
+    assert res["reference_together"]["rows"] == 40 and "stage" not in res
     del ballast
+
+
+def test_metrics_stage_against_the_plain_polars_stage(tmp_path: Path):
+    tiny_msds(tmp_path / "dump")
+    args = argparse.Namespace(root=str(tmp_path / "dump"), format="msds", scale=None, fraction=None, repeat=1,
+                              no_features=False, step_s=10.0, workdir=None, hours=1.0, requests_per_s=1.0)
+    res = bench_ingest.bench_ingest(args)
+    stage = res["stage"]
+    # 40 s of 1 Hz points on a 10 s grid: 4 steps of 2 columns, written to Parquet by both
+    assert stage["reference"]["rows"] == 4 and stage["reference"]["columns"] == 2
+    assert stage["project"]["stage_s"] >= res["modalities"]["metrics"]["read_s"] > 0
+    assert any(t.startswith("| metrics stage (read → Parquet)") for t in res["table"].splitlines())

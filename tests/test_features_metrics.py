@@ -196,9 +196,32 @@ def test_fill_and_scaling_by_column_blocks_equal_one_pass(monkeypatch):
     seed, age = rng.normal(size=150), rng.integers(1, 5, 150)
     seed[::3] = np.nan
     centre, scale = rng.normal(size=150), rng.uniform(0.1, 2, 150)
-    blocks = mm.forward_fill(x, 3, seed, age), nz.apply_scaling(x, centre, scale, 5.0)
+    x[:, 7] = 2.5  # constant on the training rows
+    x[:120, 9] = np.nan  # no training value
+    train = np.arange(200) < 120
+    rule = nz.ScaleRule()
+
+    def passes():
+        fit = nz.fit_scaling(x, train, rule)
+        in_place = x.copy()
+        filled = mm.forward_fill(in_place, 3, seed, age, in_place=True)
+        assert filled is in_place
+        col_major = nz.apply_scaling(x, centre, scale, 5.0, order="F")
+        assert col_major.flags.f_contiguous
+        return [mm.forward_fill(x, 3, seed, age), nz.apply_scaling(x, centre, scale, 5.0), filled, col_major,
+                mm.is_constant(x, train, fit.centre), *(getattr(fit, f) for f in (
+                    "centre", "spread", "scale", "bound", "observed", "missing_fraction"))]
+
+    blocks = passes()
     monkeypatch.setattr(mm, "_FILL_COLUMNS", 10**6)
     monkeypatch.setattr(nz, "_SCALE_COLUMNS", 10**6)
-    one = mm.forward_fill(x, 3, seed, age), nz.apply_scaling(x, centre, scale, 5.0)
+    monkeypatch.setattr(nz, "_FIT_COLUMNS", 10**6)
+    one = passes()
+    assert blocks[4][7] and not blocks[4][8]
     for a, b in zip(blocks, one):
-        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+        assert a.dtype == b.dtype
+        if a.dtype == object:
+            assert list(a) == list(b)
+        else:
+            assert np.array_equal(a, b, equal_nan=True) and np.array_equal(np.ascontiguousarray(np.nan_to_num(a)).view(np.uint8),
+                                                                          np.ascontiguousarray(np.nan_to_num(b)).view(np.uint8))

@@ -53,18 +53,19 @@ _FILL_COLUMNS = 64  # columns per pass of forward_fill
 
 
 def forward_fill(x: np.ndarray, limit: int | None, seed: np.ndarray | None = None,
-                 seed_age: np.ndarray | None = None) -> np.ndarray:
+                 seed_age: np.ndarray | None = None, in_place: bool = False) -> np.ndarray:
     """Forward-fill NaNs down each column, bridging at most ``limit`` steps (None: unbounded).
 
     ``seed`` / ``seed_age`` (per column, NaN seed = none) carry the last value observed *before*
     row 0 and how many steps before row 0 it was (>= 1): a stream scored chunk by chunk fills the
     head of a chunk exactly as one long matrix would (:mod:`stages.scoring.features`).
+    ``in_place``: the result is written into ``x`` (float64) and returned; no second matrix.
     """
     if x.size == 0 or (limit is not None and limit <= 0):
-        return x.copy()
-    if x.shape[1] > _FILL_COLUMNS:  # each pass holds ~5 arrays of its size
+        return x if in_place else x.copy()
+    if x.shape[1] > _FILL_COLUMNS or in_place:  # each pass holds ~5 arrays of its size
         return in_column_blocks(lambda xb, sb, ab: forward_fill(xb, limit, sb, ab), x, [seed, seed_age],
-                                _FILL_COLUMNS, np.float64)
+                                _FILL_COLUMNS, np.float64, out=x if in_place else None)
     t = np.arange(x.shape[0])[:, None]
     none = np.iinfo(np.int64).min // 2  # "never observed": farther back than any limit
     last = np.where(~np.isnan(x), t, none)
@@ -99,7 +100,11 @@ def last_observed(x: np.ndarray, k0: int, seed: np.ndarray | None = None,
 
 
 def is_constant(x: np.ndarray, train_rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """Columns whose observed training values are all equal (up to float noise)."""
+    """Columns whose observed training values are all equal (up to float noise); wide tables in
+    blocks of columns, so the training rows' copy stays the size of a block."""
+    if x.shape[1] > _FILL_COLUMNS:
+        return np.concatenate([is_constant(x[:, a:a + _FILL_COLUMNS], train_rows, centre[a:a + _FILL_COLUMNS])
+                               for a in range(0, x.shape[1], _FILL_COLUMNS)])
     xt = x[train_rows]
     seen = ~np.isnan(xt)
     hi = np.where(seen, xt, -np.inf).max(axis=0, initial=-np.inf)
@@ -267,6 +272,7 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
     if skipped:
         log.info("%d metric points are null/NaN/inf and count as missing", skipped)
     x = step_means(finite, col_index, int(g[0]), len(g), step)
+    del finite, pts  # the caller's points stay; this function's filtered copies and names go
 
     train_rows = g < cutoff
     rule = ScaleRule(rel_floor=params.rel_floor, abs_floor=params.abs_floor, clip=params.clip)
@@ -284,8 +290,12 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
                  len(names), ", ".join(d["column"] for d in stats["dropped"][:10]))
 
     kept = [n for n, k in zip(names, keep) if k]
-    filled = forward_fill(x[:, keep], params.max_gap_steps)
-    z = apply_scaling(filled, fit.centre[keep], fit.scale[keep], rule.clip)
+    # in place, and the table's columns are slices of one column-major float32 array: at GAIA's
+    # size (1/10: 121k steps × 650 columns) each float64 copy of the grid is 630 MB
+    filled = forward_fill(x if keep.all() else x[:, keep], params.max_gap_steps, in_place=True)
+    del x
+    z = apply_scaling(filled, fit.centre[keep], fit.scale[keep], rule.clip, order="F")
+    del filled
     stats["fit_until_ts"] = cutoff
     # only the training share is stored: the stats file must not depend on later steps
     stats["normalisation"] = {**rule.describe(), "clipped_share_train": clipped_share(z, train_rows, rule.clip)}

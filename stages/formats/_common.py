@@ -510,15 +510,17 @@ def csv_header(path: Path) -> list[str]:
     return [c.strip().strip('"') for c in first.decode("utf-8", errors="replace").rstrip("\r\n").split(",")]
 
 
-def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer: bool = False) -> pl.DataFrame:
+def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer: bool = False,
+             direct: pl.DataFrame | None = None) -> pl.DataFrame:
     """Whole CSV (quoted newlines allowed), after checking the required columns exist.
 
     Columns are read as text (or, with ``infer``, typed by polars with a fall-back to text when
     inference fails), so typing errors are reported with their row number by :func:`to_float` /
-    :func:`parse_times` instead of failing inside the CSV parser.
+    :func:`parse_times` instead of failing inside the CSV parser. ``direct``: this file's frame
+    from :func:`direct_csvs` (read together with other files), used as :func:`_direct_csv`'s.
     """
     if infer and not lossy:
-        df = _direct_csv(path)
+        df = direct if direct is not None else _direct_csv(path)
         if df is not None and all(c in df.columns for c in required):
             return df
     data = read_bytes(path)
@@ -549,6 +551,46 @@ def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer:
     if missing:
         raise InputError(path, "header", f"columns {list(required)} (missing {missing})", df.columns)
     return df
+
+
+_DIRECT_GROUP_BYTES = 32 * 2**20  # input read per collect_all: memory stays bounded at any dump size
+
+
+def direct_csvs(paths: list[Path]) -> Iterator[tuple[Path, pl.DataFrame | None]]:
+    """``(path, frame)`` in order, the frame being :func:`_direct_csv`'s, or None where that
+    function's own read must decide (it then runs on that file alone, as before).
+
+    Files are read by one ``collect_all`` per group of up to 32 MB of input, in parallel: one
+    eager ``read_csv`` per file cost ~1.6 ms of query overhead under polars 2 (~0.6 ms under
+    1.44), a quarter to a half of reading a dump of a few hundred small metric files (GAIA holds
+    one file per series). A group whose query fails yields None for all its files, so errors
+    and warnings are the file-by-file ones, in file order."""
+    group: list[Path] = []
+    size = 0
+    for path in paths:
+        try:
+            nbytes = path.stat().st_size
+        except OSError:
+            nbytes = 0
+        if group and size + nbytes > _DIRECT_GROUP_BYTES:
+            yield from _direct_group(group)
+            group, size = [], 0
+        group.append(path)
+        size += nbytes
+    if group:
+        yield from _direct_group(group)
+
+
+def _direct_group(paths: list[Path]) -> Iterator[tuple[Path, pl.DataFrame | None]]:
+    if len(paths) == 1:
+        yield paths[0], None
+        return
+    try:
+        frames = pl.collect_all([pl.scan_csv(p, infer_schema_length=100, quote_char='"', glob=False) for p in paths])
+    except (Exception, pl.exceptions.PanicException):  # noqa: BLE001 - each file's own read names it
+        frames = [None] * len(paths)
+    for path, df in zip(paths, frames):
+        yield path, None if df is None or df.height == 0 or any("\ufffd" in c for c in df.columns) else df
 
 
 def _direct_csv(path: Path) -> pl.DataFrame | None:

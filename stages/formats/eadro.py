@@ -112,9 +112,9 @@ def list_files(root: Path) -> dict[str, list[Path]]:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> bool:
+def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints, direct: pl.DataFrame | None = None) -> bool:
     """Adds one service's CSV to ``points``; False when it holds no data row (header only)."""
-    df = c.read_csv(path, ["timestamp"], infer=True)
+    df = c.read_csv(path, ["timestamp"], infer=True, direct=direct)
     if df.height == 0:
         return False
     ts = c.parse_times(df["timestamp"], path, "timestamp")
@@ -132,8 +132,8 @@ def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
     files, skipped = found.files["metrics"], list(found.skips("metrics"))
     audit = c.TimeAudit("metrics")
     points = MetricPoints()
-    for p in tqdm(files, desc="eadro metrics", disable=len(files) < 50):
-        if not _read_metric_file(p, audit, points):
+    for p, direct in tqdm(c.direct_csvs(files), desc="eadro metrics", total=len(files), disable=len(files) < 50):
+        if not _read_metric_file(p, audit, points, direct):
             skipped.append((p, "header only, no data row"))
     c.warn_skipped("metrics", skipped, found.unclaimed)
     c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["timestamp"])

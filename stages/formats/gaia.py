@@ -147,10 +147,10 @@ def _drop_index(df: pl.DataFrame) -> pl.DataFrame:
 # ------------------------------------------------------------------ metrics
 
 
-def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> bool:
+def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints, direct: pl.DataFrame | None = None) -> bool:
     """Adds one metric CSV to ``points``; False when it holds no data row (header only)."""
     m = METRIC_NAME.match(path.name)
-    df = c.read_csv(path, ["timestamp", "value"], infer=True)
+    df = c.read_csv(path, ["timestamp", "value"], infer=True, direct=direct)
     if df.height == 0:
         return False
     ts = c.parse_times(df["timestamp"], path, "timestamp")
@@ -168,8 +168,8 @@ def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
     files, skipped = found.files["metrics"], list(found.skips("metrics"))
     audit = c.TimeAudit("metrics")
     points = MetricPoints()
-    for p in tqdm(files, desc="gaia metrics", disable=len(files) < 50):
-        if not _read_metric_file(p, audit, points):
+    for p, direct in tqdm(c.direct_csvs(files), desc="gaia metrics", total=len(files), disable=len(files) < 50):
+        if not _read_metric_file(p, audit, points, direct):
             skipped.append((p, "header only, no data row"))
     c.warn_skipped("metrics", skipped, found.unclaimed)
     if not files and not skipped:
