@@ -1,7 +1,9 @@
 """Shared fixtures: the real public samples (skipped when absent) and offline settings."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # the suite's torch passes claim core slots of their own: they never wait for a run beside them (core/cores.py)
-os.environ.setdefault("AIOPS_CORE_SLOTS_DIR", tempfile.mkdtemp(prefix="aiops-test-core-slots-"))
+if "AIOPS_CORE_SLOTS_DIR" not in os.environ:
+    os.environ["AIOPS_CORE_SLOTS_DIR"] = tempfile.mkdtemp(prefix="aiops-test-core-slots-")
+    atexit.register(shutil.rmtree, os.environ["AIOPS_CORE_SLOTS_DIR"], True)  # a run leaves no folder behind
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -225,3 +225,30 @@ def test_fill_and_scaling_by_column_blocks_equal_one_pass(monkeypatch):
         else:
             assert np.array_equal(a, b, equal_nan=True) and np.array_equal(np.ascontiguousarray(np.nan_to_num(a)).view(np.uint8),
                                                                           np.ascontiguousarray(np.nan_to_num(b)).view(np.uint8))
+
+
+def test_scaling_in_place_gives_the_plain_expression_bits():
+    """apply_scaling computes (x - centre) / scale with one temporary: the dtype of each step and
+    every bit are the plain expression's, for float64, float32 and integer inputs."""
+    import warnings
+
+    import stages.features.normalise as nz
+
+    def plain(x, centre, scale, clip):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            z = (x - centre) / scale
+        return np.clip(np.nan_to_num(z, nan=0.0, posinf=clip, neginf=-clip), -clip, clip).astype(np.float32)
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float64, np.float32, np.int64):
+        for centre, scale in ((rng.normal(size=40) * 100, rng.uniform(0, 2, 40)),
+                              (np.float32(3.3) * np.ones(40, np.float32), np.full(40, 0.7, np.float32)), (3.3, 0.7)):
+            x = (rng.normal(size=(300, 40)) * 1e3).astype(dtype)
+            if dtype != np.int64:
+                x[rng.random(x.shape) < 0.2] = np.nan
+                x[0, :3] = [np.inf, -np.inf, 1e300 if dtype == np.float64 else 3e38]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                got = nz.apply_scaling(x, centre, scale, 10.0)
+            want = plain(x, centre, scale, 10.0)
+            assert got.dtype == want.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))

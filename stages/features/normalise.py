@@ -151,9 +151,13 @@ def apply_scaling(x: np.ndarray, centre: np.ndarray, scale: np.ndarray, clip: fl
                                 [np.broadcast_to(centre, x.shape[1:]), np.broadcast_to(scale, x.shape[1:])],
                                 _SCALE_COLUMNS, np.float32, out=np.empty(x.shape, np.float32, order=order))
     with np.errstate(invalid="ignore", over="ignore"):
-        z = (x - centre) / scale
-    z = np.nan_to_num(z, nan=0.0, posinf=clip, neginf=-clip)
-    return np.clip(z, -clip, clip).astype(np.float32)
+        # (x - centre) / scale with one temporary: each step in the dtype the expression would use
+        z = np.subtract(x, centre)
+        z = z.astype(np.result_type(z, scale), copy=False)
+        np.divide(z, scale, out=z)
+    np.nan_to_num(z, copy=False, nan=0.0, posinf=clip, neginf=-clip)
+    np.clip(z, -clip, clip, out=z)
+    return z.astype(np.float32)
 
 
 def column_stats(names: list[str], fit: Scaling, idx: np.ndarray, missing: np.ndarray | None = None) -> dict:
