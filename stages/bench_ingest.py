@@ -15,6 +15,12 @@ just generated a large dump would report its own peak for every modality). With 
 each child runs that many times, project and reference alternating: the fastest time and the
 highest peak are reported.
 
+Metric CSVs get two references: the issue's (``polars.read_csv`` per file, then one concat) and
+one ``collect_all`` of every file's ``scan_csv`` (parallel; under polars 2 the faster of the two
+on many small files). With the feature steps on (the default), the whole ``metrics`` stage (reader,
+``metric_matrix``, Parquet and stats JSON) is also timed against
+:func:`stages.bench_reference.metric_stage`, the same stage in plain polars.
+
 Printed: a markdown table (rows/s, MB/s, peak RSS, project/reference ratios), then the JSON
 also written to ``bench/ingest_<format>.json``.
 
