@@ -252,3 +252,27 @@ def test_scaling_in_place_gives_the_plain_expression_bits():
                 got = nz.apply_scaling(x, centre, scale, 10.0)
             want = plain(x, centre, scale, 10.0)
             assert got.dtype == want.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_a_grid_larger_than_memory_is_a_clear_error(monkeypatch):
+    """The metric grid is checked against what the machine can still allocate before it is built:
+    an error naming the params to change, not a kernel OOM kill part way through the stage."""
+    import stages.core.memory as memory
+
+    rows = [(k * 10, "svc", f"m{j}", float(k * (j + 1))) for k in range(50) for j in range(3)]
+    monkeypatch.setattr(memory, "available_bytes", lambda: 12 * 50 * 3 - 1)
+    with pytest.raises(InputError, match=r"params.yaml: datasets.<name>.step_s / metrics.include / metrics.exclude: "
+                                         r"expected a metric grid of 50 steps × 3 columns that fits in memory"):
+        metric_matrix(points(rows), 10, SPLIT, MetricsParams())
+    monkeypatch.setattr(memory, "available_bytes", lambda: 12 * 50 * 3)
+    frame, _ = metric_matrix(points(rows), 10, SPLIT, MetricsParams())
+    assert frame.shape == (50, 4)
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)  # no /proc/meminfo: no check
+    assert metric_matrix(points(rows), 10, SPLIT, MetricsParams())[0].shape == (50, 4)
+
+
+def test_available_memory_is_read_from_the_kernel():
+    from stages.core.memory import available_bytes
+
+    have = available_bytes()
+    assert have is None or have > 0

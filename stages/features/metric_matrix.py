@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from stages.core.frames import conform, key_column
+from stages.core.memory import require_memory
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
 from stages.features.normalise import (ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling,
@@ -265,6 +266,10 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
         return empty_table(), stats
 
     g = grid(int(pts["ts"].min()), int(pts["ts"].max()), step_s)
+    # the float64 step means and the float32 table exist together: 12 bytes per cell at least
+    require_memory(12 * len(g) * len(names), f"a metric grid of {len(g):,} steps × {len(names):,} columns",
+                   "datasets.<name>.step_s / metrics.include / metrics.exclude",
+                   "a longer step or fewer columns; 12 bytes per cell")
     cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
     col_index = {n: i for i, n in enumerate(names)}
     finite = _rows_where(pts, pl.col("value").is_not_null() & pl.col("value").is_finite())

@@ -1,0 +1,30 @@
+"""What this machine can still allocate, so that a table too large fails with a clear error, not an OOM kill."""
+from __future__ import annotations
+
+from stages.core.errors import InputError
+from stages.core.params import PARAMS_FILE
+
+GIB = 2**30
+
+
+def available_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (what can be allocated without swapping), or None
+    where the kernel does not say."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def require_memory(need_bytes: int, what: str, keys: str, remedy: str) -> None:
+    """Raises an :class:`InputError` on ``keys`` of ``params.yaml`` when ``need_bytes`` (a lower
+    bound of what a step must allocate at once) exceeds the memory still available: the stage
+    would otherwise be killed by the kernel part way, with no word of why."""
+    have = available_bytes()
+    if have is not None and need_bytes > have:
+        raise InputError(PARAMS_FILE, keys, f"{what} that fits in memory ({remedy})",
+                         f"{need_bytes / GIB:.1f} GiB needed at least, {have / GIB:.1f} GiB available")
