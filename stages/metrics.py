@@ -1,22 +1,27 @@
 """DVC stage ``metrics@<ds>``: the dump's metric points → ``metrics.parquet`` + ``metrics_stats.json``.
 
-Reads params, calls :func:`stages.features.metric_matrix.metric_matrix`, writes; nothing else.
+Reads params, hands the dump's metric points part by part (``formats.read_metric_parts``: disjoint
+columns, never all points in memory) to :func:`stages.features.metric_matrix.metric_matrix_parts`,
+writes; nothing else. The table is the one :func:`~stages.features.metric_matrix.metric_matrix` makes
+of the whole frame, bit for bit.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
+
 from stages.core.cli import run_stage
-from stages.core.frames import empty
 from stages.core.io import write_json, write_parquet
 from stages.core.params import build, effective_split, dataset as dataset_params, load_checked
-from stages.features.metric_matrix import metric_matrix
+from stages.features.metric_matrix import metric_matrix_parts
 from stages.features.params import MetricsParams
 from stages.features.publish import staged_outputs
-from stages.formats import read_modality
+from stages.formats import read_metric_parts
 
 log = logging.getLogger("stages.metrics")
 FEATURES_ROOT = Path("data/features")
@@ -29,21 +34,34 @@ def run(dataset: str, raw_params: dict | None = None) -> dict:
     split = effective_split(dataset, raw)  # global split with datasets.<ds>.split overrides
     params = build(MetricsParams, raw.get("metrics"), where="metrics")
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
-        points = read_modality(ds.format, Path(ds.raw), "metrics", ds.offsets)
-        if points is None:
-            log.warning("%s: the dump has no metrics; writing an empty metric table", dataset)
-            points = empty("metrics")
-        frame, stats = metric_matrix(points, ds.step_s, split, params)
+        # the dump's points part by part (disjoint columns): never all of them in memory at once
+        counted = _Counted(read_metric_parts(ds.format, Path(ds.raw), ds.offsets))
+        frame, stats = metric_matrix_parts(counted, ds.step_s, split, params)
+        if counted.parts == 0:
+            log.warning("%s: the dump has no metric points; writing an empty metric table", dataset)
         write_parquet(frame, tmp / "metrics.parquet")
         write_json(stats, tmp / "metrics_stats.json")
     summary = {
-        "dataset": dataset, "points": points.height, "steps": frame.height, "columns": frame.width - 1,
+        "dataset": dataset, "points": counted.points, "steps": frame.height, "columns": frame.width - 1,
         "dropped": len(stats["dropped"]), "fit_until_ts": stats["fit_until_ts"],
         "ts_min": int(frame["ts"].min()) if frame.height else None,
         "ts_max": int(frame["ts"].max()) if frame.height else None,
     }
     log.info("metrics@%s: %s", dataset, summary)
     return summary
+
+
+class _Counted:
+    """The parts, counting them and their points as they pass."""
+
+    def __init__(self, parts: Iterator[pl.DataFrame]):
+        self._parts, self.parts, self.points = parts, 0, 0
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        for part in self._parts:
+            self.parts += 1
+            self.points += part.height
+            yield part
 
 
 def main(argv: list[str] | None = None) -> int:

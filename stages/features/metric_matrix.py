@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -19,7 +21,7 @@ from stages.core.frames import conform, key_column
 from stages.core.memory import require_memory
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
-from stages.features.normalise import (ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling,
+from stages.features.normalise import (ScaleRule, Scaling, apply_scaling, clipped_share, column_stats, fit_scaling,
                                       in_column_blocks)
 from stages.features.params import MetricsParams
 
@@ -255,35 +257,95 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
     The grid covers the selected points' own [min, max] ts; statistics come from grid steps
     with ``ts < train_cutoff_us(grid[0], grid[-1], split)`` only.
     """
-    step = step_us(step_s)
+    return metric_matrix_parts([points], step_s, split, params)
+
+
+@dataclass
+class _PartMeans:
+    """One part's step means on its own stretch of the grid (rows from ``g0``)."""
+
+    names: list[str]
+    g0: int | None  # None: no point with a time
+    x: np.ndarray | None
+
+
+def _part_means(points: pl.DataFrame, step_s: float, params: MetricsParams) -> tuple[_PartMeans, int, int, int]:
+    """(step means, points null/NaN/inf, min ts, max ts) of one part's selected columns."""
     pts = with_column_names(points)
     names = select_channels(sorted(pts["column"].unique().to_list()), params)
     pts = _rows_where(pts, pl.col("column").is_in(names) & pl.col("ts").is_not_null())
+    if pts.height == 0:
+        return _PartMeans(names, None, None), 0, None, None
+    lo, hi = int(pts["ts"].min()), int(pts["ts"].max())
+    g = grid(lo, hi, step_s)
+    finite = _rows_where(pts, pl.col("value").is_not_null() & pl.col("value").is_finite())
+    skipped = pts.height - finite.height
+    x = step_means(finite, {n: i for i, n in enumerate(names)}, int(g[0]), len(g), step_us(step_s))
+    return _PartMeans(names, int(g[0]), x), skipped, lo, hi
+
+
+def _on_grid(part: _PartMeans, g: np.ndarray, step: int) -> np.ndarray:
+    """The part's step means on the whole grid (NaN outside its stretch); its own array when it
+    covers the whole grid."""
+    if part.x is not None and part.g0 == int(g[0]) and part.x.shape[0] == len(g):
+        return part.x
+    out = np.full((len(g), len(part.names)), np.nan)
+    if part.x is not None:
+        r0 = (part.g0 - int(g[0])) // step
+        out[r0:r0 + part.x.shape[0]] = part.x
+    return out
+
+
+def metric_matrix_parts(parts: Iterable[pl.DataFrame], step_s: float, split: SplitParams,
+                        params: MetricsParams) -> tuple[pl.DataFrame, dict]:
+    """:func:`metric_matrix` of points given as parts with disjoint columns (``formats.read_metric_parts``):
+    the same table and stats, bit for bit, as of the parts concatenated, since everything here is
+    computed column by column. Only each part's step means are kept, never the points of all parts:
+    the peak is about 12 bytes per grid cell plus one part."""
+    step = step_us(step_s)
+    means: list[_PartMeans] = []
+    lo = hi = None
+    skipped = 0
+    for points in parts:
+        part, bad, p_lo, p_hi = _part_means(points, step_s, params)
+        means.append(part)
+        skipped += bad
+        if p_lo is not None:
+            lo, hi = (p_lo, p_hi) if lo is None else (min(lo, p_lo), max(hi, p_hi))
     stats: dict = {"fit_until_ts": None, "step_s": step_s, "normalisation": None, "columns": {}, "dropped": [],
                    "gap_fill": METRIC_GAP_FILL}
-    if pts.height == 0:
+    if lo is None:
         log.warning("no metric points (after include/exclude): empty metric table")
         return empty_table(), stats
+    names = sorted(n for part in means for n in part.names)
+    if len(set(names)) != len(names):
+        raise ValueError("metric parts must hold disjoint columns")
+    at = {n: j for j, n in enumerate(names)}
 
-    g = grid(int(pts["ts"].min()), int(pts["ts"].max()), step_s)
+    g = grid(lo, hi, step_s)
     # the float64 step means and the float32 table exist together: 12 bytes per cell at least
     require_memory(12 * len(g) * len(names), f"a metric grid of {len(g):,} steps × {len(names):,} columns",
                    "datasets.<name>.step_s / metrics.include / metrics.exclude",
                    "a longer step or fewer columns; 12 bytes per cell")
     cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
-    col_index = {n: i for i, n in enumerate(names)}
-    finite = _rows_where(pts, pl.col("value").is_not_null() & pl.col("value").is_finite())
-    skipped = pts.height - finite.height
     if skipped:
         log.info("%d metric points are null/NaN/inf and count as missing", skipped)
-    x = step_means(finite, col_index, int(g[0]), len(g), step)
-    del finite, pts  # the caller's points stay; this function's filtered copies and names go
-
     train_rows = g < cutoff
     rule = ScaleRule(rel_floor=params.rel_floor, abs_floor=params.abs_floor, clip=params.clip)
-    fit = fit_scaling(x, train_rows, rule)
+
+    # statistics of every column, part by part, into whole-table arrays
+    fields = ("centre", "spread", "scale", "bound", "observed", "missing_fraction")
+    fit = Scaling(**{f: np.empty(len(names), object if f == "bound" else np.float64) for f in fields})
+    fit.observed = np.empty(len(names), np.int64)
+    constant = np.zeros(len(names), bool)
+    for part in means:
+        cols = np.array([at[n] for n in part.names], np.int64)
+        x = _on_grid(part, g, step)
+        part_fit = fit_scaling(x, train_rows, rule)
+        for f in fields:
+            getattr(fit, f)[cols] = getattr(part_fit, f)
+        constant[cols] = ~(part_fit.observed == 0) & is_constant(x, train_rows, part_fit.centre)
     no_train = fit.observed == 0
-    constant = ~no_train & is_constant(x, train_rows, fit.centre)
     keep = ~(no_train | constant)
     for j, name in enumerate(names):
         if no_train[j]:
@@ -295,12 +357,29 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
                  len(names), ", ".join(d["column"] for d in stats["dropped"][:10]))
 
     kept = [n for n, k in zip(names, keep) if k]
-    # in place, and the table's columns are slices of one column-major float32 array: at GAIA's
-    # size (1/10: 121k steps × 650 columns) each float64 copy of the grid is 630 MB
-    filled = forward_fill(x if keep.all() else x[:, keep], params.max_gap_steps, in_place=True)
-    del x
-    z = apply_scaling(filled, fit.centre[keep], fit.scale[keep], rule.clip, order="F")
-    del filled
+    kept_at = np.cumsum(keep) - 1  # a kept column's place in the table
+    # filled in place, and the table's columns are slices of one column-major float32 array: at
+    # GAIA's size (1/10: 121k steps × 650 columns) each float64 copy of the grid is 630 MB
+    z = None
+    for i, part in enumerate(means):
+        cols = np.array([at[n] for n in part.names], np.int64)
+        part_keep = keep[cols]
+        if not part_keep.any():
+            means[i] = None
+            continue
+        x = _on_grid(part, g, step)
+        means[i] = part = None  # its step means go once filled
+        filled = forward_fill(x if part_keep.all() else x[:, part_keep], params.max_gap_steps, in_place=True)
+        del x
+        mine = cols[part_keep]
+        if len(means) == 1:  # its kept columns are the table's, in order: scaled straight into it
+            z = apply_scaling(filled, fit.centre[mine], fit.scale[mine], rule.clip, order="F")
+        else:
+            z = np.empty((len(g), len(kept)), np.float32, order="F") if z is None else z
+            z[:, kept_at[mine]] = apply_scaling(filled, fit.centre[mine], fit.scale[mine], rule.clip)
+        del filled
+    if z is None:
+        z = np.empty((len(g), 0), np.float32, order="F")
     stats["fit_until_ts"] = cutoff
     # only the training share is stored: the stats file must not depend on later steps
     stats["normalisation"] = {**rule.describe(), "clipped_share_train": clipped_share(z, train_rows, rule.clip)}

@@ -7,6 +7,7 @@ Every format module exposes the same functions, each returning a canonical frame
     read_traces(root: Path, offset_s: float) -> pl.DataFrame | None
     read_logs(root: Path, offset_s: float) -> pl.DataFrame | None
     read_faults(root: Path, offset_s: float) -> pl.DataFrame | None
+    metric_reading(root: Path) -> _metric_reading.MetricReading   # metrics, whole or in parts
     list_files(root: Path) -> dict[str, list[Path]]      # modality -> files that would be read
     scan(root: Path) -> _common.Scan                       # the same, plus what is skipped and why
     DEFAULT_OFFSETS: ClockOffsets                          # offsets that fit the public data
@@ -18,6 +19,7 @@ a year from the modality's median are errors naming file and row; see ``_common`
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -59,6 +61,19 @@ def read_modality(fmt: str, root: Path, modality: str, offsets: ClockOffsets | N
     offsets = offsets if offsets is not None else mod.DEFAULT_OFFSETS
     fn = getattr(mod, f"read_{modality}")
     return fn(check_root(root), getattr(offsets, modality))
+
+
+def read_metric_parts(fmt: str, root: Path, offsets: ClockOffsets | None = None,
+                      part_bytes: int | None = None) -> Iterator[pl.DataFrame]:
+    """The dump's metric points as canonical frames of disjoint columns (``_metric_reading.parts``):
+    together :func:`read_modality`'s points, never all in memory at once; nothing for a dump without
+    metric files. Bad input raises what :func:`read_modality` raises, after the last part."""
+    from stages.formats import _metric_reading
+
+    mod = reader(fmt)
+    offsets = offsets if offsets is not None else mod.DEFAULT_OFFSETS
+    reading = mod.metric_reading(check_root(root))
+    return _metric_reading.parts(reading, offsets.metrics, part_bytes or _metric_reading.PART_BYTES)
 
 
 def read_dump(fmt: str, root: Path, offsets: ClockOffsets | None = None) -> Dump:

@@ -220,7 +220,12 @@ def warn_skipped(modality: str, skipped: list[tuple[Path, str]], unclaimed: list
 def require_rows(modality: str, frame: pl.DataFrame | None, files: list[Path],
                  skipped: list[tuple[Path, str]]) -> None:
     """A modality whose files exist but yield no row at all is an error, not an empty table."""
-    if (files or skipped) and (frame is None or frame.height == 0):
+    require_row_count(modality, 0 if frame is None else frame.height, files, skipped)
+
+
+def require_row_count(modality: str, rows: int, files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+    """:func:`require_rows` given the number of rows read (a reader that read in parts)."""
+    if (files or skipped) and rows == 0:
         first, why = skipped[0] if skipped else (files[0], "no data rows")
         n = len({*files, *(p for p, _ in skipped)})
         raise InputError(first, None, f"{modality} rows from at least one of its {n} {modality} file(s)",
@@ -913,7 +918,12 @@ class TimeAudit:
     def finish(self, ts: pl.Series | None) -> None:
         if ts is None or ts.len() == 0 or not self._ext:
             return
-        median = _median(ts)
+        self.finish_median(_median(ts))
+
+    def finish_median(self, median: int) -> None:
+        """:meth:`finish` given the median of the modality's times (a reader that read in parts)."""
+        if not self._ext:
+            return
         for us, path, where in sorted(self._ext.values(), key=lambda e: (-abs(e[0] - median), e[1], e[2])):
             if abs(us - median) > MAX_SPREAD_US:
                 raise InputError(path, where, f"a time within a year of the {self.modality} median "

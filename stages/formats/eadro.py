@@ -38,6 +38,7 @@ from stages.core.frames import US
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 from stages.formats._metric_points import MetricPoints
+from stages.formats._metric_reading import MetricReading, whole
 
 log = logging.getLogger(__name__)
 
@@ -127,22 +128,25 @@ def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints, dire
     return True
 
 
-def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
-    files, skipped = found.files["metrics"], list(found.skips("metrics"))
-    audit = c.TimeAudit("metrics")
-    points = MetricPoints()
+def _read_metric_files(files: list[Path], audit: c.TimeAudit, points: MetricPoints) -> list[tuple[Path, str]]:
+    skipped = []
     for p, direct in tqdm(c.direct_csvs(files), desc="eadro metrics", total=len(files), disable=len(files) < 50):
         if not _read_metric_file(p, audit, points, direct):
             skipped.append((p, "header only, no data row"))
-    c.warn_skipped("metrics", skipped, found.unclaimed)
-    c.check_columns("metrics", {p: c.csv_header(p) for p in files}, skip=["timestamp"])
-    if not files and not skipped:
-        return None
-    df = points.frame()
-    c.require_rows("metrics", df, files, skipped)
-    audit.finish(df["ts"])
-    return c.shift(df, ["ts"], offset_s)
+    return skipped
+
+
+def metric_reading(root: Path) -> MetricReading:
+    found = scan(root)
+    files = found.files["metrics"]
+    return MetricReading(files, list(found.skips("metrics")), found.unclaimed, _read_metric_files,
+                         key=lambda p: p.stem,  # the service: its file in every chunk holds its columns
+                         check=lambda: c.check_columns("metrics", {p: c.csv_header(p) for p in files},
+                                                       skip=["timestamp"]))
+
+
+def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
+    return whole(metric_reading(root), offset_s)
 
 
 # ------------------------------------------------------------------ logs

@@ -53,6 +53,7 @@ from stages.core.frames import US, empty
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 from stages.formats._metric_points import MetricPoints
+from stages.formats._metric_reading import MetricReading, whole
 
 log = logging.getLogger(__name__)
 
@@ -163,21 +164,28 @@ def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints, dire
     return True
 
 
-def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
-    files, skipped = found.files["metrics"], list(found.skips("metrics"))
-    audit = c.TimeAudit("metrics")
-    points = MetricPoints()
+def _read_metric_files(files: list[Path], audit: c.TimeAudit, points: MetricPoints) -> list[tuple[Path, str]]:
+    skipped = []
     for p, direct in tqdm(c.direct_csvs(files), desc="gaia metrics", total=len(files), disable=len(files) < 50):
         if not _read_metric_file(p, audit, points, direct):
             skipped.append((p, "header only, no data row"))
-    c.warn_skipped("metrics", skipped, found.unclaimed)
-    if not files and not skipped:
-        return None
-    df = points.frame()
-    c.require_rows("metrics", df, files, skipped)
-    audit.finish(df["ts"])
-    return c.shift(df, ["ts"], offset_s)
+    return skipped
+
+
+def _series_key(path: Path) -> tuple[str, str] | str:
+    """The one series a metric file holds (its files of other date ranges share it)."""
+    m = METRIC_NAME.match(path.name)
+    return (m["instance"], m["metric"]) if m else path.name
+
+
+def metric_reading(root: Path) -> MetricReading:
+    found = scan(root)
+    return MetricReading(found.files["metrics"], list(found.skips("metrics")), found.unclaimed,
+                         _read_metric_files, _series_key)
+
+
+def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
+    return whole(metric_reading(root), offset_s)
 
 
 # ------------------------------------------------------------------ traces

@@ -41,6 +41,7 @@ from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 from stages.formats import _osprofiler as osp
 from stages.formats._metric_points import MetricPoints
+from stages.formats._metric_reading import MetricReading, whole
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,7 @@ def _read_metric_file(path: Path, audit: c.TimeAudit, points: MetricPoints) -> b
     if not keep.all():
         log.warning("%s: %d row(s) without a time dropped", path, int((~keep).sum()))
         df, ts = df.filter(keep), ts.filter(keep)
-    m = _NODE.search(path.name)
-    c.melt_metrics(df, ts, m.group(1) if m else path.stem, path, skip=["now"], points=points)
+    c.melt_metrics(df, ts, _node(path), path, skip=["now"], points=points)
     return True
 
 
@@ -239,9 +239,8 @@ def _read_metric_files_together(files: list[Path], headers: list[list[str]], aud
     for p, part, block in zip(files, parts, _blocks_in_one_array(parts, names)):
         ts = part["_ts"]
         audit.series(p, ts, "now")
-        m = _NODE.search(p.name)
         # as melt_metrics would add them: every column is Float64 by the schema, none all empty
-        c.note_dropped(p, points.add_rows(m.group(1) if m else p.stem, ts, names, block))
+        c.note_dropped(p, points.add_rows(_node(p), ts, names, block))
     return True
 
 
@@ -267,27 +266,35 @@ def _blocks_in_one_array(parts: list[pl.DataFrame], names: list[str]) -> list[np
     return out
 
 
-def read_metrics(root: Path, offset_s: float, together: bool = True) -> pl.DataFrame | None:
+def _node(path: Path) -> str:
+    """The node (entity) a Glances file's points belong to."""
+    m = _NODE.search(path.name)
+    return m.group(1) if m else path.stem
+
+
+def metric_reading(root: Path, together: bool = True) -> MetricReading:
     """``together=False``: every file on its own (tests compare the two ways)."""
     found = scan(root, "metrics")
-    files, skipped = found.files["metrics"], list(found.skips("metrics"))
-    audit = c.TimeAudit("metrics")
-    points = MetricPoints()
+    files = found.files["metrics"]
     headers = {p: c.csv_header(p) for p in files}
-    for group in _file_groups(files) if together else [[p] for p in files]:
-        if len(group) > 1 and _read_metric_files_together(group, [headers[p] for p in group], audit, points):
-            continue
-        for p in tqdm(group, desc="msds metrics", disable=len(group) < 20):
-            if not _read_metric_file(p, audit, points):
-                skipped.append((p, "header only, no data row"))
-    c.warn_skipped("metrics", skipped, found.unclaimed)
-    c.check_columns("metrics", headers, skip=["now"])
-    if not files and not skipped:
-        return None
-    df = points.frame()
-    c.require_rows("metrics", df, files, skipped)
-    audit.finish(df["ts"])
-    return c.shift(df, ["ts"], offset_s)
+
+    def read(some: list[Path], audit: c.TimeAudit, points: MetricPoints) -> list[tuple[Path, str]]:
+        skipped = []
+        for group in _file_groups(some) if together else [[p] for p in some]:
+            if len(group) > 1 and _read_metric_files_together(group, [headers[p] for p in group], audit, points):
+                continue
+            for p in tqdm(group, desc="msds metrics", disable=len(group) < 20):
+                if not _read_metric_file(p, audit, points):
+                    skipped.append((p, "header only, no data row"))
+        return skipped
+
+    return MetricReading(files, list(found.skips("metrics")), found.unclaimed, read, key=_node,
+                         check=lambda: c.check_columns("metrics", headers, skip=["now"]))
+
+
+def read_metrics(root: Path, offset_s: float, together: bool = True) -> pl.DataFrame | None:
+    """``together=False``: every file on its own (tests compare the two ways)."""
+    return whole(metric_reading(root, together), offset_s)
 
 
 # ------------------------------------------------------------------ logs
