@@ -110,3 +110,11 @@ def test_bad_input_raises_the_whole_reads_error_after_the_last_part(dumps, tmp_p
     with pytest.raises(InputError) as parts:
         list(read_metric_parts("gaia", root, part_bytes=1))
     assert "within a year" in str(whole.value) and str(parts.value) == str(whole.value)
+
+
+def test_data_time_range_reads_metrics_in_parts(dumps):
+    from stages.formats import data_time_range
+
+    for fmt, root in dumps.items():
+        whole = read_modality(fmt, root, "metrics")
+        assert data_time_range(fmt, root, modalities=("metrics",)) == (int(whole["ts"].min()), int(whole["ts"].max()))

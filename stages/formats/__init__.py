@@ -91,14 +91,18 @@ def data_time_range(fmt: str, root: Path, offsets: ClockOffsets | None = None,
 
     For the labels stage: the label grid must not extend past the data (see
     :func:`stages.features.label_grid.label_grid`'s ``data_range``). It reads those modalities
-    in full, so a stage that already holds the frames should take the range from them instead.
+    in full (metrics in parts), so a stage that already holds the frames should take the range from
+    them instead.
     """
     lo, hi = None, None
     for modality in modalities:
-        df = read_modality(fmt, root, modality, offsets)
-        if df is None or df.height == 0:
-            continue
-        col = "start_ts" if modality == "traces" else "ts"
-        a, b = int(df[col].min()), int(df[col].max())
-        lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+        # metrics part by part: the range never needs every point in memory at once
+        frames = read_metric_parts(fmt, root, offsets) if modality == "metrics" else [
+            read_modality(fmt, root, modality, offsets)]
+        for df in frames:
+            if df is None or df.height == 0:
+                continue
+            col = "start_ts" if modality == "traces" else "ts"
+            a, b = int(df[col].min()), int(df[col].max())
+            lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
     return None if lo is None else (lo, hi)
