@@ -138,21 +138,27 @@ def _child(spec: dict) -> dict:
 
 def _project_stage(spec: dict) -> dict:
     """The ``metrics`` stage's own path on the dump: its points part by part, the table, Parquet and stats."""
-    from stages.core.io import write_json, write_parquet
     from stages.core.params import SplitParams
     from stages.features.metric_matrix import metric_matrix_parts
     from stages.features.params import MetricsParams
     from stages.formats import read_metric_parts
 
-    with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
-        t0 = time.perf_counter()
-        parts = read_metric_parts(spec["format"], Path(spec["root"]))
-        matrix, stats = metric_matrix_parts(parts, spec["step_s"], SplitParams(), MetricsParams())
-        write_parquet(matrix, Path(tmp) / "metrics.parquet")
-        write_json(stats, Path(tmp) / "metrics_stats.json")
-        took = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parts = read_metric_parts(spec["format"], Path(spec["root"]))
+    matrix = _write_metric_outputs(*metric_matrix_parts(parts, spec["step_s"], SplitParams(), MetricsParams()))
+    took = time.perf_counter() - t0
     return {"rows": matrix.height, "columns": matrix.width - 1, "read_s": took, "stage_s": took,
             "peak_rss_mb": peak_rss_mb()}
+
+
+def _write_metric_outputs(matrix, stats: dict):
+    """The metrics stage's two outputs, written as the stage writes them (into a temporary folder)."""
+    from stages.core.io import write_json, write_parquet
+
+    with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
+        write_parquet(matrix, Path(tmp) / "metrics.parquet")
+        write_json(stats, Path(tmp) / "metrics_stats.json")
+    return matrix
 
 
 def _reference_stage(spec: dict) -> dict:
@@ -176,13 +182,9 @@ def _features(frame, modality: str, step_s: float) -> None:
     from stages.features.params import LogsParams, MetricsParams
 
     if modality == "metrics":
-        from stages.core.io import write_json, write_parquet
         from stages.features.metric_matrix import metric_matrix
 
-        matrix, stats = metric_matrix(frame, step_s, SplitParams(), MetricsParams())
-        with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
-            write_parquet(matrix, Path(tmp) / "metrics.parquet")
-            write_json(stats, Path(tmp) / "metrics_stats.json")
+        _write_metric_outputs(*metric_matrix(frame, step_s, SplitParams(), MetricsParams()))
     elif modality == "traces":
         from stages.features.trace_features import trace_features
 

@@ -21,8 +21,8 @@ from stages.core.frames import conform, key_column
 from stages.core.memory import require_memory
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
-from stages.features.normalise import (ScaleRule, Scaling, apply_scaling, clipped_share, column_stats, fit_scaling,
-                                      in_column_blocks)
+from stages.features.normalise import (ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling,
+                                      in_column_blocks, scaling_of_columns)
 from stages.features.params import MetricsParams
 
 log = logging.getLogger(__name__)
@@ -321,6 +321,7 @@ def metric_matrix_parts(parts: Iterable[pl.DataFrame], step_s: float, split: Spl
     if len(set(names)) != len(names):
         raise ValueError("metric parts must hold disjoint columns")
     at = {n: j for j, n in enumerate(names)}
+    part_cols = [np.array([at[n] for n in part.names], np.int64) for part in means]  # each part's table columns
 
     g = grid(lo, hi, step_s)
     # the float64 step means and the float32 table exist together: 12 bytes per cell at least
@@ -334,17 +335,15 @@ def metric_matrix_parts(parts: Iterable[pl.DataFrame], step_s: float, split: Spl
     rule = ScaleRule(rel_floor=params.rel_floor, abs_floor=params.abs_floor, clip=params.clip)
 
     # statistics of every column, part by part, into whole-table arrays
-    fields = ("centre", "spread", "scale", "bound", "observed", "missing_fraction")
-    fit = Scaling(**{f: np.empty(len(names), object if f == "bound" else np.float64) for f in fields})
-    fit.observed = np.empty(len(names), np.int64)
+    pieces = []
     constant = np.zeros(len(names), bool)
-    for part in means:
-        cols = np.array([at[n] for n in part.names], np.int64)
+    for part, cols in zip(means, part_cols):
         x = _on_grid(part, g, step)
         part_fit = fit_scaling(x, train_rows, rule)
-        for f in fields:
-            getattr(fit, f)[cols] = getattr(part_fit, f)
+        pieces.append((cols, part_fit))
         constant[cols] = ~(part_fit.observed == 0) & is_constant(x, train_rows, part_fit.centre)
+    fit = scaling_of_columns(pieces, len(names))
+    del pieces
     no_train = fit.observed == 0
     keep = ~(no_train | constant)
     for j, name in enumerate(names):
@@ -361,8 +360,7 @@ def metric_matrix_parts(parts: Iterable[pl.DataFrame], step_s: float, split: Spl
     # filled in place, and the table's columns are slices of one column-major float32 array: at
     # GAIA's size (1/10: 121k steps × 650 columns) each float64 copy of the grid is 630 MB
     z = None
-    for i, part in enumerate(means):
-        cols = np.array([at[n] for n in part.names], np.int64)
+    for i, (part, cols) in enumerate(zip(means, part_cols)):
         part_keep = keep[cols]
         if not part_keep.any():
             means[i] = None

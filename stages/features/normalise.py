@@ -39,6 +39,7 @@ training column is 0.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,9 +103,10 @@ def fit_scaling(x: np.ndarray, train_rows: np.ndarray, rule: ScaleRule) -> Scali
     own, so the bits are the same): the training rows' copy and its temporaries then stay the
     size of a block, not ~3 copies of the training span (GAIA at 1/10: 283 MB each)."""
     if x.ndim == 2 and x.shape[1] > _FIT_COLUMNS:
-        parts = [fit_scaling(x[:, a:a + _FIT_COLUMNS], train_rows, rule) for a in range(0, x.shape[1], _FIT_COLUMNS)]
-        return Scaling(**{f: np.concatenate([getattr(q, f) for q in parts])
-                          for f in ("centre", "spread", "scale", "bound", "observed", "missing_fraction")})
+        blocks = range(0, x.shape[1], _FIT_COLUMNS)
+        return scaling_of_columns([(np.arange(a, min(a + _FIT_COLUMNS, x.shape[1])),
+                                    fit_scaling(x[:, a:a + _FIT_COLUMNS], train_rows, rule)) for a in blocks],
+                                  x.shape[1])
     xt = x[train_rows]
     n = (~np.isnan(xt)).sum(axis=0)
     rows = max(int(train_rows.sum()), 1)
@@ -123,6 +125,17 @@ def fit_scaling(x: np.ndarray, train_rows: np.ndarray, rule: ScaleRule) -> Scali
     scale[unit], bound[unit] = 1.0, "unit"
     return Scaling(centre=centre, spread=spread, scale=scale, bound=bound, observed=n,
                    missing_fraction=1.0 - n / rows)
+
+
+def scaling_of_columns(pieces: list[tuple[np.ndarray, Scaling]], n_columns: int) -> Scaling:
+    """One :class:`Scaling` of ``n_columns`` columns from pieces fitted on some of them: each piece
+    gives the columns at its indices (every column once)."""
+    fields = [f.name for f in dataclasses.fields(Scaling)]
+    out = Scaling(**{f: np.empty(n_columns, getattr(pieces[0][1], f).dtype) for f in fields})
+    for cols, piece in pieces:
+        for f in fields:
+            getattr(out, f)[cols] = getattr(piece, f)
+    return out
 
 
 def in_column_blocks(fn, x: np.ndarray, per_column: list[np.ndarray | None], width: int, dtype,

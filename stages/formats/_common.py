@@ -570,20 +570,30 @@ def direct_csvs(paths: list[Path]) -> Iterator[tuple[Path, pl.DataFrame | None]]
     1.44), a quarter to a half of reading a dump of a few hundred small metric files (GAIA holds
     one file per series). A group whose query fails yields None for all its files, so errors
     and warnings are the file-by-file ones, in file order."""
-    group: list[Path] = []
-    size = 0
-    for path in paths:
-        try:
-            nbytes = path.stat().st_size
-        except OSError:
-            nbytes = 0
-        if group and size + nbytes > _DIRECT_GROUP_BYTES:
-            yield from _direct_group(group)
-            group, size = [], 0
-        group.append(path)
-        size += nbytes
-    if group:
+    for group in byte_groups(paths, [file_size(p) for p in paths], _DIRECT_GROUP_BYTES):
         yield from _direct_group(group)
+
+
+def file_size(path: Path) -> int:
+    """Bytes on disk; 0 when it cannot be told (the file's own read then names the problem)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def byte_groups(items: list, sizes: list[int], budget: int) -> list[list]:
+    """Consecutive ``items`` in groups whose ``sizes`` sum to at most ``budget``; an item larger
+    than ``budget`` is a group of its own. Bounds what one query or one part holds at once."""
+    groups: list[list] = []
+    total = 0
+    for item, n in zip(items, sizes):
+        if not groups or total + n > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += n
+    return groups
 
 
 def _direct_group(paths: list[Path]) -> Iterator[tuple[Path, pl.DataFrame | None]]:

@@ -89,23 +89,9 @@ def _parts(files: list[Path], key: Callable[[Path], Hashable], part_bytes: int) 
     by_key: dict[Hashable, list[int]] = {}
     for i, p in enumerate(files):
         by_key.setdefault(key(p), []).append(i)
-    out: list[list[int]] = []
-    size = 0
-    for members in by_key.values():
-        n = sum(_size(files[i]) for i in members)
-        if not out or (size + n > part_bytes and out[-1]):
-            out.append([])
-            size = 0
-        out[-1].extend(members)
-        size += n
-    return [[files[i] for i in sorted(part)] for part in out]
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+    members = list(by_key.values())
+    sizes = [sum(c.file_size(files[i]) for i in m) for m in members]
+    return [[files[i] for i in sorted(i for m in part for i in m)] for part in c.byte_groups(members, sizes, part_bytes)]
 
 
 class _TimeCounts:

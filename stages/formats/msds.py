@@ -178,16 +178,7 @@ _TOGETHER_BYTES = 256 * 2**20  # input read per query: memory stays bounded at a
 
 def _file_groups(files: list[Path]) -> list[list[Path]]:
     """Consecutive files, up to ``_TOGETHER_BYTES`` of input per group."""
-    groups: list[list[Path]] = []
-    size = 0
-    for p in files:
-        n = p.stat().st_size
-        if not groups or size + n > _TOGETHER_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(p)
-        size += n
-    return groups
+    return c.byte_groups(files, [c.file_size(p) for p in files], _TOGETHER_BYTES)
 
 
 def _read_metric_files_together(files: list[Path], headers: list[list[str]], audit: c.TimeAudit,
