@@ -1,23 +1,27 @@
 """DVC stage ``traces@<ds>``: the dump's spans → trace aggregates, call graph and per-edge series.
 
 Outputs ``trace_aggregates.parquet``, ``call_graph.json``, ``trace_series.parquet`` and
-``trace_stats.json``; the logic lives in :mod:`stages.features.trace_features`.
+``trace_stats.json``; the logic lives in :mod:`stages.features.trace_features`, read bucket by
+bucket of whole traces (:mod:`stages.features.trace_buckets`) so a month of spans never sits in
+memory at once.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
+
 from stages.core.cli import run_stage
-from stages.core.frames import empty
-from stages.core.io import write_json, write_parquet
 from stages.core.params import build, effective_split, dataset as dataset_params, load_checked
 from stages.features.params import TracesParams
 from stages.features.publish import staged_outputs
-from stages.features.trace_features import trace_features
-from stages.formats import read_modality
+from stages.features.trace_buckets import write_trace_tables
+from stages.formats import read_trace_buckets
 
 log = logging.getLogger("stages.traces")
 FEATURES_ROOT = Path("data/features")
@@ -30,25 +34,27 @@ def run(dataset: str, raw_params: dict | None = None) -> dict:
     split = effective_split(dataset, raw)  # global split with datasets.<ds>.split overrides
     params = build(TracesParams, raw.get("traces"), where="traces")
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
-        spans = read_modality(ds.format, Path(ds.raw), "traces", ds.offsets)
-        if spans is None:
-            log.warning("%s: the dump has no traces; writing empty trace tables", dataset)
-            spans = empty("traces")
-        out = trace_features(spans, ds.step_s, split, params.max_gap_s, params.min_edge_count, source=ds.raw,
-                             params=params)
-        write_parquet(out["aggregates"], tmp / "trace_aggregates.parquet")
-        write_json(out["graph"], tmp / "call_graph.json")
-        write_parquet(out["series"], tmp / "trace_series.parquet")
-        write_json(out["stats"], tmp / "trace_stats.json")
-    agg = out["aggregates"]
+        with tempfile.TemporaryDirectory(prefix=".spill-", dir=tmp) as spill:  # gone before the outputs publish
+            got = write_trace_tables(_buckets(dataset, ds, Path(spill)), tmp, Path(spill), ds.step_s, split, params,
+                                     source=ds.raw)
     summary = {
-        "dataset": dataset, "spans_read": spans.height, "spans": out["spans"], "stray_spans_dropped": out["stray_spans"],
-        "traces": agg.height, "error_traces": int(agg["is_error"].sum()) if agg.height else 0,
-        "calls": out["calls"], "services": len(out["graph"]["services"]), "edges": len(out["graph"]["edges"]),
-        "steps": out["series"].height, "fit_until_ts": out["stats"]["fit_until_ts"],
+        "dataset": dataset, "spans_read": got.spans_read, "spans": got.spans, "stray_spans_dropped": got.stray_spans,
+        "traces": got.traces, "error_traces": got.error_traces, "calls": got.calls,
+        "services": len(got.graph["services"]), "edges": len(got.graph["edges"]), "steps": got.steps,
+        "fit_until_ts": got.stats["fit_until_ts"],
     }
     log.info("traces@%s: %s", dataset, summary)
     return summary
+
+
+def _buckets(dataset: str, ds, spill: Path) -> Iterator[pl.DataFrame]:
+    """The dump's spans in buckets of whole traces (one bucket for a dump under ~64 MB of spans)."""
+    got = False
+    for bucket in read_trace_buckets(ds.format, Path(ds.raw), spill, ds.offsets):
+        got = True
+        yield bucket
+    if not got:
+        log.warning("%s: the dump has no traces; writing empty trace tables", dataset)
 
 
 def main(argv: list[str] | None = None) -> int:

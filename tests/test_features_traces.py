@@ -128,10 +128,10 @@ def test_blank_service_and_null_error_flag_are_handled():
     assert out["aggregates"]["error_count"].to_list() == [0]
 
 
-def test_bad_spans_name_the_row():
+def test_bad_spans_are_named_by_their_ids():
     rows = list(ROWS)
     rows[4] = (None, *rows[4][1:])
-    with pytest.raises(InputError, match=r"dump/spans: span row 4 column trace_id: expected a non-empty trace_id"):
+    with pytest.raises(InputError, match=r"dump/spans: span .c. of trace None column trace_id: expected a non-empty trace_id"):
         trace_features(spans(rows), 10, SPLIT, source="dump/spans")
     rows = list(ROWS)
     rows[3] = (*rows[3][:5], -1.0, False)

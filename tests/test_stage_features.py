@@ -65,10 +65,15 @@ def toy(monkeypatch, tmp_path):
         df = frames.get("metrics")
         return iter([] if df is None else [df])
 
+    def fake_buckets(fmt, root, spill_dir, offsets=None, bucket_bytes=None):  # the traces stage reads in buckets
+        df = frames.get("traces")
+        return iter([] if df is None else [df])
+
     for mod in STAGES.values():
         if hasattr(mod, "read_modality"):
             monkeypatch.setattr(mod, "read_modality", fake_read)
     monkeypatch.setattr(STAGES["metrics"], "read_metric_parts", fake_parts)
+    monkeypatch.setattr(STAGES["traces"], "read_trace_buckets", fake_buckets)
     monkeypatch.setattr(STAGES["labels"], "data_time_range", fake_range)
     return frames
 

@@ -33,6 +33,7 @@ TRACE_GAP_FILL = (
     "columns without any training observation (latency of an edge first called after the training span) are only "
     "centred (centre 0, scale 1) so every edge keeps its three columns"
 )
+CALL_ORDER = ["ts", "caller", "callee", "trace_id", "span_id"]  # a total order: (trace, span) ids are unique
 AGGREGATE_SCHEMA = {
     "trace_id": pl.Utf8, "root_service": pl.Utf8, "root_operation": pl.Utf8, "start_ts": pl.Int64,
     "duration_s": pl.Float64, "span_count": pl.Int64, "error_count": pl.Int64, "is_error": pl.Boolean,
@@ -45,8 +46,9 @@ def clean_spans(spans: pl.DataFrame, source: str | Path | None = None) -> pl.Dat
     df = conform(spans, "traces").with_row_index("_row")
     for col in ("trace_id", "span_id", "start_ts"):
         bad = df.filter(pl.col(col).is_null() | (pl.col(col).cast(pl.Utf8) == ""))
-        if bad.height:
-            raise InputError(source, f"span row {int(bad['_row'][0])} column {col}", f"a non-empty {col}", None)
+        if bad.height:  # named by its ids: the traces stage reads spans in buckets, whose rows are not the dump's
+            raise InputError(source, f"span {bad['span_id'][0]!r} of trace {bad['trace_id'][0]!r} column {col}",
+                             f"a non-empty {col}", None)
     bad = df.filter(pl.col("duration_s") < 0)
     if bad.height:
         raise InputError(source, f"span {bad['span_id'][0]} of trace {bad['trace_id'][0]} duration_s",
@@ -99,7 +101,8 @@ def trace_aggregates(spans: pl.DataFrame) -> pl.DataFrame:
     end = pl.col("start_ts") + (pl.col("duration_s") * 1_000_000).round().cast(pl.Int64)
     agg = spans.group_by("trace_id").agg(
         pl.col("start_ts").min().alias("start_ts"),
-        ((end.max() - pl.col("start_ts").min()) / 1_000_000).cast(pl.Float64).alias("duration_s"),
+        # times the reciprocal: polars' division by a number, but also for a single trace (issue 11: buckets)
+        ((end.max() - pl.col("start_ts").min()) * (1 / 1_000_000)).cast(pl.Float64).alias("duration_s"),
         pl.len().cast(pl.Int64).alias("span_count"),
         pl.col("is_error").cast(pl.Int64).sum().alias("error_count"),
         pl.col("service").n_unique().cast(pl.Int64).alias("n_services"),
@@ -108,23 +111,33 @@ def trace_aggregates(spans: pl.DataFrame) -> pl.DataFrame:
     return out.select(list(AGGREGATE_SCHEMA)).sort(["start_ts", "trace_id"])
 
 
-def service_calls(spans: pl.DataFrame) -> pl.DataFrame:
-    """One row per parent→child span pair across two services: (ts, caller, callee, latency_s, is_error)."""
+def service_calls(spans: pl.DataFrame, with_ids: bool = False) -> pl.DataFrame:
+    """One row per parent→child span pair across two services: (ts, caller, callee, latency_s, is_error),
+    in order of (ts, caller, callee) then the callee's (trace_id, span_id): one order however the spans
+    came (the per-step latency means sum in it). ``with_ids`` keeps those two id columns."""
     linked = _with_parent_service(spans).filter(pl.col("caller").is_not_null() & (pl.col("caller") != pl.col("service")))
-    return linked.select(pl.col("start_ts").alias("ts"), "caller", pl.col("service").alias("callee"),
-                         pl.col("duration_s").alias("latency_s"), "is_error").sort(["ts", "caller", "callee"])
+    calls = linked.select(pl.col("start_ts").alias("ts"), "caller", pl.col("service").alias("callee"),
+                          pl.col("duration_s").alias("latency_s"), "is_error", "trace_id", "span_id")
+    calls = calls.sort(CALL_ORDER)
+    return calls if with_ids else calls.drop("trace_id", "span_id")
 
 
 def call_graph(spans: pl.DataFrame, calls: pl.DataFrame, min_edge_count: int = 1) -> dict:
     """``{services, edges, edge_counts}``: edges with at least ``min_edge_count`` calls, sorted."""
-    counts = calls.group_by(["caller", "callee"]).len().sort(["caller", "callee"])
+    counts = calls.group_by(["caller", "callee"]).len()
+    return graph_of(spans["service"].unique().to_list() if spans.height else [], counts, min_edge_count)
+
+
+def graph_of(services: list[str], counts: pl.DataFrame, min_edge_count: int = 1) -> dict:
+    """:func:`call_graph` from the services seen and the calls per (caller, callee) (column ``len``)."""
+    counts = counts.sort(["caller", "callee"])
     kept = counts.filter(pl.col("len") >= min_edge_count)
     if kept.height < counts.height:
         log.info("call graph: %d of %d edges have fewer than %d calls and are left out",
                  counts.height - kept.height, counts.height, min_edge_count)
     edges = [[a, b] for a, b in zip(kept["caller"].to_list(), kept["callee"].to_list())]
     return {
-        "services": sorted(spans["service"].unique().to_list()) if spans.height else [],
+        "services": sorted(services),
         "edges": edges,
         "edge_counts": {f"{a}->{b}": int(n) for a, b, n in zip(kept["caller"], kept["callee"], kept["len"])},
     }
@@ -157,16 +170,25 @@ def edge_step_features(calls: pl.DataFrame, edges: list[str], g0: int, n_steps: 
 def trace_series(calls: pl.DataFrame, graph: dict, ts_min: int, ts_max: int, step_s: float,
                  split: SplitParams, params: TracesParams | None = None) -> tuple[pl.DataFrame, dict]:
     """Per-edge latency / count / error_rate on the grid over [ts_min, ts_max], scaled on the training span."""
-    params = params or TracesParams()
-    step = step_us(step_s)
     g = grid(ts_min, ts_max, step_s)
+    edges = edge_names(graph)
+    return scaled_series(edge_step_features(calls, edges, int(g[0]), len(g), step_us(step_s)), g, edges, step_s,
+                         split, params)
+
+
+def edge_names(graph: dict) -> list[str]:
+    return [f"{a}->{b}" for a, b in graph["edges"]]
+
+
+def scaled_series(features: dict[str, np.ndarray], g: np.ndarray, edges: list[str], step_s: float,
+                  split: SplitParams, params: TracesParams | None = None) -> tuple[pl.DataFrame, dict]:
+    """:func:`trace_series` given the unscaled :func:`edge_step_features` on the grid ``g``."""
+    params = params or TracesParams()
     cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
-    edges = [f"{a}->{b}" for a, b in graph["edges"]]
     stats: dict = {"fit_until_ts": cutoff, "step_s": step_s, "normalisation": {}, "columns": {}, "dropped": [],
                    "centred_only": [], "gap_fill": TRACE_GAP_FILL,
                    "transforms": {"count": "log1p", "latency": "seconds", "error_rate": "fraction"}}
-    T, E = len(g), len(edges)
-    features = edge_step_features(calls, edges, int(g[0]), T, step)
+    E = len(edges)
     train_rows = g < cutoff
     # training steps without calls
     missing = 1.0 - (features["count"][train_rows] > 0).sum(axis=0) / max(int(train_rows.sum()), 1)

@@ -8,6 +8,7 @@ Every format module exposes the same functions, each returning a canonical frame
     read_logs(root: Path, offset_s: float) -> pl.DataFrame | None
     read_faults(root: Path, offset_s: float) -> pl.DataFrame | None
     metric_reading(root: Path) -> _metric_reading.MetricReading   # metrics, whole or in parts
+    trace_reading(root: Path) -> _trace_reading.TraceReading      # traces, whole or in buckets of traces
     list_files(root: Path) -> dict[str, list[Path]]      # modality -> files that would be read
     scan(root: Path) -> _common.Scan                       # the same, plus what is skipped and why
     DEFAULT_OFFSETS: ClockOffsets                          # offsets that fit the public data
@@ -19,6 +20,7 @@ a year from the modality's median are errors naming file and row; see ``_common`
 from __future__ import annotations
 
 import importlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -76,6 +78,20 @@ def read_metric_parts(fmt: str, root: Path, offsets: ClockOffsets | None = None,
     return _metric_reading.parts(reading, offsets.metrics, part_bytes or _metric_reading.PART_BYTES)
 
 
+def read_trace_buckets(fmt: str, root: Path, spill_dir: Path, offsets: ClockOffsets | None = None,
+                       bucket_bytes: int | None = None) -> Iterator[pl.DataFrame]:
+    """The dump's spans as canonical frames of disjoint sets of whole traces (``_trace_reading.buckets``),
+    spilled through ``spill_dir``: together :func:`read_modality`'s spans, never all in memory at
+    once; nothing for a dump without span files. Bad input raises what :func:`read_modality` raises,
+    after the last bucket."""
+    from stages.formats import _trace_reading
+
+    mod = reader(fmt)
+    offsets = offsets if offsets is not None else mod.DEFAULT_OFFSETS
+    reading = mod.trace_reading(check_root(root))
+    return _trace_reading.buckets(reading, offsets.traces, spill_dir, bucket_bytes or _trace_reading.BUCKET_BYTES)
+
+
 def read_dump(fmt: str, root: Path, offsets: ClockOffsets | None = None) -> Dump:
     mod = reader(fmt)
     root = check_root(root)
@@ -91,18 +107,23 @@ def data_time_range(fmt: str, root: Path, offsets: ClockOffsets | None = None,
 
     For the labels stage: the label grid must not extend past the data (see
     :func:`stages.features.label_grid.label_grid`'s ``data_range``). It reads those modalities
-    in full (metrics in parts), so a stage that already holds the frames should take the range from
+    in full (metrics in parts, traces in buckets), so a stage that already holds the frames should take the range from
     them instead.
     """
     lo, hi = None, None
-    for modality in modalities:
-        # metrics part by part: the range never needs every point in memory at once
-        frames = read_metric_parts(fmt, root, offsets) if modality == "metrics" else [
-            read_modality(fmt, root, modality, offsets)]
-        for df in frames:
-            if df is None or df.height == 0:
-                continue
-            col = "start_ts" if modality == "traces" else "ts"
-            a, b = int(df[col].min()), int(df[col].max())
-            lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+    with tempfile.TemporaryDirectory(prefix="trace-spill-") as spill:
+        for modality in modalities:
+            # metrics part by part, traces bucket by bucket: the range never needs every point in memory
+            if modality == "metrics":
+                frames = read_metric_parts(fmt, root, offsets)
+            elif modality == "traces":
+                frames = read_trace_buckets(fmt, root, Path(spill), offsets)
+            else:
+                frames = [read_modality(fmt, root, modality, offsets)]
+            for df in frames:
+                if df is None or df.height == 0:
+                    continue
+                col = "start_ts" if modality == "traces" else "ts"
+                a, b = int(df[col].min()), int(df[col].max())
+                lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
     return None if lo is None else (lo, hi)

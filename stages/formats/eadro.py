@@ -39,6 +39,7 @@ from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 from stages.formats._metric_points import MetricPoints
 from stages.formats._metric_reading import MetricReading, whole
+from stages.formats._trace_reading import TraceReading, whole as whole_traces
 
 log = logging.getLogger(__name__)
 
@@ -428,28 +429,42 @@ def _span_chunks(path: Path, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
         yield _chunk_frame(cols, path, audit)
 
 
-def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
-    files, skipped = found.files["traces"], list(found.skips("traces"))
-    audit = c.TimeAudit("traces")
-    frames: list[pl.DataFrame] = []
+def _read_span_files(files: list[Path], audit: c.TimeAudit, skipped: list[tuple[Path, str]]
+                     ) -> Iterator[pl.DataFrame]:
     for path in files:
-        before = len(frames)
-        frames += _span_chunks(path, audit)
-        if not any(f.height for f in frames[before:]):
+        spans = 0
+        for frame in _span_chunks(path, audit):
+            spans += frame.height
+            yield frame
+        if not spans:
             skipped.append((path, "no span"))
-    c.warn_skipped("traces", skipped, found.unclaimed)
-    if not files and not skipped:
-        return None
+
+
+def _canonical_spans(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Raw span chunks → canonical spans: exact repeats across chunks and files dropped first."""
     spans = pl.concat(frames).unique(maintain_order=True) if frames else pl.DataFrame(schema=_SPAN_SCHEMA)
-    c.require_rows("traces", spans, files, skipped)
-    audit.finish(spans["start_us"])
-    spans = c.conform(spans.with_columns(pl.col("start_us").alias("start_ts"),
-                                         (pl.col("duration_us") / US).alias("duration_s")), "traces")
-    label = f"eadro traces under {root}"
-    spans = c.cut_bad_parents(c.dedupe_spans(spans, label), label)
-    log.info("eadro traces: %d unique spans, %d unique traces", spans.height, spans["trace_id"].n_unique())
-    return c.shift(c.finish([spans], "traces", ["start_ts", "trace_id", "span_id"]), ["start_ts"], offset_s)
+    # times the reciprocal: what polars' division by a number does to two or more rows, but to a
+    # single row too, so a bucket of one span gets the whole frame's bits
+    return c.conform(spans.with_columns(pl.col("start_us").alias("start_ts"),
+                                        (pl.col("duration_us") * (1 / US)).alias("duration_s")), "traces")
+
+
+def _unpacked_size(path: Path) -> int:
+    try:
+        return _span_source(path)[2]
+    except (OSError, InputError, zipfile.BadZipFile):
+        return c.file_size(path)  # the read names the problem
+
+
+def trace_reading(root: Path) -> TraceReading:
+    found = scan(root)
+    return TraceReading(
+        files=found.files["traces"], skipped=list(found.skips("traces")), unclaimed=found.unclaimed,
+        read=_read_span_files, prepare=_canonical_spans, label=f"eadro traces under {root}", size=_unpacked_size)
+
+
+def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
+    return whole_traces(trace_reading(root), offset_s)
 
 
 # ------------------------------------------------------------------ faults

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -54,6 +55,7 @@ from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 from stages.formats._metric_points import MetricPoints
 from stages.formats._metric_reading import MetricReading, whole
+from stages.formats._trace_reading import TraceReading, whole as whole_traces
 
 log = logging.getLogger(__name__)
 
@@ -218,25 +220,25 @@ def _read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     )
 
 
-def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root)
-    files, skipped = found.files["traces"], list(found.skips("traces"))
-    audit = c.TimeAudit("traces")
-    frames = []
+def _read_trace_files(files: list[Path], audit: c.TimeAudit, skipped: list[tuple[Path, str]]
+                      ) -> Iterator[pl.DataFrame]:
     for p in files:
         frame = c.conform(_read_trace_file(p, audit), "traces")
         if frame.height == 0:
             skipped.append((p, "header only, no data row"))
-        frames.append(frame)
-    c.warn_skipped("traces", skipped, found.unclaimed)
-    if not files and not skipped:
-        return None
-    spans = pl.concat(frames) if frames else empty("traces")
-    c.require_rows("traces", spans, files, skipped)
-    audit.finish(spans["start_ts"])
-    label = f"gaia traces under {root}"
-    spans = c.cut_bad_parents(c.dedupe_spans(spans, label), label)
-    return c.shift(c.finish([spans], "traces", ["start_ts", "trace_id", "span_id"]), ["start_ts"], offset_s)
+        yield frame
+
+
+def trace_reading(root: Path) -> TraceReading:
+    found = scan(root)
+    return TraceReading(
+        files=found.files["traces"], skipped=list(found.skips("traces")), unclaimed=found.unclaimed,
+        read=_read_trace_files, prepare=lambda frames: pl.concat(frames) if frames else empty("traces"),
+        label=f"gaia traces under {root}")
+
+
+def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
+    return whole_traces(trace_reading(root), offset_s)
 
 
 # ------------------------------------------------------------------ message parsing

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from stages.formats import _common as c
 from stages.formats import _osprofiler as osp
 from stages.formats._metric_points import MetricPoints
 from stages.formats._metric_reading import MetricReading, whole
+from stages.formats._trace_reading import SORT_KEYS, TraceReading, whole as whole_traces
 
 log = logging.getLogger(__name__)
 
@@ -333,16 +335,16 @@ def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
 # ------------------------------------------------------------------ traces
 
 
-def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
-    found = scan(root, "traces")
-    files, skipped = found.files["traces"], list(found.skips("traces"))
-    audit = c.TimeAudit("traces")
-    frames: list[pl.DataFrame] = []
+_FRAME_SPANS = 200_000  # spans of consecutive plain files gathered into one frame at most
+
+
+def _read_trace_files(files: list[Path], audit: c.TimeAudit, skipped: list[tuple[Path, str]]
+                      ) -> Iterator[pl.DataFrame]:
     cols: dict[str, list] = {k: [] for k in SPAN_SCHEMA}  # spans of consecutive plain files, one frame
 
-    def flush() -> None:
+    def flush() -> Iterator[pl.DataFrame]:
         if cols["span_id"]:
-            frames.append(pl.DataFrame(cols, schema=SPAN_SCHEMA))
+            yield pl.DataFrame(cols, schema=SPAN_SCHEMA)
             for v in cols.values():
                 v.clear()
 
@@ -353,21 +355,26 @@ def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
             continue
         spans = osp.place(rows, p, audit)
         if spans is None:
-            flush()
-            frames.append(osp.place_polars(rows, p, audit))
+            yield from flush()
+            yield osp.place_polars(rows, p, audit)
         else:
             for k, v in spans.items():
                 cols[k] += v
-    flush()
-    c.warn_skipped("traces", skipped, found.unclaimed)
-    if not files and not skipped:
-        return None
-    spans = c.finish(frames, "traces", ["start_ts", "trace_id", "span_id"])
-    c.require_rows("traces", spans, files, skipped)
-    audit.finish(spans["start_ts"])
-    label = f"msds traces under {root}"
-    spans = c.cut_bad_parents(c.dedupe_spans(spans, label), label)
-    return c.shift(spans, ["start_ts"], offset_s)
+            if len(cols["span_id"]) >= _FRAME_SPANS:
+                yield from flush()
+    yield from flush()
+
+
+def trace_reading(root: Path) -> TraceReading:
+    found = scan(root, "traces")
+    return TraceReading(
+        files=found.files["traces"], skipped=list(found.skips("traces")), unclaimed=found.unclaimed,
+        read=_read_trace_files, prepare=lambda frames: c.finish(frames, "traces", SORT_KEYS),
+        label=f"msds traces under {root}")
+
+
+def read_traces(root: Path, offset_s: float) -> pl.DataFrame | None:
+    return whole_traces(trace_reading(root), offset_s)
 
 
 # ------------------------------------------------------------------ faults
