@@ -42,6 +42,7 @@ from stages.features.trace_features import (
 )
 
 log = logging.getLogger(__name__)
+HOLD_BYTES = 256 * 2**20  # aggregates held to be written as one frame; larger ones go out chunk by chunk
 
 
 @dataclass
@@ -217,19 +218,30 @@ class _Chunks:
 
 
 def _write_sorted_chunks(chunks: _Chunks, folder: Path, path: Path) -> None:
-    """The aggregates as one Parquet file, a row group per time chunk, each sorted as the whole table is."""
+    """The aggregates as one Parquet file sorted as the whole table is: written as one frame, the
+    whole path's bytes, while they stay under :data:`HOLD_BYTES`; past that, a row group per time chunk."""
+    held: list[pl.DataFrame] = []
+    size = 0
     writer = None
     try:
         for k, _ in chunks.ranges():
             agg = chunks.read(folder, k, ["start_ts", "trace_id"])
             if agg is None:
                 continue
-            table = agg.select(list(AGGREGATE_SCHEMA)).to_arrow()
+            agg = agg.select(list(AGGREGATE_SCHEMA))
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, compression="zstd", compression_level=3)
-            writer.write_table(table)
+                held.append(agg)
+                size += agg.estimated_size()
+                if size <= HOLD_BYTES:
+                    continue
+                writer = pq.ParquetWriter(path, held[0].to_arrow().schema, compression="zstd", compression_level=3)
+                for frame in held:
+                    writer.write_table(frame.to_arrow())
+                held = []
+            else:
+                writer.write_table(agg.to_arrow())
     finally:
         if writer is not None:
             writer.close()
     if writer is None:
-        write_parquet(pl.DataFrame(schema=AGGREGATE_SCHEMA), path)
+        write_parquet(pl.concat(held, rechunk=True) if held else pl.DataFrame(schema=AGGREGATE_SCHEMA), path)
