@@ -19,7 +19,9 @@ Metric CSVs get two references: the issue's (``polars.read_csv`` per file, then 
 one ``collect_all`` of every file's ``scan_csv`` (parallel; under polars 2 the faster of the two
 on many small files). With the feature steps on (the default), the whole ``metrics`` stage as it runs (the dump's points
 part by part, ``metric_matrix_parts``, Parquet and stats JSON) is also timed against
-:func:`stages.bench_reference.metric_stage`, the same stage in plain polars.
+:func:`stages.bench_reference.metric_stage`, the same stage in plain polars; and the ``traces``
+stage as it runs (spans in buckets of whole traces, the four tables written) beside the whole-frame
+path (``read_modality``, then ``trace_features``).
 
 Printed: a markdown table (rows/s, MB/s, peak RSS, project/reference ratios), then the JSON
 also written to ``bench/ingest_<format>.json``.
@@ -138,6 +140,8 @@ def _child(spec: dict) -> dict:
 
 def _project_stage(spec: dict) -> dict:
     """The ``metrics`` stage's own path on the dump: its points part by part, the table, Parquet and stats."""
+    if spec["modality"] == "traces":
+        return _project_trace_stage(spec)
     from stages.core.params import SplitParams
     from stages.features.metric_matrix import metric_matrix_parts
     from stages.features.params import MetricsParams
@@ -148,6 +152,25 @@ def _project_stage(spec: dict) -> dict:
     matrix = _write_metric_outputs(*metric_matrix_parts(parts, spec["step_s"], SplitParams(), MetricsParams()))
     took = time.perf_counter() - t0
     return {"rows": matrix.height, "columns": matrix.width - 1, "read_s": took, "stage_s": took,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def _project_trace_stage(spec: dict) -> dict:
+    """The ``traces`` stage's own path: spans in buckets of whole traces (spilled), the four tables written."""
+    from stages.core.params import SplitParams
+    from stages.features.params import TracesParams
+    from stages.features.trace_buckets import write_trace_tables
+    from stages.formats import read_trace_buckets
+
+    with tempfile.TemporaryDirectory(prefix="bench-trace-stage-") as tmp:
+        out, spill = Path(tmp) / "out", Path(tmp) / "spill"
+        out.mkdir()
+        spill.mkdir()
+        t0 = time.perf_counter()
+        got = write_trace_tables(read_trace_buckets(spec["format"], Path(spec["root"]), spill), out, spill,
+                                 spec["step_s"], SplitParams(), TracesParams())
+        took = time.perf_counter() - t0
+    return {"rows": got.spans_read, "traces": got.traces, "read_s": took, "stage_s": took,
             "peak_rss_mb": peak_rss_mb()}
 
 
@@ -314,6 +337,14 @@ def table(results: dict) -> str:
                   f"{proj['peak_rss_mb'] / ref['peak_rss_mb']:.2f} |",
                   f"| reference: plain polars ({ref['columns']:,} columns × {ref['rows']:,} steps) | "
                   f"{ref['stage_s']:.2f} | {ref['peak_rss_mb']:.0f} | — | — |"]
+    traced = results.get("trace_stage")
+    if traced:
+        b, w = traced["buckets"], traced["whole"]
+        lines += ["", "| traces stage (read → tables) | s | peak RSS MiB |", "|---|---|---|",
+                  f"| in buckets of whole traces, as the stage runs (`read_trace_buckets`, `write_trace_tables`) | "
+                  f"{b['stage_s']:.2f} | {b['peak_rss_mb']:.0f} |",
+                  f"| the whole frame (`read_modality`, then `trace_features`) | {w.get('stage_s', float('nan')):.2f} | "
+                  f"{w.get('peak_rss_with_features_mb', float('nan')):.0f} |"]
     lines.append("")
     lines.append("rows: rows of each reader's frame (the reference's metric rows are the files' wide lines, the "
                  "project's are long points); input MB: bytes on disk (a .zip counts compressed); peak RSS: the "
@@ -345,7 +376,11 @@ def bench_ingest(args: argparse.Namespace) -> dict:
             specs.append({**spec, "what": "reference_together"})
         staged = modality == "metrics" and files and not args.no_features
         specs += [{**spec, "what": "reference_stage"}, {**spec, "what": "project_stage"}] if staged else []
+        trace_stage = modality == "traces" and files and not args.no_features
+        specs += [{**spec, "what": "project_stage"}] if trace_stage else []
         proj, *ref = _measure(specs, args.repeat)
+        if trace_stage:
+            results["trace_stage"] = {"step_s": args.step_s, "buckets": ref.pop(), "whole": proj}
         if modality == "metrics" and files:
             results["reference_together"] = ref.pop(1)
         if staged:

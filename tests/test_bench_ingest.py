@@ -57,3 +57,8 @@ def test_metrics_stage_against_the_plain_polars_stage(tmp_path: Path):
     assert stage["reference"]["rows"] == 4 and stage["reference"]["columns"] == 2
     assert stage["project"]["rows"] == 4 and stage["project"]["columns"] == 2 and stage["project"]["stage_s"] > 0
     assert any(t.startswith("| metrics stage (read → Parquet)") for t in res["table"].splitlines())
+    # the traces stage as it runs (buckets of whole traces) beside the whole-frame path: one span, one trace
+    traced = res["trace_stage"]
+    assert traced["buckets"]["rows"] == 1 and traced["buckets"]["traces"] == 1 and traced["buckets"]["stage_s"] > 0
+    assert traced["whole"]["rows"] == 1 and traced["whole"]["stage_s"] > 0
+    assert any(t.startswith("| traces stage (read → tables)") for t in res["table"].splitlines())

@@ -42,7 +42,7 @@ from stages.features.trace_features import (
 )
 
 log = logging.getLogger(__name__)
-HOLD_BYTES = 256 * 2**20  # aggregates held to be written as one frame; larger ones go out chunk by chunk
+HOLD_BYTES = 64 * 2**20  # aggregates held to be written as one frame; larger ones go out chunk by chunk
 
 
 @dataclass

@@ -32,7 +32,8 @@ from stages.formats._metric_reading import _TimeCounts
 log = logging.getLogger(__name__)
 
 BUCKET_BYTES = 64 * 2**20  # input (uncompressed) per bucket of buckets(); a trace is never split
-_SPILL_BYTES = 64 * 2**20  # raw frames held before they are split and spilled
+MAX_BUCKETS = 1024  # past this many, buckets grow instead (open spill files stay few)
+_SPILL_BYTES = 16 * 2**20  # raw frames held before they are split and spilled
 _BUCKET = "_bucket"
 SORT_KEYS = ["start_ts", "trace_id", "span_id"]
 
@@ -67,7 +68,7 @@ def whole(reading: TraceReading, offset_s: float) -> pl.DataFrame | None:
 def bucket_count(reading: TraceReading, bucket_bytes: int = BUCKET_BYTES) -> int:
     """How many buckets :func:`buckets` splits the dump's traces into: one per ``bucket_bytes`` of input."""
     total = sum(reading.size(p) for p in reading.files)
-    return max(1, math.ceil(total / bucket_bytes))
+    return min(MAX_BUCKETS, max(1, math.ceil(total / bucket_bytes)))
 
 
 def buckets(reading: TraceReading, offset_s: float, spill_dir: Path,
