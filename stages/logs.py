@@ -1,23 +1,27 @@
 """DVC stage ``logs@<ds>``: the dump's log lines → Drain3 templates, per-line events, per-step counts.
 
 Outputs ``log_templates.parquet``, ``log_counts.parquet``, ``log_events.parquet`` and the miners'
-state under ``drain3/``; the logic lives in :mod:`stages.features.log_templates`.
+state under ``drain3/``; the logic lives in :mod:`stages.features.log_templates`, read bucket by
+bucket of whole services (:mod:`stages.features.log_buckets`) so a month of lines never sits in
+memory at once.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
+
 from stages.core.cli import run_stage
-from stages.core.frames import empty
-from stages.core.io import write_parquet
 from stages.core.params import build, dataset as dataset_params, load_checked
-from stages.features.log_templates import log_counts, mine_templates, save_miners
+from stages.features.log_buckets import write_log_tables
 from stages.features.params import LogsParams
 from stages.features.publish import staged_outputs
-from stages.formats import read_modality
+from stages.formats import read_log_buckets
 
 log = logging.getLogger("stages.logs")
 FEATURES_ROOT = Path("data/features")
@@ -29,22 +33,22 @@ def run(dataset: str, raw_params: dict | None = None) -> dict:
     ds = dataset_params(dataset, raw)
     params = build(LogsParams, raw.get("logs"), where="logs")
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
-        lines = read_modality(ds.format, Path(ds.raw), "logs", ds.offsets)
-        if lines is None:
-            log.warning("%s: the dump has no logs; writing empty log tables", dataset)
-            lines = empty("logs")
-        mined = mine_templates(lines, params, ds.step_s)
-        counts = log_counts(mined.events, mined.templates, ds.step_s)
-        write_parquet(mined.templates, tmp / "log_templates.parquet")
-        write_parquet(counts, tmp / "log_counts.parquet")
-        write_parquet(mined.events, tmp / "log_events.parquet")
-        save_miners(mined, params, tmp / "drain3")
-    summary = {
-        "dataset": dataset, "lines": mined.events.height, "services": len(mined.miners),
-        "templates": mined.templates.height, "steps": counts.height,
-    }
+        with tempfile.TemporaryDirectory(prefix=".spill-", dir=tmp) as spill:  # gone before the outputs publish
+            got = write_log_tables(_buckets(dataset, ds, Path(spill)), tmp, Path(spill), params, ds.step_s)
+    summary = {"dataset": dataset, "lines": got.lines, "services": got.services, "templates": got.templates,
+               "steps": got.steps}
     log.info("logs@%s: %s", dataset, summary)
     return summary
+
+
+def _buckets(dataset: str, ds, spill: Path) -> Iterator[pl.DataFrame]:
+    """The dump's lines in buckets of whole services (one bucket for a dump under ~64 MB of logs)."""
+    got = False
+    for bucket in read_log_buckets(ds.format, Path(ds.raw), spill, ds.offsets):
+        got = True
+        yield bucket
+    if not got:
+        log.warning("%s: the dump has no logs; writing empty log tables", dataset)
 
 
 def main(argv: list[str] | None = None) -> int:

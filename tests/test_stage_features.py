@@ -74,6 +74,12 @@ def toy(monkeypatch, tmp_path):
             monkeypatch.setattr(mod, "read_modality", fake_read)
     monkeypatch.setattr(STAGES["metrics"], "read_metric_parts", fake_parts)
     monkeypatch.setattr(STAGES["traces"], "read_trace_buckets", fake_buckets)
+
+    def fake_log_buckets(fmt, root, spill_dir, offsets=None, bucket_bytes=None):  # the logs stage reads in buckets
+        df = frames.get("logs")
+        return iter([] if df is None else [df])
+
+    monkeypatch.setattr(STAGES["logs"], "read_log_buckets", fake_log_buckets)
     monkeypatch.setattr(STAGES["labels"], "data_time_range", fake_range)
     return frames
 
@@ -125,7 +131,9 @@ def test_a_failure_mid_stage_keeps_the_previous_outputs(toy, tmp_path, monkeypat
     def broken(*args, **kwargs):
         raise RuntimeError("disk full while saving the miners")
 
-    monkeypatch.setattr(logs_stage, "save_miners", broken)
+    from stages.features import log_buckets
+
+    monkeypatch.setattr(log_buckets, "save_miners", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         logs_stage.run("toy", RAW)
     assert snapshot(out) == before

@@ -20,6 +20,7 @@ from stages.core.params import SplitParams
 from stages.features.params import TracesParams
 from stages.features.trace_buckets import main_body, time_runs, write_trace_tables
 from stages.features.trace_features import drop_stray_spans
+from stages.formats._buckets import MAX_BUCKETS
 from stages.formats import _trace_reading, read_modality, read_trace_buckets, reader
 from stages.simulate.generate import generate
 from stages.simulate.params import SynthParams
@@ -115,7 +116,7 @@ def test_bucket_count_follows_the_input_and_is_capped(dumps):
     total = sum(p.stat().st_size for p in reading.files)
     assert _trace_reading.bucket_count(reading, total) == 1
     assert _trace_reading.bucket_count(reading, total // 3) == 4
-    assert _trace_reading.bucket_count(reading, 1) == _trace_reading.MAX_BUCKETS
+    assert _trace_reading.bucket_count(reading, 1) == MAX_BUCKETS
 
 
 def test_bad_input_raises_the_whole_reads_error_after_the_last_bucket(dumps, tmp_path):
@@ -165,11 +166,11 @@ def test_main_body_of_merged_runs_is_the_largest_segment():
 def test_large_aggregates_go_out_chunk_by_chunk(dumps, tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    from stages.features import trace_buckets
+    from stages.features import chunked
 
     root = dumps["eadro"]
     _, want = _tables("eadro", root, tmp_path / "whole", 10**12)
-    monkeypatch.setattr(trace_buckets, "HOLD_BYTES", 0)  # every chunk past the hold
+    monkeypatch.setattr(chunked, "HOLD_BYTES", 0)  # every chunk past the hold
     _, got = _tables("eadro", root, tmp_path / "chunks", _sizes("eadro", root)[0])
     path = tmp_path / "agg.parquet"
     path.write_bytes(got["trace_aggregates.parquet"])

@@ -84,7 +84,18 @@ def clean_logs(logs: pl.DataFrame) -> pl.DataFrame:
 def mine_templates(logs: pl.DataFrame, params: LogsParams, step_s: float) -> MinedLogs:
     """Run one Drain3 miner per service over its lines and number the templates globally."""
     df = clean_logs(logs)
-    services = sorted(df["service"].unique().to_list())
+    miners, cluster_ids = mine_services(df, params)
+    templates, mapping, other = number_templates(cluster_counts(df, cluster_ids), miners, params)
+    events = (df.select("ts", "service", "level").with_columns(pl.Series("cluster", cluster_ids))
+              .sort(["ts", "service"], maintain_order=True))
+    events = label_events(events, template_lookup(mapping), step_s)
+    log.info("drain3: %d lines of %d services → %d templates", df.height, len(miners), templates.height)
+    return MinedLogs(templates=templates, events=events, miners=miners, cluster_to_template=mapping,
+                     other_template=other)
+
+
+def mine_services(df: pl.DataFrame, params: LogsParams) -> tuple[dict[str, TemplateMiner], np.ndarray]:
+    """One miner per service of ``clean_logs`` lines, each over its lines in order; each line's Drain3 cluster id."""
     miners: dict[str, TemplateMiner] = {}
     cluster_ids = np.zeros(df.height, dtype=np.int64)
     bounds = df.with_row_index("_i").group_by("service", maintain_order=True).agg(
@@ -96,14 +107,24 @@ def mine_templates(logs: pl.DataFrame, params: LogsParams, step_s: float) -> Min
         for i in range(lo, hi + 1):
             cluster_ids[i] = cached.add(messages[i])
         miners[service] = cached.miner
+    return miners, cluster_ids
 
-    per_cluster = (df.select("service", "ts").with_columns(pl.Series("cluster", cluster_ids))
-                   .group_by(["service", "cluster"]).agg(pl.len().alias("count"), pl.col("ts").min().alias("first_ts"))
-                   .sort(["service", "cluster"]))
+
+def cluster_counts(df: pl.DataFrame, cluster_ids: np.ndarray) -> pl.DataFrame:
+    """Lines and first time per (service, Drain3 cluster), sorted."""
+    return (df.select("service", "ts").with_columns(pl.Series("cluster", cluster_ids))
+            .group_by(["service", "cluster"]).agg(pl.len().alias("count"), pl.col("ts").min().alias("first_ts"))
+            .sort(["service", "cluster"]))
+
+
+def number_templates(per_cluster: pl.DataFrame, miners: dict[str, TemplateMiner], params: LogsParams
+                     ) -> tuple[pl.DataFrame, dict[str, dict[int, int]], dict[str, int]]:
+    """Template ids 0..K-1 over the services in sorted order (clusters of fewer than ``min_count``
+    lines folded into the service's ``<other>``): (templates, service → cluster → id, service → other id)."""
     rows: list[tuple[int, str, str, int, int]] = []
     mapping: dict[str, dict[int, int]] = {}
     other: dict[str, int] = {}
-    for service in services:
+    for service in sorted(miners):
         clusters = per_cluster.filter(pl.col("service") == service)
         clusters_by_id = {c.cluster_id: c for c in miners[service].drain.clusters}
         mapping[service] = {}
@@ -124,35 +145,43 @@ def mine_templates(logs: pl.DataFrame, params: LogsParams, step_s: float) -> Min
     if other:
         log.info("folded rare templates (< %d lines) into '%s' for %d services", params.min_count, OTHER_TEMPLATE,
                  len(other))
-    templates = pl.DataFrame(rows, schema=TEMPLATE_SCHEMA, orient="row")
+    return pl.DataFrame(rows, schema=TEMPLATE_SCHEMA, orient="row"), mapping, other
 
+
+def template_lookup(mapping: dict[str, dict[int, int]]) -> pl.DataFrame:
+    return pl.DataFrame([(s, c, t) for s, m in mapping.items() for c, t in m.items()],
+                        schema={"service": pl.Utf8, "cluster": pl.Int64, "template_id": pl.Int64}, orient="row")
+
+
+def label_events(lines: pl.DataFrame, lookup: pl.DataFrame, step_s: float) -> pl.DataFrame:
+    """Lines (ts, service, level, Drain3 cluster), in event order → :data:`EVENT_SCHEMA` rows, same order."""
     step = int(round(step_s * 1_000_000))
-    lookup = pl.DataFrame(
-        [(s, c, t) for s, m in mapping.items() for c, t in m.items()],
-        schema={"service": pl.Utf8, "cluster": pl.Int64, "template_id": pl.Int64}, orient="row")
-    events = (df.select("ts", "service", "level").with_columns(pl.Series("cluster", cluster_ids))
-              .join(lookup, on=["service", "cluster"], how="left", maintain_order="left")
-              .with_columns(((pl.col("ts") // step) * step).alias("step_ts"))
-              .sort(["ts", "service"], maintain_order=True)
-              .select(list(EVENT_SCHEMA)))
-    log.info("drain3: %d lines of %d services → %d templates", df.height, len(services), templates.height)
-    return MinedLogs(templates=templates, events=events, miners=miners, cluster_to_template=mapping,
-                     other_template=other)
+    return (lines.join(lookup, on=["service", "cluster"], how="left", maintain_order="left")
+            .with_columns(((pl.col("ts") // step) * step).alias("step_ts"))
+            .select(list(EVENT_SCHEMA)))
 
 
 def log_counts(events: pl.DataFrame, templates: pl.DataFrame, step_s: float) -> pl.DataFrame:
     """Raw per-step line counts of every template (``<service>/<template_id>``), 0 when none; not normalised."""
-    names = [f"{s}/{t}" for s, t in zip(templates["service"].to_list(), templates["template_id"].to_list())]
     if events.height == 0:
-        return pl.DataFrame(schema={"ts": pl.Int64, **{n: pl.Float32 for n in names}})
+        return pl.DataFrame(schema={"ts": pl.Int64, **{n: pl.Float32 for n in _count_names(templates)}})
     g = grid(int(events["ts"].min()), int(events["ts"].max()), step_s)
     step = int(round(step_s * 1_000_000))
     t = (events["step_ts"].to_numpy() - g[0]) // step
     k = events["template_id"].to_numpy()
-    K = len(names)
+    K = templates.height
     counts = np.bincount(t * K + k, minlength=len(g) * K).reshape(len(g), K).astype(np.float32)
+    return count_columns(g, counts, templates)
+
+
+def _count_names(templates: pl.DataFrame) -> list[str]:
+    return [f"{s}/{t}" for s, t in zip(templates["service"].to_list(), templates["template_id"].to_list())]
+
+
+def count_columns(g: np.ndarray, counts: np.ndarray, templates: pl.DataFrame) -> pl.DataFrame:
+    """The counts table: ``ts`` (the grid) and one float32 column per template (a column of ``counts``)."""
     return pl.DataFrame([pl.Series("ts", g, dtype=pl.Int64)]
-                        + [pl.Series(n, counts[:, j], dtype=pl.Float32) for j, n in enumerate(names)])
+                        + [pl.Series(n, counts[:, j], dtype=pl.Float32) for j, n in enumerate(_count_names(templates))])
 
 
 def save_miners(mined: MinedLogs, params: LogsParams, directory: str | Path) -> None:

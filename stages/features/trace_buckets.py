@@ -21,19 +21,18 @@ bucket, the whole path itself).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from stages.core.frames import empty
-from stages.core.io import atomic_path, write_json, write_parquet
+from stages.core.io import write_json, write_parquet
 from stages.core.params import SplitParams
 from stages.core.splits import grid
+from stages.features.chunked import SortedParquet, TimeChunks
 from stages.features.metric_matrix import step_us
 from stages.features.params import TracesParams
 from stages.features.trace_features import (
@@ -42,7 +41,6 @@ from stages.features.trace_features import (
 )
 
 log = logging.getLogger(__name__)
-HOLD_BYTES = 64 * 2**20  # aggregates held to be written as one frame; larger ones go out chunk by chunk
 
 
 @dataclass
@@ -119,7 +117,7 @@ def _write_in_buckets(buckets: Iterable[pl.DataFrame], out: Path, spill: Path, s
                     got.stray_spans, body, params.max_gap_s)
     step = step_us(step_s)
     g = grid(lo, hi, step_s)
-    chunks = _Chunks(int(g[0]), len(g), step, len(cleaned))
+    chunks = TimeChunks(int(g[0]), len(g), step, len(cleaned))
     edge_counts: list[pl.DataFrame] = []
     services: set[str] = set()
     for path in cleaned:  # 2. the body's aggregates and calls, spilled by time chunk
@@ -152,8 +150,9 @@ def _write_in_buckets(buckets: Iterable[pl.DataFrame], out: Path, spill: Path, s
     series, got.stats = scaled_series(features, g, edges, step_s, split, params)
     got.stats["stray_spans_dropped"] = got.stray_spans
     got.steps = series.height
-    with atomic_path(out / "trace_aggregates.parquet") as tmp:  # 4. the aggregates, chunk by chunk
-        _write_sorted_chunks(chunks, spill / "agg", tmp)
+    with SortedParquet(out / "trace_aggregates.parquet", AGGREGATE_SCHEMA) as table:  # 4. the aggregates
+        for k, _ in chunks.ranges():
+            table.add(chunks.read(spill / "agg", k, ["start_ts", "trace_id"]))
     _write_rest(got.graph, series, got.stats, out)
     return got
 
@@ -180,68 +179,3 @@ def main_body(runs: list[np.ndarray], gap: int) -> tuple[int, int, int, int]:
     best = max(range(len(segments)), key=lambda i: (segments[i][2], -i))
     first, last, n = segments[best]
     return first, last, n, int(every[:, 2].sum())
-
-
-class _Chunks:
-    """Consecutive row ranges of the step grid, about one per bucket, and the frames spilled per range."""
-
-    def __init__(self, g0: int, steps: int, step: int, n: int) -> None:
-        self.g0, self.steps, self.step = g0, steps, step
-        self.size = max(1, math.ceil(steps / max(n, 1)))  # steps per chunk
-        self.n = math.ceil(steps / self.size)
-        self.files: dict[tuple[str, int], list[Path]] = {}
-
-    def ranges(self) -> Iterable[tuple[int, range]]:
-        for k in range(self.n):
-            yield k, range(k * self.size, min((k + 1) * self.size, self.steps))
-
-    def spill(self, frame: pl.DataFrame, ts: str, folder: Path) -> None:
-        if frame.height == 0:
-            return
-        folder.mkdir(exist_ok=True)
-        chunk = ((pl.col(ts) - self.g0) // (self.size * self.step)).alias("_chunk")
-        for (k,), part in frame.with_columns(chunk).partition_by("_chunk", as_dict=True, include_key=False).items():
-            files = self.files.setdefault((folder.name, k), [])
-            path = folder / f"{k:05d}_{len(files):05d}.arrow"
-            part.write_ipc(path, compression="lz4")
-            files.append(path)
-
-    def read(self, folder: Path, k: int, order: list[str]) -> pl.DataFrame | None:
-        """Chunk ``k``'s frames from ``folder``, sorted by ``order`` (None: nothing there); files removed."""
-        files = self.files.pop((folder.name, k), [])
-        if not files:
-            return None
-        frame = pl.concat([pl.read_ipc(p) for p in files]).sort(order)
-        for p in files:
-            p.unlink()
-        return frame
-
-
-def _write_sorted_chunks(chunks: _Chunks, folder: Path, path: Path) -> None:
-    """The aggregates as one Parquet file sorted as the whole table is: written as one frame, the
-    whole path's bytes, while they stay under :data:`HOLD_BYTES`; past that, a row group per time chunk."""
-    held: list[pl.DataFrame] = []
-    size = 0
-    writer = None
-    try:
-        for k, _ in chunks.ranges():
-            agg = chunks.read(folder, k, ["start_ts", "trace_id"])
-            if agg is None:
-                continue
-            agg = agg.select(list(AGGREGATE_SCHEMA))
-            if writer is None:
-                held.append(agg)
-                size += agg.estimated_size()
-                if size <= HOLD_BYTES:
-                    continue
-                writer = pq.ParquetWriter(path, held[0].to_arrow().schema, compression="zstd", compression_level=3)
-                for frame in held:
-                    writer.write_table(frame.to_arrow())
-                held = []
-            else:
-                writer.write_table(agg.to_arrow())
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        write_parquet(pl.concat(held, rechunk=True) if held else pl.DataFrame(schema=AGGREGATE_SCHEMA), path)

@@ -9,6 +9,7 @@ Every format module exposes the same functions, each returning a canonical frame
     read_faults(root: Path, offset_s: float) -> pl.DataFrame | None
     metric_reading(root: Path) -> _metric_reading.MetricReading   # metrics, whole or in parts
     trace_reading(root: Path) -> _trace_reading.TraceReading      # traces, whole or in buckets of traces
+    log_reading(root: Path) -> _log_reading.LogReading            # logs, whole or in buckets of services
     list_files(root: Path) -> dict[str, list[Path]]      # modality -> files that would be read
     scan(root: Path) -> _common.Scan                       # the same, plus what is skipped and why
     DEFAULT_OFFSETS: ClockOffsets                          # offsets that fit the public data
@@ -92,6 +93,20 @@ def read_trace_buckets(fmt: str, root: Path, spill_dir: Path, offsets: ClockOffs
     return _trace_reading.buckets(reading, offsets.traces, spill_dir, bucket_bytes or _trace_reading.BUCKET_BYTES)
 
 
+def read_log_buckets(fmt: str, root: Path, spill_dir: Path, offsets: ClockOffsets | None = None,
+                     bucket_bytes: int | None = None) -> Iterator[pl.DataFrame]:
+    """The dump's log lines as canonical frames of disjoint sets of whole services
+    (``_log_reading.buckets``), spilled through ``spill_dir``: together :func:`read_modality`'s lines,
+    never all in memory at once; nothing for a dump without log files. Bad input raises what
+    :func:`read_modality` raises, after the last bucket."""
+    from stages.formats import _log_reading
+
+    mod = reader(fmt)
+    offsets = offsets if offsets is not None else mod.DEFAULT_OFFSETS
+    reading = mod.log_reading(check_root(root))
+    return _log_reading.buckets(reading, offsets.logs, spill_dir, bucket_bytes or _log_reading.BUCKET_BYTES)
+
+
 def read_dump(fmt: str, root: Path, offsets: ClockOffsets | None = None) -> Dump:
     mod = reader(fmt)
     root = check_root(root)
@@ -107,17 +122,19 @@ def data_time_range(fmt: str, root: Path, offsets: ClockOffsets | None = None,
 
     For the labels stage: the label grid must not extend past the data (see
     :func:`stages.features.label_grid.label_grid`'s ``data_range``). It reads those modalities
-    in full (metrics in parts, traces in buckets), so a stage that already holds the frames should take the range from
-    them instead.
+    in full (metrics in parts, traces and logs in buckets), so a stage that already holds the
+    frames should take the range from them instead.
     """
     lo, hi = None, None
-    with tempfile.TemporaryDirectory(prefix="trace-spill-") as spill:
+    with tempfile.TemporaryDirectory(prefix="range-spill-") as spill:
         for modality in modalities:
-            # metrics part by part, traces bucket by bucket: the range never needs every point in memory
+            # metrics part by part, traces and logs bucket by bucket: the range never holds every row
             if modality == "metrics":
                 frames = read_metric_parts(fmt, root, offsets)
             elif modality == "traces":
                 frames = read_trace_buckets(fmt, root, Path(spill), offsets)
+            elif modality == "logs":
+                frames = read_log_buckets(fmt, root, Path(spill), offsets)
             else:
                 frames = [read_modality(fmt, root, modality, offsets)]
             for df in frames:

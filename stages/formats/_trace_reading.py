@@ -19,7 +19,6 @@ warnings come per bucket.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +26,12 @@ from pathlib import Path
 import polars as pl
 
 from stages.formats import _common as c
+from stages.formats import _buckets
+from stages.formats._buckets import BUCKET_BYTES, Spill, spill_all
 from stages.formats._metric_reading import _TimeCounts
 
 log = logging.getLogger(__name__)
 
-BUCKET_BYTES = 64 * 2**20  # input (uncompressed) per bucket of buckets(); a trace is never split
-MAX_BUCKETS = 1024  # past this many, buckets grow instead (open spill files stay few)
-_SPILL_BYTES = 16 * 2**20  # raw frames held before they are split and spilled
-_BUCKET = "_bucket"
 SORT_KEYS = ["start_ts", "trace_id", "span_id"]
 
 
@@ -67,8 +64,7 @@ def whole(reading: TraceReading, offset_s: float) -> pl.DataFrame | None:
 
 def bucket_count(reading: TraceReading, bucket_bytes: int = BUCKET_BYTES) -> int:
     """How many buckets :func:`buckets` splits the dump's traces into: one per ``bucket_bytes`` of input."""
-    total = sum(reading.size(p) for p in reading.files)
-    return min(MAX_BUCKETS, max(1, math.ceil(total / bucket_bytes)))
+    return _buckets.bucket_count(sum(reading.size(p) for p in reading.files), bucket_bytes)
 
 
 def buckets(reading: TraceReading, offset_s: float, spill_dir: Path,
@@ -85,16 +81,8 @@ def buckets(reading: TraceReading, offset_s: float, spill_dir: Path,
         return
     audit = c.TimeAudit("traces")
     skipped = list(reading.skipped)
-    spill = _Spill(Path(spill_dir), n)
-    held: list[pl.DataFrame] = []
-    held_bytes = 0
-    for frame in reading.read(reading.files, audit, skipped):
-        held.append(frame)
-        held_bytes += frame.estimated_size()
-        if held_bytes >= _SPILL_BYTES:
-            spill.add(held)
-            held, held_bytes = [], 0
-    spill.add(held)
+    spill = Spill(Path(spill_dir), n, pl.col("trace_id"))
+    spill_all(reading.read(reading.files, audit, skipped), spill)
     c.warn_skipped("traces", skipped, reading.unclaimed)
     if not reading.files and not skipped:
         return
@@ -115,38 +103,3 @@ def _finished(spans: pl.DataFrame, label: str, offset_s: float) -> pl.DataFrame:
     """What every format does last: repeated spans and parent cycles out, canonical order, clock offset."""
     spans = c.cut_bad_parents(c.dedupe_spans(spans, label), label)
     return c.shift(c.finish([spans], "traces", SORT_KEYS), ["start_ts"], offset_s)
-
-
-class _Spill:
-    """Raw span frames split by a hash of their trace id into ``n`` buckets on disk, in read order."""
-
-    def __init__(self, root: Path, n: int) -> None:
-        self.root, self.n = root, n
-        self.files: list[list[Path]] = [[] for _ in range(n)]
-
-    def add(self, frames: list[pl.DataFrame]) -> None:
-        runs: list[list[pl.DataFrame]] = []  # consecutive frames of one schema, spilled as one
-        for frame in frames:
-            if frame.height == 0:
-                continue
-            if runs and runs[-1][0].schema == frame.schema:
-                runs[-1].append(frame)
-            else:
-                runs.append([frame])
-        for run in runs:
-            frame = pl.concat(run, how="vertical", rechunk=False) if len(run) > 1 else run[0]
-            keyed = frame.with_columns((pl.col("trace_id").hash(c._HASH_SEEDS[0]) % self.n).alias(_BUCKET))
-            for (b,), part in keyed.partition_by(_BUCKET, as_dict=True, maintain_order=True,
-                                                 include_key=False).items():
-                path = self.root / f"b{b:05d}_{len(self.files[b]):06d}.arrow"
-                part.write_ipc(path, compression="lz4")
-                self.files[b].append(path)
-
-    def frames(self, b: int) -> list[pl.DataFrame]:
-        """Bucket ``b``'s frames in read order; their files are removed once read."""
-        out = []
-        for path in self.files[b]:
-            out.append(pl.read_ipc(path))
-            path.unlink()
-        self.files[b] = []
-        return out

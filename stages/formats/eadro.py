@@ -38,6 +38,7 @@ from stages.core.frames import US
 from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 from stages.formats._metric_points import MetricPoints
+from stages.formats._log_reading import LogReading, whole as whole_logs
 from stages.formats._metric_reading import MetricReading, whole
 from stages.formats._trace_reading import TraceReading, whole as whole_traces
 
@@ -254,23 +255,14 @@ def _read_log_file(path: Path, audit: c.TimeAudit | None = None) -> list[pl.Data
     return frames
 
 
-def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+def log_reading(root: Path) -> LogReading:
     found = scan(root)
-    files, skipped = found.files["logs"], list(found.skips("logs"))
-    audit = c.TimeAudit("logs")
-    frames = []
-    for p in files:
-        per_service = _read_log_file(p, audit)
-        if not any(f.height for f in per_service):
-            skipped.append((p, "no service with a timestamped line"))
-        frames += per_service
-    c.warn_skipped("logs", skipped, found.unclaimed)
-    if not files and not skipped:
-        return None
-    df = c.finish(frames, "logs", ["ts", "service"])
-    c.require_rows("logs", df, files, skipped)
-    audit.finish(df["ts"])
-    return c.shift(df, ["ts"], offset_s)
+    return LogReading(files=found.files["logs"], skipped=list(found.skips("logs")), unclaimed=found.unclaimed,
+                      read=_read_log_file, empty="no service with a timestamped line", label="eadro logs")
+
+
+def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+    return whole_logs(log_reading(root), offset_s)
 
 
 # ------------------------------------------------------------------ traces

@@ -42,6 +42,7 @@ from stages.core.params import ClockOffsets
 from stages.formats import _common as c
 from stages.formats import _osprofiler as osp
 from stages.formats._metric_points import MetricPoints
+from stages.formats._log_reading import LogReading, whole as whole_logs
 from stages.formats._metric_reading import MetricReading, whole
 from stages.formats._trace_reading import SORT_KEYS, TraceReading, whole as whole_traces
 
@@ -313,23 +314,14 @@ def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     return out.filter(pl.col("ts").is_not_null())
 
 
-def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+def log_reading(root: Path) -> LogReading:
     found = scan(root, "logs")
-    files, skipped = found.files["logs"], list(found.skips("logs"))
-    audit = c.TimeAudit("logs")
-    frames = []
-    for p in files:
-        frame = _read_log_file(p, audit)
-        if frame.height == 0:
-            skipped.append((p, "no log line with a time"))
-        frames.append(frame)
-    c.warn_skipped("logs", skipped, found.unclaimed)
-    if not files and not skipped:
-        return None
-    df = c.finish(frames, "logs", ["ts", "service"])
-    c.require_rows("logs", df, files, skipped)
-    audit.finish(df["ts"])
-    return c.shift(df, ["ts"], offset_s)
+    return LogReading(files=found.files["logs"], skipped=list(found.skips("logs")), unclaimed=found.unclaimed,
+                      read=lambda p, audit: [_read_log_file(p, audit)], empty="no log line with a time", label="msds logs")
+
+
+def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+    return whole_logs(log_reading(root), offset_s)
 
 
 # ------------------------------------------------------------------ traces
