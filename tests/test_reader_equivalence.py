@@ -897,8 +897,10 @@ def write_business_table(path: Path, rng: np.random.Generator, rows: int, index:
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.parametrize("slice_rows", [100_000, 7, 1])  # the reader parses a file this many records at a time
 @pytest.mark.parametrize("seed", range(12))
-def test_gaia_business_logs_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int):
+def test_gaia_business_logs_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int, slice_rows: int):
+    monkeypatch.setattr(gaia, "LOG_SLICE_ROWS", slice_rows)
     rng = np.random.default_rng(1000 + seed)
     (tmp_path / "business").mkdir()
     for k in range(int(rng.integers(1, 4))):
@@ -924,7 +926,9 @@ def test_gaia_header_fields_match_the_capture_regex():
     assert_frame_equal(got, want, check_exact=True)
 
 
-def test_gaia_business_bad_time_fails_alike(tmp_path: Path, caplog, monkeypatch):
+@pytest.mark.parametrize("slice_rows", [100_000, 1])
+def test_gaia_business_bad_time_fails_alike(tmp_path: Path, caplog, monkeypatch, slice_rows: int):
+    monkeypatch.setattr(gaia, "LOG_SLICE_ROWS", slice_rows)
     (tmp_path / "business_table_a_2021-07.csv").write_text(
         'datetime,service,message\n2021-07-01,a,"2021-07-01 00:00:01,250 | INFO | a | b | c | ok"\n'
         '2021-07-01,a,"1990-07-01 00:00:01,250 | INFO | a | b | c | old"\n')

@@ -265,11 +265,13 @@ def header_fields(m: pl.Expr) -> list[pl.Expr]:
     ]
 
 
-def split_messages(df: pl.DataFrame, path: Path) -> pl.DataFrame:
-    """Add time (µs), level, instance and text parsed from the ``message`` header."""
-    g = df.with_row_index("_row").with_columns(pl.col("message").fill_null("").str.strip_chars().alias("_m"))
+def split_messages(df: pl.DataFrame, path: Path, first_row: int = 0) -> pl.DataFrame:
+    """Add time (µs), level, instance and text parsed from the ``message`` header; ``_row`` is each
+    record's 0-based row in the file (``df`` holds the file's rows from ``first_row``)."""
+    g = (df.with_row_index("_row", offset=first_row)
+         .with_columns(pl.col("message").fill_null("").str.strip_chars().alias("_m")))
     g = g.with_columns(header_fields(pl.col("_m")))
-    times = c.parse_times(g["_time"], path, "message time")
+    times = c.parse_times(g["_time"], path, "message time", row_label=lambda i: c.row_of(first_row + i))
     return g.with_columns(
         pl.Series("_ts", times),
         pl.col("_text").str.replace(_TRACE_PREFIX, "").alias("_text"),
@@ -279,22 +281,38 @@ def split_messages(df: pl.DataFrame, path: Path) -> pl.DataFrame:
 # ------------------------------------------------------------------ logs
 
 
+LOG_SLICE_ROWS = 100_000  # records parsed at a time: the parse's helper columns stay small (issue 11)
+
+
 def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
-    df = c.read_csv(path, ["service", "message"], lossy=True)
-    g = split_messages(_drop_index(df), path)
-    audit.series(path, g["_ts"], "message time", rows=g["_row"])
-    head = pl.col("_time").is_not_null()
-    out = g.filter(pl.col("_m") != "").with_columns(
-        pl.col("_ts").forward_fill().alias("ts"),
-        pl.when(head).then(c.normalise_level(pl.col("_level"))).otherwise(None).forward_fill().alias("level"),
-        pl.when(head).then(pl.col("_text")).otherwise(pl.col("_m")).alias("message"),
-        pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance")).alias("service"),
-    )
-    orphans = out["ts"].is_null().sum()
+    """One business table's lines, parsed :data:`LOG_SLICE_ROWS` records at a time (the parse held
+    ~5× the file at once); a continuation line takes the time and level of the header before it,
+    in its slice or the ones before."""
+    df = _drop_index(c.read_csv(path, ["service", "message"], lossy=True))
+    parts: list[pl.DataFrame] = []
+    last_ts, last_level, orphans = None, None, 0
+    for start in range(0, max(df.height, 1), LOG_SLICE_ROWS):
+        g = split_messages(df.slice(start, LOG_SLICE_ROWS), path, start)
+        audit.series(path, g["_ts"], "message time", rows=g["_row"])
+        head = pl.col("_time").is_not_null()
+        ts = pl.col("_ts").forward_fill()
+        level = pl.when(head).then(c.normalise_level(pl.col("_level"))).otherwise(None).forward_fill()
+        if last_ts is not None:  # lines continuing the slice before's last header
+            ts, level = ts.fill_null(last_ts), level.fill_null(pl.lit(last_level, pl.Utf8))
+        out = g.filter(pl.col("_m") != "").with_columns(
+            ts.alias("ts"),
+            level.alias("level"),
+            pl.when(head).then(pl.col("_text")).otherwise(pl.col("_m")).alias("message"),
+            pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance")).alias("service"),
+        )
+        if out.height:
+            last_ts, last_level = out["ts"][-1], out["level"][-1]
+        orphans += out["ts"].is_null().sum()
+        # the canonical columns only: the parse's helper columns are freed slice by slice
+        parts.append(c.conform(out.filter(pl.col("ts").is_not_null()), "logs"))
     if orphans:
         log.warning("%s: %d line(s) before the first timestamped line dropped", path, orphans)
-    # the canonical columns only: the parse's helper columns are freed file by file, not held to the end
-    return c.conform(out.filter(pl.col("ts").is_not_null()), "logs")
+    return pl.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def log_reading(root: Path) -> LogReading:
