@@ -806,8 +806,11 @@ def write_trace_table(path: Path, rng: np.random.Generator, rows: int, *, tied: 
     path.write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.parametrize("block_bytes", [None, 4096])  # large tables are parsed a block of records at a time
 @pytest.mark.parametrize("seed", range(12))
-def test_gaia_traces_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int):
+def test_gaia_traces_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int, block_bytes):
+    if block_bytes:
+        monkeypatch.setattr(c, "CSV_BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(seed)
     for k in range(int(rng.integers(1, 4))):
         shape = str(rng.choice(["str", "ms", "comma", "whole", "mixed"]))
@@ -897,10 +900,14 @@ def write_business_table(path: Path, rng: np.random.Generator, rows: int, index:
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("slice_rows", [100_000, 7, 1])  # the reader parses a file this many records at a time
+@pytest.mark.parametrize(("slice_rows", "block_bytes"), [(100_000, None), (7, None), (1, None), (100_000, 4096),
+                                                         (5, 4096)])  # records parsed at a time; bytes per block
 @pytest.mark.parametrize("seed", range(12))
-def test_gaia_business_logs_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int, slice_rows: int):
+def test_gaia_business_logs_match_previous_reader(tmp_path: Path, caplog, monkeypatch, seed: int, slice_rows: int,
+                                                  block_bytes):
     monkeypatch.setattr(gaia, "LOG_SLICE_ROWS", slice_rows)
+    if block_bytes:
+        monkeypatch.setattr(c, "CSV_BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(1000 + seed)
     (tmp_path / "business").mkdir()
     for k in range(int(rng.integers(1, 4))):
@@ -1106,3 +1113,24 @@ def test_glances_bad_bytes_fail_as_one_by_one(tmp_path: Path, where: str):
         assert out[0] == out[1]
     else:
         assert_frame_equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("block_bytes", [1, 10, 97, 4096, 10**9])
+def test_csv_blocks_are_read_csv_in_whole_records(tmp_path: Path, block_bytes: int):
+    """Blocks end between records (never inside quotes: quoted newlines and doubled quotes), carry
+    the row of their first record, and together are read_csv's frame; a non-ASCII file is read whole."""
+    rng = np.random.default_rng(3)
+    cells = ['plain', '"two\nlines"', '"a ""quoted"" word"', '""', '"comma, inside"', '"\n"', "x" * 300]
+    rows = [f"{i},{rng.choice(cells)},{rng.choice(cells)}" for i in range(800)]
+    path = tmp_path / "t.csv"
+    path.write_text("n,a,b\n" + "\n".join(rows) + "\n")
+    want = c.read_csv(path, ["n", "a", "b"])
+    blocks = list(c.csv_blocks(path, ["n", "a", "b"], block_bytes=block_bytes))
+    assert_frame_equal(pl.concat([b for _, b in blocks]), want)
+    firsts = [first for first, _ in blocks]
+    assert firsts == list(np.cumsum([0] + [b.height for _, b in blocks])[:-1])
+    assert (len(blocks) > 1) == (block_bytes < path.stat().st_size)
+    path.write_text("n,a,b\n" + "\n".join(rows) + "\n1,é,x\n")
+    assert len(list(c.csv_blocks(path, ["n", "a", "b"], block_bytes=block_bytes))) == 1
+    with pytest.raises(c.InputError, match="missing"):
+        list(c.csv_blocks(path, ["n", "zz"], block_bytes=block_bytes))

@@ -558,6 +558,70 @@ def read_csv(path: Path, required: Iterable[str], *, lossy: bool = False, infer:
     return df
 
 
+CSV_BLOCK_BYTES = 64 * 2**20  # a large CSV is parsed this much at a time (csv_blocks)
+
+
+def csv_blocks(path: Path, required: Iterable[str], *, lossy: bool = False,
+               block_bytes: int | None = None) -> Iterator[tuple[int, pl.DataFrame]]:
+    """:func:`read_csv`'s frame as consecutive blocks of whole records, each with the 0-based row
+    of its first record: a file of several GB never sits in memory as bytes and frame at once
+    (issue 11). A block ends at a newline outside quotes (an even number of ``"`` before it, so
+    quoted newlines stay in their record); every block is parsed with the file's header. A file of
+    at most ``block_bytes``, or one that is not all ASCII (then :func:`read_csv`'s decoding and
+    its warnings and errors apply), is read whole, as one block."""
+    block_bytes = block_bytes or CSV_BLOCK_BYTES
+    if file_size(path) <= block_bytes or not _all_ascii(path, block_bytes):
+        yield 0, read_csv(path, required, lossy=lossy)
+        return
+    with open(path, "rb") as f:
+        header = f.readline()
+        try:
+            columns = pl.read_csv(io.BytesIO(header), infer_schema=False, quote_char='"').columns
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(path, "header", "a well-formed CSV", str(exc).splitlines()[0]) from None
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise InputError(path, "header", f"columns {list(required)} (missing {missing})", columns)
+        first, pos, want = 0, len(header), block_bytes
+        while True:
+            f.seek(pos)
+            data = f.read(want)
+            if not data or data.isspace():
+                break
+            cut = len(data) if len(data) < want else _record_end(data)
+            if cut == 0:  # one record longer than a block: read more at once
+                want *= 2
+                continue
+            try:
+                df = pl.read_csv(data if cut == len(data) else data[:cut], has_header=False, new_columns=columns,
+                                 infer_schema=False, quote_char='"')
+            except pl.exceptions.PolarsError as exc:
+                raise InputError(path, f"{row_of(first)} or after", "a well-formed CSV",
+                                 str(exc).splitlines()[0]) from None
+            if df.height:
+                yield first, df
+            first, pos, want = first + df.height, pos + cut, block_bytes
+
+
+def _all_ascii(path: Path, block_bytes: int) -> bool:
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(block_bytes):
+                if not block.isascii():
+                    return False
+    except OSError:
+        return False  # read_csv names the problem
+    return True
+
+
+def _record_end(data: bytes) -> int:
+    """Bytes up to and including the last newline of ``data`` outside quotes (0: none)."""
+    end = data.rfind(b"\n")
+    while end >= 0 and data.count(b'"', 0, end) % 2:
+        end = data.rfind(b"\n", 0, end)
+    return end + 1
+
+
 _DIRECT_GROUP_BYTES = 32 * 2**20  # input read per collect_all: memory stays bounded at any dump size
 
 
@@ -633,8 +697,9 @@ def row_of(index: int) -> str:
     return f"row {index + 1}"
 
 
-def to_float(col: pl.Series, path: Path, column: str) -> pl.Series:
-    """Text column → Float64; empty/'nan' become missing; anything else non-numeric is an error."""
+def to_float(col: pl.Series, path: Path, column: str, row_label=row_of) -> pl.Series:
+    """Text column → Float64; empty/'nan' become missing; anything else non-numeric is an error
+    (naming ``row_label`` of its index)."""
     s = col.cast(pl.Utf8).str.strip_chars()
     out = s.cast(pl.Float64, strict=False)
     if out.null_count() == s.null_count():  # every text cell parsed: nothing to name
@@ -642,7 +707,7 @@ def to_float(col: pl.Series, path: Path, column: str) -> pl.Series:
     bad = out.is_null() & s.is_not_null() & (s != "") & ~s.str.to_lowercase().is_in(["nan", "null", "none", "na"])
     if bad.any():
         i = int(bad.arg_true()[0])
-        raise InputError(path, f"{row_of(i)} column '{column}'", "a number", s[i])
+        raise InputError(path, f"{row_label(i)} column '{column}'", "a number", s[i])
     return out
 
 
@@ -791,7 +856,7 @@ def _parse_fixed(s: pl.Series, tz_offset_s: float) -> pl.Series | None:
 
 
 def parse_time_columns(df: pl.DataFrame, columns: list[str], path: Path | str, *,
-                       tz_offset_s: float = 0.0) -> list[pl.Series]:
+                       tz_offset_s: float = 0.0, row_label=row_of) -> list[pl.Series]:
     """:func:`parse_times` of several columns of one frame (each named by its column): the
     fixed-shape text ones are checked in one pass and parsed in a second, side by side, instead of
     one column after the other (a GAIA span's start and end, issue 11); the rest as before."""
@@ -803,7 +868,7 @@ def parse_time_columns(df: pl.DataFrame, columns: list[str], path: Path | str, *
         elif df[c].dtype.is_numeric():
             out.append(epoch_to_us(df[c]))
         else:
-            out.append(_parse_general(df[c], path, c, tz_offset_s, row_of))
+            out.append(_parse_general(df[c], path, c, tz_offset_s, row_label))
     return out
 
 

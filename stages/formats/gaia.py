@@ -194,20 +194,30 @@ def read_metrics(root: Path, offset_s: float) -> pl.DataFrame | None:
 # ------------------------------------------------------------------ traces
 
 
-def _read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
-    df = c.read_csv(path, TRACE_COLUMNS)
-    start, end = c.parse_time_columns(df, ["start_time", "end_time"], path)
+def _read_trace_file(path: Path, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
+    """One trace table's spans, a block of records at a time (:func:`_common.csv_blocks`): a table
+    of several GB is never held as text and frame at once. Errors name the file's own rows."""
+    for first, df in c.csv_blocks(path, TRACE_COLUMNS):
+        yield c.conform(_trace_rows(df, first, path, audit), "traces")
+
+
+def _trace_rows(df: pl.DataFrame, first: int, path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+    """Spans of the file's records from row ``first`` (``df``)."""
+    def row(i: int) -> str:
+        return c.row_of(first + i)
+
+    start, end = c.parse_time_columns(df, ["start_time", "end_time"], path, row_label=row)
     for name, series in (("start_time", start), ("end_time", end)):
         if series.is_null().any():
             i = int(series.is_null().arg_true()[0])
-            raise InputError(path, f"{c.row_of(i)} column '{name}'", "a time", df[name][i])
-        audit.series(path, series, name)
+            raise InputError(path, f"{row(i)} column '{name}'", "a time", df[name][i])
+        audit.series(path, series, name, row_label=row)
     backwards = end < start
     if backwards.any():
         i = int(backwards.arg_true()[0])
-        raise InputError(path, f"{c.row_of(i)} column 'end_time'", f"a time >= start_time ({df['start_time'][i]})",
+        raise InputError(path, f"{row(i)} column 'end_time'", f"a time >= start_time ({df['start_time'][i]})",
                          df["end_time"][i])
-    status = c.to_float(df["status_code"], path, "status_code")
+    status = c.to_float(df["status_code"], path, "status_code", row_label=row)
     parent = pl.col("parent_id").str.strip_chars()
     return df.with_columns(
         pl.Series("start_ts", start),
@@ -224,10 +234,12 @@ def _read_trace_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
 def _read_trace_files(files: list[Path], audit: c.TimeAudit, skipped: list[tuple[Path, str]]
                       ) -> Iterator[pl.DataFrame]:
     for p in files:
-        frame = c.conform(_read_trace_file(p, audit), "traces")
-        if frame.height == 0:
+        rows = 0
+        for frame in _read_trace_file(p, audit):
+            rows += frame.height
+            yield frame
+        if rows == 0:
             skipped.append((p, "header only, no data row"))
-        yield frame
 
 
 def trace_reading(root: Path) -> TraceReading:
@@ -288,31 +300,38 @@ def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
     """One business table's lines, parsed :data:`LOG_SLICE_ROWS` records at a time (the parse held
     ~5× the file at once); a continuation line takes the time and level of the header before it,
     in its slice or the ones before."""
-    df = _drop_index(c.read_csv(path, ["service", "message"], lossy=True))
     parts: list[pl.DataFrame] = []
     last_ts, last_level, orphans = None, None, 0
-    for start in range(0, max(df.height, 1), LOG_SLICE_ROWS):
-        g = split_messages(df.slice(start, LOG_SLICE_ROWS), path, start)
-        audit.series(path, g["_ts"], "message time", rows=g["_row"])
-        head = pl.col("_time").is_not_null()
-        ts = pl.col("_ts").forward_fill()
-        level = pl.when(head).then(c.normalise_level(pl.col("_level"))).otherwise(None).forward_fill()
-        if last_ts is not None:  # lines continuing the slice before's last header
-            ts, level = ts.fill_null(last_ts), level.fill_null(pl.lit(last_level, pl.Utf8))
-        out = g.filter(pl.col("_m") != "").with_columns(
-            ts.alias("ts"),
-            level.alias("level"),
-            pl.when(head).then(pl.col("_text")).otherwise(pl.col("_m")).alias("message"),
-            pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance")).alias("service"),
-        )
-        if out.height:
-            last_ts, last_level = out["ts"][-1], out["level"][-1]
-        orphans += out["ts"].is_null().sum()
-        # the canonical columns only: the parse's helper columns are freed slice by slice
-        parts.append(c.conform(out.filter(pl.col("ts").is_not_null()), "logs"))
+    for first, block in c.csv_blocks(path, ["service", "message"], lossy=True):
+        for g in _parsed_slices(_drop_index(block), path, first, audit):
+            head = pl.col("_time").is_not_null()
+            ts = pl.col("_ts").forward_fill()
+            level = pl.when(head).then(c.normalise_level(pl.col("_level"))).otherwise(None).forward_fill()
+            if last_ts is not None:  # lines continuing the last header of the slice before
+                ts, level = ts.fill_null(last_ts), level.fill_null(pl.lit(last_level, pl.Utf8))
+            out = g.filter(pl.col("_m") != "").with_columns(
+                ts.alias("ts"),
+                level.alias("level"),
+                pl.when(head).then(pl.col("_text")).otherwise(pl.col("_m")).alias("message"),
+                pl.coalesce(pl.col("service").str.strip_chars().replace("", None), pl.col("_instance"))
+                .alias("service"),
+            )
+            if out.height:
+                last_ts, last_level = out["ts"][-1], out["level"][-1]
+            orphans += out["ts"].is_null().sum()
+            # the canonical columns only: the parse's helper columns are freed slice by slice
+            parts.append(c.conform(out.filter(pl.col("ts").is_not_null()), "logs"))
     if orphans:
         log.warning("%s: %d line(s) before the first timestamped line dropped", path, orphans)
-    return pl.concat(parts) if len(parts) > 1 else parts[0]
+    return pl.concat(parts) if len(parts) > 1 else parts[0] if parts else empty("logs")
+
+
+def _parsed_slices(df: pl.DataFrame, path: Path, first: int, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
+    """:func:`split_messages` of :data:`LOG_SLICE_ROWS` records at a time, each audited."""
+    for start in range(0, max(df.height, 1), LOG_SLICE_ROWS):
+        g = split_messages(df.slice(start, LOG_SLICE_ROWS), path, first + start)
+        audit.series(path, g["_ts"], "message time", rows=g["_row"])
+        yield g
 
 
 def log_reading(root: Path) -> LogReading:
