@@ -18,10 +18,11 @@ highest peak are reported.
 Metric CSVs get two references: the issue's (``polars.read_csv`` per file, then one concat) and
 one ``collect_all`` of every file's ``scan_csv`` (parallel; under polars 2 the faster of the two
 on many small files). With the feature steps on (the default), the whole ``metrics`` stage as it runs (the dump's points
-part by part, ``metric_matrix_parts``, Parquet and stats JSON) is also timed against
+part by part, ``write_metric_table``: a large grid in chunks of steps, Parquet and stats JSON) is also timed against
 :func:`stages.bench_reference.metric_stage`, the same stage in plain polars; and the ``traces``
-stage as it runs (spans in buckets of whole traces, the four tables written) beside the whole-frame
-path (``read_modality``, then ``trace_features``).
+and ``logs`` stages as they run (spans in buckets of whole traces, lines in buckets of whole
+services, every table written) beside their whole-frame paths (``read_modality``, then the same
+tables written from the one frame).
 
 Printed: a markdown table (rows/s, MB/s, peak RSS, project/reference ratios), then the JSON
 also written to ``bench/ingest_<format>.json``.
@@ -140,38 +141,51 @@ def _child(spec: dict) -> dict:
 
 def _project_stage(spec: dict) -> dict:
     """The ``metrics`` stage's own path on the dump: its points part by part, the table, Parquet and stats."""
-    if spec["modality"] == "traces":
-        return _project_trace_stage(spec)
+    if spec["modality"] in ("traces", "logs"):
+        return _project_bucket_stage(spec)
+    from stages.core.io import write_json
     from stages.core.params import SplitParams
-    from stages.features.metric_matrix import metric_matrix_parts
+    from stages.features.metric_table import write_metric_table
     from stages.features.params import MetricsParams
     from stages.formats import read_metric_parts
 
-    t0 = time.perf_counter()
-    parts = read_metric_parts(spec["format"], Path(spec["root"]))
-    matrix = _write_metric_outputs(*metric_matrix_parts(parts, spec["step_s"], SplitParams(), MetricsParams()))
-    took = time.perf_counter() - t0
-    return {"rows": matrix.height, "columns": matrix.width - 1, "read_s": took, "stage_s": took,
-            "peak_rss_mb": peak_rss_mb()}
+    with tempfile.TemporaryDirectory(prefix="bench-stage-") as tmp:
+        spill = Path(tmp) / "spill"
+        spill.mkdir()
+        t0 = time.perf_counter()
+        parts = read_metric_parts(spec["format"], Path(spec["root"]))
+        table = write_metric_table(parts, Path(tmp) / "metrics.parquet", spill, spec["step_s"], SplitParams(),
+                                   MetricsParams())
+        write_json(table.stats, Path(tmp) / "metrics_stats.json")
+        took = time.perf_counter() - t0
+    return {"rows": table.steps, "columns": table.columns, "row_groups_in_chunks": table.row_groups,
+            "read_s": took, "stage_s": took, "peak_rss_mb": peak_rss_mb()}
 
 
-def _project_trace_stage(spec: dict) -> dict:
-    """The ``traces`` stage's own path: spans in buckets of whole traces (spilled), the four tables written."""
+def _project_bucket_stage(spec: dict) -> dict:
+    """The ``traces`` or ``logs`` stage's own path: rows in buckets of whole traces or services
+    (spilled), every table written."""
     from stages.core.params import SplitParams
-    from stages.features.params import TracesParams
+    from stages.features.log_buckets import write_log_tables
+    from stages.features.params import LogsParams, TracesParams
     from stages.features.trace_buckets import write_trace_tables
-    from stages.formats import read_trace_buckets
+    from stages.formats import read_log_buckets, read_trace_buckets
 
-    with tempfile.TemporaryDirectory(prefix="bench-trace-stage-") as tmp:
+    fmt, root, step_s = spec["format"], Path(spec["root"]), spec["step_s"]
+    with tempfile.TemporaryDirectory(prefix="bench-bucket-stage-") as tmp:
         out, spill = Path(tmp) / "out", Path(tmp) / "spill"
         out.mkdir()
         spill.mkdir()
         t0 = time.perf_counter()
-        got = write_trace_tables(read_trace_buckets(spec["format"], Path(spec["root"]), spill), out, spill,
-                                 spec["step_s"], SplitParams(), TracesParams())
+        if spec["modality"] == "traces":
+            got = write_trace_tables(read_trace_buckets(fmt, root, spill), out, spill, step_s, SplitParams(),
+                                     TracesParams())
+            rows, extra = got.spans_read, {"traces": got.traces}
+        else:
+            got = write_log_tables(read_log_buckets(fmt, root, spill), out, spill, LogsParams(), step_s)
+            rows, extra = got.lines, {"templates": got.templates}
         took = time.perf_counter() - t0
-    return {"rows": got.spans_read, "traces": got.traces, "read_s": took, "stage_s": took,
-            "peak_rss_mb": peak_rss_mb()}
+    return {"rows": rows, **extra, "read_s": took, "stage_s": took, "peak_rss_mb": peak_rss_mb()}
 
 
 def _write_metric_outputs(matrix, stats: dict):
@@ -208,14 +222,17 @@ def _features(frame, modality: str, step_s: float) -> None:
         from stages.features.metric_matrix import metric_matrix
 
         _write_metric_outputs(*metric_matrix(frame, step_s, SplitParams(), MetricsParams()))
-    elif modality == "traces":
-        from stages.features.trace_features import trace_features
+    elif modality == "traces":  # the whole-frame path of the traces stage, its four tables written
+        from stages.features.params import TracesParams
+        from stages.features.trace_buckets import write_trace_tables
 
-        trace_features(frame, step_s, SplitParams())
-    elif modality == "logs":
-        from stages.features.log_templates import mine_templates
+        with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp:
+            write_trace_tables([frame], Path(tmp), Path(tmp), step_s, SplitParams(), TracesParams())
+    elif modality == "logs":  # the whole-frame path of the logs stage, its tables and miners written
+        from stages.features.log_buckets import write_log_tables
 
-        mine_templates(frame, LogsParams(), step_s)
+        with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp:
+            write_log_tables([frame], Path(tmp), Path(tmp), LogsParams(), step_s)
 
 
 def _spawn(spec: dict) -> dict:
@@ -332,19 +349,23 @@ def table(results: dict) -> str:
     if stage:
         proj, ref = stage["project"], stage["reference"]
         lines += ["", "| metrics stage (read → Parquet) | s | peak RSS MiB | time / ref | RSS / ref |", "|---|---|---|---|---|",
-                  f"| project: the stage's parts, `metric_matrix_parts`, Parquet + stats | {proj['stage_s']:.2f} | "
+                  f"| project: the stage's parts, `write_metric_table`, Parquet + stats | {proj['stage_s']:.2f} | "
                   f"{proj['peak_rss_mb']:.0f} | {proj['stage_s'] / ref['stage_s']:.2f} | "
                   f"{proj['peak_rss_mb'] / ref['peak_rss_mb']:.2f} |",
                   f"| reference: plain polars ({ref['columns']:,} columns × {ref['rows']:,} steps) | "
                   f"{ref['stage_s']:.2f} | {ref['peak_rss_mb']:.0f} | — | — |"]
-    traced = results.get("trace_stage")
-    if traced:
-        b, w = traced["buckets"], traced["whole"]
-        lines += ["", "| traces stage (read → tables) | s | peak RSS MiB |", "|---|---|---|",
-                  f"| in buckets of whole traces, as the stage runs (`read_trace_buckets`, `write_trace_tables`) | "
-                  f"{b['stage_s']:.2f} | {b['peak_rss_mb']:.0f} |",
-                  f"| the whole frame (`read_modality`, then `trace_features`) | {w.get('stage_s', float('nan')):.2f} | "
-                  f"{w.get('peak_rss_with_features_mb', float('nan')):.0f} |"]
+    staged = results.get("bucket_stages")
+    if staged:
+        lines += ["", "| stage (read → every table written) | s | peak RSS MiB | time / whole | RSS / whole |",
+                  "|---|---|---|---|---|"]
+        for modality, r in staged.items():
+            b, w = r["buckets"], r["whole"]
+            whole_s, whole_mb = w.get("stage_s", float("nan")), w.get("peak_rss_with_features_mb", float("nan"))
+            unit = "traces" if modality == "traces" else "services"
+            lines += [f"| {modality}, in buckets of whole {unit}, as the stage runs | {b['stage_s']:.2f} | "
+                      f"{b['peak_rss_mb']:.0f} | {b['stage_s'] / whole_s:.2f} | {b['peak_rss_mb'] / whole_mb:.2f} |",
+                      f"| {modality}, the whole frame (`read_modality`, then the same tables) | {whole_s:.2f} | "
+                      f"{whole_mb:.0f} | — | — |"]
     lines.append("")
     lines.append("rows: rows of each reader's frame (the reference's metric rows are the files' wide lines, the "
                  "project's are long points); input MB: bytes on disk (a .zip counts compressed); peak RSS: the "
@@ -366,7 +387,7 @@ def bench_ingest(args: argparse.Namespace) -> dict:
     if not args.root:
         results["hours"], results["requests_per_s"] = params.hours, params.requests_per_s
     results["root"] = str(root)
-    for modality in MODALITIES:
+    for modality in getattr(args, "modalities", None) or MODALITIES:
         files = [str(p) for p in listed.get(modality, [])]
         mb = sum(Path(p).stat().st_size for p in files) / 2**20
         spec = {"format": fmt, "root": str(root), "modality": modality, "files": files, "step_s": args.step_s}
@@ -376,11 +397,12 @@ def bench_ingest(args: argparse.Namespace) -> dict:
             specs.append({**spec, "what": "reference_together"})
         staged = modality == "metrics" and files and not args.no_features
         specs += [{**spec, "what": "reference_stage"}, {**spec, "what": "project_stage"}] if staged else []
-        trace_stage = modality == "traces" and files and not args.no_features
-        specs += [{**spec, "what": "project_stage"}] if trace_stage else []
+        bucketed = modality in ("traces", "logs") and files and not args.no_features
+        specs += [{**spec, "what": "project_stage"}] if bucketed else []
         proj, *ref = _measure(specs, args.repeat)
-        if trace_stage:
-            results["trace_stage"] = {"step_s": args.step_s, "buckets": ref.pop(), "whole": proj}
+        if bucketed:
+            results.setdefault("bucket_stages", {})[modality] = {"step_s": args.step_s, "buckets": ref.pop(),
+                                                                  "whole": proj}
         if modality == "metrics" and files:
             results["reference_together"] = ref.pop(1)
         if staged:
@@ -411,6 +433,8 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--no-features", action="store_true", help="time the readers only, not the feature steps")
     a.add_argument("--step-s", type=float, default=10.0)
     a.add_argument("--workdir", default=None, help="where dumps are generated (and reused on a second run)")
+    a.add_argument("--modality", dest="modalities", action="append", choices=list(MODALITIES), default=None,
+                   help="measure only this modality (repeatable; default: all three)")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,25 @@
 """DVC stage ``metrics@<ds>``: the dump's metric points → ``metrics.parquet`` + ``metrics_stats.json``.
 
 Reads params, hands the dump's metric points part by part (``formats.read_metric_parts``: disjoint
-columns, never all points in memory) to :func:`stages.features.metric_matrix.metric_matrix_parts`,
-writes; nothing else. The table is the one :func:`~stages.features.metric_matrix.metric_matrix` makes
-of the whole frame, bit for bit.
+columns, never all points in memory) to :func:`stages.features.metric_table.write_metric_table`
+(a large grid is spilled and written a chunk of steps at a time); nothing else. The table's cells
+are the ones :func:`~stages.features.metric_matrix.metric_matrix` makes of the whole frame, bit for bit.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
 from stages.core.cli import run_stage
-from stages.core.io import write_json, write_parquet
+from stages.core.io import write_json
 from stages.core.params import build, effective_split, dataset as dataset_params, load_checked
-from stages.features.metric_matrix import metric_matrix_parts
+from stages.features.metric_table import write_metric_table
 from stages.features.params import MetricsParams
 from stages.features.publish import staged_outputs
 from stages.formats import read_metric_parts
@@ -36,16 +37,15 @@ def run(dataset: str, raw_params: dict | None = None) -> dict:
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
         # the dump's points part by part (disjoint columns): never all of them in memory at once
         counted = _Counted(read_metric_parts(ds.format, Path(ds.raw), ds.offsets))
-        frame, stats = metric_matrix_parts(counted, ds.step_s, split, params)
+        with tempfile.TemporaryDirectory(prefix=".spill-", dir=tmp) as spill:  # gone before the outputs publish
+            table = write_metric_table(counted, tmp / "metrics.parquet", Path(spill), ds.step_s, split, params)
         if counted.parts == 0:
             log.warning("%s: the dump has no metric points; writing an empty metric table", dataset)
-        write_parquet(frame, tmp / "metrics.parquet")
-        write_json(stats, tmp / "metrics_stats.json")
+        write_json(table.stats, tmp / "metrics_stats.json")
     summary = {
-        "dataset": dataset, "points": counted.points, "steps": frame.height, "columns": frame.width - 1,
-        "dropped": len(stats["dropped"]), "fit_until_ts": stats["fit_until_ts"],
-        "ts_min": int(frame["ts"].min()) if frame.height else None,
-        "ts_max": int(frame["ts"].max()) if frame.height else None,
+        "dataset": dataset, "points": counted.points, "steps": table.steps, "columns": table.columns,
+        "dropped": len(table.stats["dropped"]), "fit_until_ts": table.stats["fit_until_ts"],
+        "ts_min": table.ts_min, "ts_max": table.ts_max, "row_groups_written_in_chunks": table.row_groups,
     }
     log.info("metrics@%s: %s", dataset, summary)
     return summary

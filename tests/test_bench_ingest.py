@@ -57,8 +57,11 @@ def test_metrics_stage_against_the_plain_polars_stage(tmp_path: Path):
     assert stage["reference"]["rows"] == 4 and stage["reference"]["columns"] == 2
     assert stage["project"]["rows"] == 4 and stage["project"]["columns"] == 2 and stage["project"]["stage_s"] > 0
     assert any(t.startswith("| metrics stage (read → Parquet)") for t in res["table"].splitlines())
-    # the traces stage as it runs (buckets of whole traces) beside the whole-frame path: one span, one trace
-    traced = res["trace_stage"]
+    # the traces and logs stages as they run (buckets) beside their whole-frame paths: one span, one line
+    traced, logged = res["bucket_stages"]["traces"], res["bucket_stages"]["logs"]
     assert traced["buckets"]["rows"] == 1 and traced["buckets"]["traces"] == 1 and traced["buckets"]["stage_s"] > 0
     assert traced["whole"]["rows"] == 1 and traced["whole"]["stage_s"] > 0
-    assert any(t.startswith("| traces stage (read → tables)") for t in res["table"].splitlines())
+    assert logged["buckets"]["rows"] == 1 and logged["buckets"]["templates"] == 1 and logged["whole"]["stage_s"] > 0
+    table = res["table"].splitlines()
+    assert any(t.startswith("| traces, in buckets of whole traces") for t in table)
+    assert any(t.startswith("| logs, in buckets of whole services") for t in table)

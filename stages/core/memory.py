@@ -28,3 +28,15 @@ def require_memory(need_bytes: int, what: str, keys: str, remedy: str) -> None:
     if have is not None and need_bytes > have:
         raise InputError(PARAMS_FILE, keys, f"{what} that fits in memory ({remedy})",
                          f"{need_bytes / GIB:.1f} GiB needed at least, {have / GIB:.1f} GiB available")
+
+
+def require_disk(folder, need_bytes: int, what: str) -> None:
+    """Raises an :class:`InputError` on ``folder`` when its file system has less than ``need_bytes``
+    free: a spill that would fill the disk fails here, naming the folder, not part way through a
+    write."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if need_bytes > free:
+        raise InputError(folder, None, f"room for {what} ({need_bytes / GIB:.2f} GiB)",
+                         f"{free / GIB:.2f} GiB free")

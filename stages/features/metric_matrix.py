@@ -13,15 +13,16 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from stages.core.frames import conform, key_column
-from stages.core.memory import require_memory
+from stages.core.memory import require_disk, require_memory
 from stages.core.params import SplitParams
 from stages.core.splits import grid, train_cutoff_us
-from stages.features.normalise import (ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling,
+from stages.features.normalise import (ScaleRule, Scaling, apply_scaling, clipped_share, column_stats, fit_scaling,
                                       in_column_blocks, scaling_of_columns)
 from stages.features.params import MetricsParams
 
@@ -261,91 +262,146 @@ def metric_matrix(points: pl.DataFrame, step_s: float, split: SplitParams,
 
 
 @dataclass
-class _PartMeans:
-    """One part's step means on its own stretch of the grid (rows from ``g0``)."""
+class PartMeans:
+    """One part's step means on its own stretch of the grid (rows from ``g0``): held in ``x``, or
+    spilled to ``path`` (``np.save``) and read back when needed."""
 
     names: list[str]
     g0: int | None  # None: no point with a time
     x: np.ndarray | None
+    path: Path | None = None
+    steps: int = 0  # rows of the part's stretch
+
+    def held(self) -> np.ndarray | None:
+        return np.load(self.path) if self.path is not None else self.x
+
+    def spill(self, path: Path) -> None:
+        require_disk(path.parent, self.x.nbytes, "the metrics stage's spilled step means")
+        np.save(path, self.x, allow_pickle=False)
+        self.path, self.x = path, None
 
 
-def _part_means(points: pl.DataFrame, step_s: float, params: MetricsParams) -> tuple[_PartMeans, int, int, int]:
+def _part_means(points: pl.DataFrame, step_s: float, params: MetricsParams) -> tuple[PartMeans, int, int, int]:
     """(step means, points null/NaN/inf, min ts, max ts) of one part's selected columns."""
     pts = with_column_names(points)
     names = select_channels(sorted(pts["column"].unique().to_list()), params)
     pts = _rows_where(pts, pl.col("column").is_in(names) & pl.col("ts").is_not_null())
     if pts.height == 0:
-        return _PartMeans(names, None, None), 0, None, None
+        return PartMeans(names, None, None), 0, None, None
     lo, hi = int(pts["ts"].min()), int(pts["ts"].max())
     g = grid(lo, hi, step_s)
     finite = _rows_where(pts, pl.col("value").is_not_null() & pl.col("value").is_finite())
     skipped = pts.height - finite.height
     x = step_means(finite, {n: i for i, n in enumerate(names)}, int(g[0]), len(g), step_us(step_s))
-    return _PartMeans(names, int(g[0]), x), skipped, lo, hi
+    return PartMeans(names, int(g[0]), x, steps=len(g)), skipped, lo, hi
 
 
-def _on_grid(part: _PartMeans, g: np.ndarray, step: int) -> np.ndarray:
-    """The part's step means on the whole grid (NaN outside its stretch); its own array when it
-    covers the whole grid."""
-    if part.x is not None and part.g0 == int(g[0]) and part.x.shape[0] == len(g):
-        return part.x
-    out = np.full((len(g), len(part.names)), np.nan)
-    if part.x is not None:
-        r0 = (part.g0 - int(g[0])) // step
-        out[r0:r0 + part.x.shape[0]] = part.x
+def on_grid(part: PartMeans, g: np.ndarray, step: int, rows: range | None = None) -> np.ndarray:
+    """Rows ``rows`` (default: all) of the whole grid ``g`` of the part's step means, NaN outside
+    its stretch; its own array when it covers the whole grid. A spilled part reads only those rows."""
+    r0, r1 = (0, len(g)) if rows is None else (rows.start, rows.stop)
+    if rows is None and part.g0 == int(g[0]) and part.steps == len(g) and part.g0 is not None:
+        return part.held()
+    out = np.full((r1 - r0, len(part.names)), np.nan)
+    if part.g0 is not None:
+        p0 = (part.g0 - int(g[0])) // step  # the part's first row on the grid
+        a, b = max(r0, p0), min(r1, p0 + part.steps)
+        if a < b:
+            src = part.x if part.path is None else np.load(part.path, mmap_mode="r")
+            out[a - r0:b - r0] = src[a - p0:b - p0]
+            del src
     return out
 
 
-def metric_matrix_parts(parts: Iterable[pl.DataFrame], step_s: float, split: SplitParams,
-                        params: MetricsParams) -> tuple[pl.DataFrame, dict]:
-    """:func:`metric_matrix` of points given as parts with disjoint columns (``formats.read_metric_parts``):
-    the same table and stats, bit for bit, as of the parts concatenated, since everything here is
-    computed column by column. Only each part's step means are kept, never the points of all parts:
-    the peak is about 12 bytes per grid cell plus one part."""
-    step = step_us(step_s)
-    means: list[_PartMeans] = []
-    lo = hi = None
-    skipped = 0
-    for points in parts:
-        part, bad, p_lo, p_hi = _part_means(points, step_s, params)
-        means.append(part)
-        skipped += bad
-        if p_lo is not None:
-            lo, hi = (p_lo, p_hi) if lo is None else (min(lo, p_lo), max(hi, p_hi))
-    stats: dict = {"fit_until_ts": None, "step_s": step_s, "normalisation": None, "columns": {}, "dropped": [],
-                   "gap_fill": METRIC_GAP_FILL}
-    if lo is None:
-        log.warning("no metric points (after include/exclude): empty metric table")
-        return empty_table(), stats
+class CollectedMeans:
+    """Every part's step means and the points' time range: held in memory up to ``hold_bytes`` of
+    float64, every part spilled under ``spill`` past that (``spill`` None: all held)."""
+
+    def __init__(self, parts: Iterable[pl.DataFrame], step_s: float, params: MetricsParams,
+                 spill: Path | None = None, hold_bytes: int | None = None) -> None:
+        self.means: list[PartMeans] = []
+        self.lo = self.hi = None
+        self.skipped = 0
+        self.spilled = False
+        held = 0
+        for points in parts:
+            part, bad, p_lo, p_hi = _part_means(points, step_s, params)
+            self.means.append(part)
+            self.skipped += bad
+            if p_lo is not None:
+                self.lo, self.hi = (p_lo, p_hi) if self.lo is None else (min(self.lo, p_lo), max(self.hi, p_hi))
+            held += part.x.nbytes if part.x is not None else 0
+            if spill is not None and hold_bytes is not None and (self.spilled or held > hold_bytes):
+                for i, m in enumerate(self.means):
+                    if m.x is not None:
+                        m.spill(spill / f"means_{i:05d}.npy")
+                self.spilled, held = True, 0
+
+
+@dataclass
+class TableLayout:
+    """The whole table's grid, columns and training fit, decided before any cell is filled."""
+
+    names: list[str]
+    part_cols: list[np.ndarray]  # each part's columns among ``names``
+    g: np.ndarray
+    step: int
+    cutoff: int
+    train_rows: np.ndarray
+    rule: ScaleRule
+    fit: Scaling
+    keep: np.ndarray
+    stats: dict
+
+    @property
+    def kept(self) -> list[str]:
+        return [n for n, k in zip(self.names, self.keep) if k]
+
+    @property
+    def kept_at(self) -> np.ndarray:  # a kept column's place in the table
+        return np.cumsum(self.keep) - 1
+
+
+def empty_stats(step_s: float) -> dict:
+    return {"fit_until_ts": None, "step_s": step_s, "normalisation": None, "columns": {}, "dropped": [],
+            "gap_fill": METRIC_GAP_FILL}
+
+
+def table_layout(collected: CollectedMeans, step_s: float, split: SplitParams, params: MetricsParams,
+                 whole_in_memory: bool = True) -> TableLayout:
+    """The grid over every part's points, the training cutoff, each column's fit (part by part)
+    and which columns are kept. ``whole_in_memory``: the whole table will be held, so the
+    machine must have ~12 bytes per cell."""
+    means, step = collected.means, step_us(step_s)
     names = sorted(n for part in means for n in part.names)
     if len(set(names)) != len(names):
         raise ValueError("metric parts must hold disjoint columns")
     at = {n: j for j, n in enumerate(names)}
-    part_cols = [np.array([at[n] for n in part.names], np.int64) for part in means]  # each part's table columns
-
-    g = grid(lo, hi, step_s)
-    # the float64 step means and the float32 table exist together: 12 bytes per cell at least
-    require_memory(12 * len(g) * len(names), f"a metric grid of {len(g):,} steps × {len(names):,} columns",
-                   "datasets.<name>.step_s / metrics.include / metrics.exclude",
-                   "a longer step or fewer columns; 12 bytes per cell")
+    part_cols = [np.array([at[n] for n in part.names], np.int64) for part in means]
+    g = grid(collected.lo, collected.hi, step_s)
+    if whole_in_memory:  # the float64 step means and the float32 table exist together: 12 bytes per cell at least
+        require_memory(12 * len(g) * len(names), f"a metric grid of {len(g):,} steps × {len(names):,} columns",
+                       "datasets.<name>.step_s / metrics.include / metrics.exclude",
+                       "a longer step or fewer columns; 12 bytes per cell")
     cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
-    if skipped:
-        log.info("%d metric points are null/NaN/inf and count as missing", skipped)
+    if collected.skipped:
+        log.info("%d metric points are null/NaN/inf and count as missing", collected.skipped)
     train_rows = g < cutoff
     rule = ScaleRule(rel_floor=params.rel_floor, abs_floor=params.abs_floor, clip=params.clip)
-
     # statistics of every column, part by part, into whole-table arrays
     pieces = []
     constant = np.zeros(len(names), bool)
     for part, cols in zip(means, part_cols):
-        x = _on_grid(part, g, step)
+        x = on_grid(part, g, step)
         part_fit = fit_scaling(x, train_rows, rule)
         pieces.append((cols, part_fit))
         constant[cols] = ~(part_fit.observed == 0) & is_constant(x, train_rows, part_fit.centre)
+        del x
     fit = scaling_of_columns(pieces, len(names))
     del pieces
     no_train = fit.observed == 0
     keep = ~(no_train | constant)
+    stats = empty_stats(step_s)
     for j, name in enumerate(names):
         if no_train[j]:
             stats["dropped"].append({"column": name, "reason": "no finite value in the training span"})
@@ -354,36 +410,61 @@ def metric_matrix_parts(parts: Iterable[pl.DataFrame], step_s: float, split: Spl
     if stats["dropped"]:
         log.info("dropped %d of %d metric columns (constant or without training data): %s", len(stats["dropped"]),
                  len(names), ", ".join(d["column"] for d in stats["dropped"][:10]))
+    return TableLayout(names, part_cols, g, step, cutoff, train_rows, rule, fit, keep, stats)
 
-    kept = [n for n, k in zip(names, keep) if k]
-    kept_at = np.cumsum(keep) - 1  # a kept column's place in the table
-    # filled in place, and the table's columns are slices of one column-major float32 array: at
-    # GAIA's size (1/10: 121k steps × 650 columns) each float64 copy of the grid is 630 MB
+
+def finish_stats(layout: TableLayout, clipped_train: float, clipped_after: float) -> dict:
+    """The stats file's dict once the table's cells are known (only the training share is stored:
+    the stats file must not depend on later steps)."""
+    stats, rule = layout.stats, layout.rule
+    stats["fit_until_ts"] = layout.cutoff
+    stats["normalisation"] = {**rule.describe(), "clipped_share_train": clipped_train}
+    log.info("metric cells at ±%g: %.2f%% of training steps, %.2f%% after", rule.clip, 100 * clipped_train,
+             100 * clipped_after)
+    stats["columns"] = column_stats(layout.names, layout.fit, np.flatnonzero(layout.keep))
+    return stats
+
+
+def metric_matrix_parts(parts: Iterable[pl.DataFrame], step_s: float, split: SplitParams,
+                        params: MetricsParams) -> tuple[pl.DataFrame, dict]:
+    """:func:`metric_matrix` of points given as parts with disjoint columns (``formats.read_metric_parts``):
+    the same table and stats, bit for bit, as of the parts concatenated, since everything here is
+    computed column by column. Only each part's step means are kept, never the points of all parts:
+    the peak is about 12 bytes per grid cell plus one part (:mod:`stages.features.metric_table`
+    writes a table of any size in time chunks)."""
+    collected = CollectedMeans(parts, step_s, params)
+    if collected.lo is None:
+        log.warning("no metric points (after include/exclude): empty metric table")
+        return empty_table(), empty_stats(step_s)
+    return whole_table(collected, table_layout(collected, step_s, split, params), params)
+
+
+def whole_table(collected: CollectedMeans, layout: TableLayout, params: MetricsParams) -> tuple[pl.DataFrame, dict]:
+    """The table and stats held in memory: each part filled in place, and the table's columns
+    slices of one column-major float32 array (at GAIA's size, 1/10: 121k steps × 650 columns,
+    each float64 copy of the grid is 630 MB)."""
+    means, g, fit, keep, clip = collected.means, layout.g, layout.fit, layout.keep, layout.rule.clip
+    kept, kept_at = layout.kept, layout.kept_at
     z = None
-    for i, (part, cols) in enumerate(zip(means, part_cols)):
+    for i, (part, cols) in enumerate(zip(means, layout.part_cols)):
         part_keep = keep[cols]
         if not part_keep.any():
             means[i] = None
             continue
-        x = _on_grid(part, g, step)
+        x = on_grid(part, g, layout.step)
         means[i] = part = None  # its step means go once filled
         filled = forward_fill(x if part_keep.all() else x[:, part_keep], params.max_gap_steps, in_place=True)
         del x
         mine = cols[part_keep]
         if len(means) == 1:  # its kept columns are the table's, in order: scaled straight into it
-            z = apply_scaling(filled, fit.centre[mine], fit.scale[mine], rule.clip, order="F")
+            z = apply_scaling(filled, fit.centre[mine], fit.scale[mine], clip, order="F")
         else:
             z = np.empty((len(g), len(kept)), np.float32, order="F") if z is None else z
-            z[:, kept_at[mine]] = apply_scaling(filled, fit.centre[mine], fit.scale[mine], rule.clip)
+            z[:, kept_at[mine]] = apply_scaling(filled, fit.centre[mine], fit.scale[mine], clip)
         del filled
     if z is None:
         z = np.empty((len(g), 0), np.float32, order="F")
-    stats["fit_until_ts"] = cutoff
-    # only the training share is stored: the stats file must not depend on later steps
-    stats["normalisation"] = {**rule.describe(), "clipped_share_train": clipped_share(z, train_rows, rule.clip)}
-    log.info("metric cells at ±%g: %.2f%% of training steps, %.2f%% after", rule.clip,
-             100 * stats["normalisation"]["clipped_share_train"], 100 * clipped_share(z, ~train_rows, rule.clip))
-    stats["columns"] = column_stats(names, fit, np.flatnonzero(keep))
+    stats = finish_stats(layout, clipped_share(z, layout.train_rows, clip), clipped_share(z, ~layout.train_rows, clip))
     frame = pl.DataFrame([pl.Series("ts", g, dtype=pl.Int64)]
                          + [pl.Series(n, z[:, j], dtype=pl.Float32) for j, n in enumerate(kept)])
     return frame, stats
