@@ -22,7 +22,9 @@ part by part, ``write_metric_table``: a large grid in chunks of steps, Parquet a
 :func:`stages.bench_reference.metric_stage`, the same stage in plain polars; and the ``traces``
 and ``logs`` stages as they run (spans in buckets of whole traces, lines in buckets of whole
 services, every table written) beside their whole-frame paths (``read_modality``, then the same
-tables written from the one frame).
+tables written from the one frame). ``--stages-only`` times just the three stages as they run, for
+a dump too large for the whole-frame paths and the plain references, beside the largest input file
+(the issue's bound: ≤ 3× that file or 1.5 GiB).
 
 Printed: a markdown table (rows/s, MB/s, peak RSS, project/reference ratios), then the JSON
 also written to ``bench/ingest_<format>.json``.
@@ -277,7 +279,8 @@ def _params(args: argparse.Namespace):
 
 
 def _copy_metric_series(root: Path, fmt: str, target: int) -> int:
-    """GAIA: copy metric files under new metric names until ``target`` series exist (one file each)."""
+    """GAIA: metric files again under new metric names until ``target`` series exist (one file each):
+    hard links where the file system allows (full size: ~5 GB of series otherwise), else copies."""
     from stages.formats import reader
 
     files = reader(fmt).scan(root).files["metrics"]
@@ -288,10 +291,19 @@ def _copy_metric_series(root: Path, fmt: str, target: int) -> int:
                 break
             # <instance>_<ip>_<metric>_<from>_<to>.csv: a new metric name before the two dates
             stem, d1, d2 = p.stem.rsplit("_", 2)
-            shutil.copyfile(p, p.with_name(f"{stem}-copy{k}_{d1}_{d2}.csv"))
-            have += 1
+            new = p.with_name(f"{stem}-copy{k}_{d1}_{d2}.csv")
+            if not new.exists():  # a root grown before (a copy's name taken): never overwrite a series
+                _link_or_copy(p, new)
+                have += 1
         k += 1
     return have
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def ensure_dump(args: argparse.Namespace) -> tuple[Path, str, dict, float]:
@@ -331,7 +343,7 @@ def _row(modality: str, who: str, r: dict, files: int, mb: float, ref: dict | No
 
 def table(results: dict) -> str:
     lines = ["| modality | reader | files | input MB | rows | read s | rows/s | MB/s | peak RSS MiB | time / ref | "
-             "RSS / ref |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "RSS / ref |", "|---|---|---|---|---|---|---|---|---|---|---|"] if results["modalities"] else []
     for modality, m in results["modalities"].items():
         if m.get("files", 0) == 0:
             continue
@@ -366,11 +378,19 @@ def table(results: dict) -> str:
                       f"{b['peak_rss_mb']:.0f} | {b['stage_s'] / whole_s:.2f} | {b['peak_rss_mb'] / whole_mb:.2f} |",
                       f"| {modality}, the whole frame (`read_modality`, then the same tables) | {whole_s:.2f} | "
                       f"{whole_mb:.0f} | — | — |"]
+    alone = results.get("stages_only")
+    if alone:
+        lines += ["", "| stage as it runs (read → every output written) | files | input MB | largest file MB | s | "
+                  "peak RSS MiB | peak / largest file |", "|---|---|---|---|---|---|---|"]
+        for modality, r in alone.items():
+            per_file = r["peak_rss_mb"] / max(r["largest_file_mb"], 1e-9)
+            lines.append(f"| {modality} | {r['files']:,} | {r['input_mb']:.1f} | {r['largest_file_mb']:.1f} | "
+                         f"{r['stage_s']:.2f} | {r['peak_rss_mb']:.0f} | {per_file:.1f} |")
     lines.append("")
     lines.append("rows: rows of each reader's frame (the reference's metric rows are the files' wide lines, the "
                  "project's are long points); input MB: bytes on disk (a .zip counts compressed); peak RSS: the "
                  "child process's own VmHWM.")
-    return "\n".join(lines)
+    return "\n".join(lines).lstrip("\n")
 
 
 def bench_ingest(args: argparse.Namespace) -> dict:
@@ -391,6 +411,14 @@ def bench_ingest(args: argparse.Namespace) -> dict:
         files = [str(p) for p in listed.get(modality, [])]
         mb = sum(Path(p).stat().st_size for p in files) / 2**20
         spec = {"format": fmt, "root": str(root), "modality": modality, "files": files, "step_s": args.step_s}
+        if getattr(args, "stages_only", False):
+            if files:
+                (alone,) = _measure([{**spec, "what": "project_stage"}], args.repeat)
+                largest = max(Path(p).stat().st_size for p in files) / 2**20
+                results.setdefault("stages_only", {})[modality] = {
+                    **alone, "step_s": args.step_s, "files": len(files), "input_mb": round(mb, 2),
+                    "largest_file_mb": round(largest, 4)}
+            continue
         specs = [{**spec, "what": "project", "features": not args.no_features}]
         specs += [{**spec, "what": "reference"}] if files else []
         if modality == "metrics" and files:
@@ -433,6 +461,9 @@ def add_arguments(a: argparse.ArgumentParser) -> None:
     a.add_argument("--no-features", action="store_true", help="time the readers only, not the feature steps")
     a.add_argument("--step-s", type=float, default=10.0)
     a.add_argument("--workdir", default=None, help="where dumps are generated (and reused on a second run)")
+    a.add_argument("--stages-only", action="store_true",
+                   help="time only the stages as they run (no whole-frame path, no plain references): for a dump "
+                        "whose whole frame does not fit in memory")
     a.add_argument("--modality", dest="modalities", action="append", choices=list(MODALITIES), default=None,
                    help="measure only this modality (repeatable; default: all three)")
 

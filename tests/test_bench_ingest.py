@@ -65,3 +65,18 @@ def test_metrics_stage_against_the_plain_polars_stage(tmp_path: Path):
     table = res["table"].splitlines()
     assert any(t.startswith("| traces, in buckets of whole traces") for t in table)
     assert any(t.startswith("| logs, in buckets of whole services") for t in table)
+
+
+def test_stages_only(tmp_path: Path):
+    """``--stages-only``: the three stages as they run, nothing else, beside the largest input file."""
+    tiny_msds(tmp_path / "dump")
+    args = argparse.Namespace(root=str(tmp_path / "dump"), format="msds", scale=None, fraction=None, repeat=1,
+                              no_features=False, step_s=10.0, workdir=None, hours=1.0, requests_per_s=1.0,
+                              stages_only=True, modalities=None)
+    res = bench_ingest.bench_ingest(args)
+    alone = res["stages_only"]
+    assert alone["metrics"]["rows"] == 4 and alone["metrics"]["columns"] == 2
+    assert alone["traces"]["rows"] == 1 and alone["logs"]["rows"] == 1
+    assert all(r["largest_file_mb"] > 0 and r["peak_rss_mb"] > 0 for r in alone.values())
+    assert not res["modalities"] and not res["reference"] and "stage" not in res
+    assert sum(t.startswith(("| metrics |", "| traces |", "| logs |")) for t in res["table"].splitlines()) == 3

@@ -100,7 +100,8 @@ def _write_in_chunks(collected: CollectedMeans, layout: TableLayout, params: Met
     starts = range(0, len(g), rows)
     log.info("metric table of %d steps × %d columns: %d chunks of %d steps (step means %s)", len(g), len(kept),
              len(starts), rows, "spilled" if collected.spilled else "held")
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=3) as out:
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=3,
+                                                      use_dictionary=False) as out:  # floats: plain, as polars
         for r0 in tqdm(starts, desc="metric table", unit="chunk", disable=len(starts) < 4):
             chunk = range(r0, min(r0 + rows, len(g)))
             z = np.empty((len(chunk), len(kept)), np.float32, order="F")
@@ -113,10 +114,9 @@ def _write_in_chunks(collected: CollectedMeans, layout: TableLayout, params: Met
                 filled = forward_fill(x, params.max_gap_steps, before, r0 - before_k, in_place=True)
                 z[:, kept_at[mine]] = apply_scaling(filled, fit.centre[mine], fit.scale[mine], clip)
                 del x, filled
-            train = layout.train_rows[r0:chunk.stop]
-            for is_train in (True, False):
-                cells = z[train if is_train else ~train]
-                at_clip[is_train][0] += int((np.abs(cells) >= np.float32(clip)).sum())
+            n_train = int(layout.train_rows[r0:chunk.stop].sum())  # training rows are the grid's first rows
+            for is_train, cells in ((True, z[:n_train]), (False, z[n_train:])):
+                at_clip[is_train][0] += int(np.count_nonzero(np.abs(cells) >= np.float32(clip)))
                 at_clip[is_train][1] += cells.size
             out.write_table(pa.Table.from_arrays([pa.array(g[r0:chunk.stop])] + [pa.array(z[:, j])
                                                                                    for j in range(len(kept))],
