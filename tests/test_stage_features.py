@@ -148,6 +148,40 @@ def test_a_failure_mid_stage_keeps_the_previous_outputs(toy, tmp_path, monkeypat
     assert not list(out.glob(".staging-*"))
 
 
+def test_metrics_stage_in_chunks(toy, tmp_path, monkeypatch):
+    """The stage with its table forced into chunks of steps (step means spilled): the same cells and
+    stats file, no spill left behind; a failure in the last chunk keeps the previous outputs."""
+    from stages.features import metric_table
+
+    out = tmp_path / "data/features/toy"
+    metrics_stage.run("toy", RAW)
+    whole = {f: (out / f).read_bytes() for f in outputs("metrics")}
+    monkeypatch.setattr(metric_table, "MEANS_HOLD_BYTES", 0)
+    monkeypatch.setattr(metric_table, "WHOLE_BYTES", 0)
+    monkeypatch.setattr(metric_table, "CHUNK_BYTES", 4 * 4 * 7)  # 4 columns: 7 steps per chunk
+    summary = metrics_stage.run("toy", RAW)
+    assert summary["row_groups_written_in_chunks"] == 9 and summary["steps"] == 60
+    assert (out / "metrics_stats.json").read_bytes() == whole["metrics_stats.json"]
+    (tmp_path / "whole.parquet").write_bytes(whole["metrics.parquet"])
+    assert pl.read_parquet(out / "metrics.parquet").equals(pl.read_parquet(tmp_path / "whole.parquet"))
+    assert not [p for p in out.rglob("*") if ".spill" in str(p) or p.suffix == ".npy"]
+    chunked = {f: (out / f).read_bytes() for f in outputs("metrics")}
+    calls = []
+    real = metric_table.apply_scaling
+
+    def fails_late(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:  # one part, nine chunks
+            raise RuntimeError("killed in the last chunk")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(metric_table, "apply_scaling", fails_late)
+    with pytest.raises(RuntimeError, match="last chunk"):
+        metrics_stage.run("toy", RAW)
+    assert {f: (out / f).read_bytes() for f in outputs("metrics")} == chunked
+    assert not list(out.glob(".staging-*"))
+
+
 def test_staged_outputs_refuse_an_incomplete_set(tmp_path):
     with pytest.raises(RuntimeError, match="did not produce"):
         with staged_outputs(tmp_path, ["a.txt", "b.txt"]) as tmp:
