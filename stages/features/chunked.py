@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from stages.core.io import atomic_path, write_parquet
+from stages.formats._buckets import PartFiles
 
 HOLD_BYTES = 64 * 2**20  # a sorted table held to be written as one frame; a larger one goes out chunk by chunk
 
@@ -26,33 +27,29 @@ class TimeChunks:
         self.g0, self.steps, self.step = g0, steps, step
         self.size = max(1, math.ceil(steps / max(n, 1)))  # steps per chunk
         self.n = math.ceil(steps / self.size)
-        self.files: dict[tuple[str, int], list[Path]] = {}
+        self.files: dict[str, PartFiles] = {}
 
     def ranges(self) -> Iterable[tuple[int, range]]:
         for k in range(self.n):
             yield k, range(k * self.size, min((k + 1) * self.size, self.steps))
 
     def spill(self, frame: pl.DataFrame, ts: str, folder: Path) -> None:
-        """``frame``'s rows into ``folder``, by the chunk of their ``ts`` column."""
+        """``frame``'s rows into ``folder``, by the chunk of their ``ts`` column (one file per call)."""
         if frame.height == 0:
             return
         folder.mkdir(exist_ok=True)
+        files = self.files.setdefault(folder.name, PartFiles(folder, "chunks"))
         chunk = ((pl.col(ts) - self.g0) // (self.size * self.step)).alias("_chunk")
-        for (k,), part in frame.with_columns(chunk).partition_by("_chunk", as_dict=True, include_key=False).items():
-            files = self.files.setdefault((folder.name, k), [])
-            path = folder / f"{k:05d}_{len(files):05d}.arrow"
-            part.write_ipc(path, compression="lz4")
-            files.append(path)
+        parts = frame.with_columns(chunk).partition_by("_chunk", as_dict=True, include_key=False)
+        files.write((k, part) for (k,), part in parts.items())
 
     def read(self, folder: Path, k: int, order: list[str]) -> pl.DataFrame | None:
-        """Chunk ``k``'s frames from ``folder``, sorted by ``order`` (None: nothing there); files removed."""
-        files = self.files.pop((folder.name, k), [])
-        if not files:
+        """Chunk ``k``'s frames from ``folder``, sorted by ``order`` (None: nothing there)."""
+        files = self.files.get(folder.name)
+        frames = files.read(k) if files is not None else []
+        if not frames:
             return None
-        frame = pl.concat([pl.read_ipc(p) for p in files]).sort(order)
-        for p in files:
-            p.unlink()
-        return frame
+        return pl.concat(frames).sort(order)
 
 
 class SortedParquet:

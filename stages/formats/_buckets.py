@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
 
 SPILL_BYTES = 16 * 2**20  # raw frames a reader holds before it splits and spills them
 BUCKET_BYTES = 64 * 2**20  # input (uncompressed) per bucket
@@ -24,12 +26,57 @@ def bucket_count(total_bytes: int, bucket_bytes: int = BUCKET_BYTES) -> int:
     return min(MAX_BUCKETS, max(1, math.ceil(total_bytes / bucket_bytes)))
 
 
+class PartFiles:
+    """Frames written as parts of Arrow IPC files (lz4), one file per call of :meth:`write` holding
+    each part as its own run of record batches, and read back a part at a time.
+
+    One file per batch of parts, not per part: a GAIA trace read at full size spilled 1,610 files of
+    ~0.7 MB, and ``write_ipc``'s per-call cost made the spill a third of the traces stage. A file is
+    removed once every part in it has been read."""
+
+    def __init__(self, root: Path, stem: str) -> None:
+        self.root, self.stem = root, stem
+        self.parts: dict[object, list[tuple[Path, int, int, pl.Schema]]] = {}
+        self._unread: dict[Path, int] = {}
+
+    def write(self, parts: Iterable[tuple[object, pl.DataFrame]]) -> None:
+        parts = [(key, frame) for key, frame in parts if frame.height]
+        if not parts:
+            return
+        path = self.root / f"{self.stem}_{len(self._unread):06d}.arrow"
+        tables = [(key, frame.schema, frame.to_arrow()) for key, frame in parts]
+        options = ipc.IpcWriteOptions(compression="lz4")
+        at = 0
+        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, tables[0][2].schema, options=options) as out:
+            for key, schema, table in tables:
+                batches = table.to_batches()
+                for batch in batches:
+                    out.write_batch(batch)
+                self.parts.setdefault(key, []).append((path, at, at + len(batches), schema))
+                at += len(batches)
+        self._unread[path] = len(tables)
+
+    def read(self, key: object) -> list[pl.DataFrame]:
+        """``key``'s frames in the order they were written, each with its own polars schema."""
+        out = []
+        for path, a, z, schema in self.parts.pop(key, []):
+            with pa.memory_map(str(path)) as source:
+                reader = ipc.open_file(source)
+                table = pa.Table.from_batches([reader.get_batch(i) for i in range(a, z)], schema=reader.schema)
+                frame = pl.from_arrow(table, rechunk=False)
+            out.append(frame if frame.schema == schema else frame.cast(dict(schema)))
+            self._unread[path] -= 1
+            if self._unread[path] == 0:
+                path.unlink()
+        return out
+
+
 class Spill:
     """Frames split by ``key`` (an expression) into ``n`` buckets of Arrow files under ``root``."""
 
     def __init__(self, root: Path, n: int, key: pl.Expr) -> None:
-        self.root, self.n, self.key = root, n, key
-        self.files: list[list[Path]] = [[] for _ in range(n)]
+        self.n, self.key = n, key
+        self.files = PartFiles(root, "b")
 
     def add(self, frames: list[pl.DataFrame]) -> None:
         runs: list[list[pl.DataFrame]] = []  # consecutive frames of one schema, spilled as one
@@ -43,20 +90,12 @@ class Spill:
         for run in runs:
             frame = pl.concat(run, how="vertical", rechunk=False) if len(run) > 1 else run[0]
             keyed = frame.with_columns((self.key.hash(_SEED) % self.n).alias(_BUCKET))
-            for (b,), part in keyed.partition_by(_BUCKET, as_dict=True, maintain_order=True,
-                                                 include_key=False).items():
-                path = self.root / f"b{b:05d}_{len(self.files[b]):06d}.arrow"
-                part.write_ipc(path, compression="lz4")
-                self.files[b].append(path)
+            parts = keyed.partition_by(_BUCKET, as_dict=True, maintain_order=True, include_key=False)
+            self.files.write((b, part) for (b,), part in parts.items())
 
     def frames(self, b: int) -> list[pl.DataFrame]:
-        """Bucket ``b``'s frames in the order they were added; their files are removed once read."""
-        out = []
-        for path in self.files[b]:
-            out.append(pl.read_ipc(path))
-            path.unlink()
-        self.files[b] = []
-        return out
+        """Bucket ``b``'s frames in the order they were added; a file is removed once all its buckets are read."""
+        return self.files.read(b)
 
 
 def spill_all(frames: Iterable[pl.DataFrame], spill: Spill) -> None:
