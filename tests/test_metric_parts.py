@@ -76,9 +76,10 @@ def test_real_samples_in_parts(shared_data):
 
 def test_the_median_of_parts_is_the_whole_median():
     rng = np.random.default_rng(5)
-    for n in (1, 2, 7, 1000):
-        ts = np.sort(rng.integers(0, 50, n)) * 1_000_000 + 1_600_000_000_000_000
-        counts = _metric_reading._TimeCounts()
+    for n, raw in ((1, 0), (2, 0), (7, 0), (1000, 0), (2, 10**6), (7, 10**6), (1000, 10**6), (1000, 300)):
+        # raw: times held as they come, then selected (all of them, or counted past 300)
+        ts = np.sort(rng.integers(0, 50 if n < 1000 or raw < n else 10**9, n)) * 1_000_000 + 1_600_000_000_000_000
+        counts = _metric_reading._TimeCounts(raw_values=raw)
         for chunk in np.array_split(rng.permutation(ts), 40):
             counts.add(chunk)
         s = pl.Series(ts)

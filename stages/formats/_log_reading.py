@@ -24,7 +24,7 @@ from tqdm import tqdm
 from stages.formats import _buckets
 from stages.formats import _common as c
 from stages.formats._buckets import BUCKET_BYTES, Spill, spill_all
-from stages.formats._metric_reading import _TimeCounts
+from stages.formats._metric_reading import RAW_TIMES, _TimeCounts
 
 SORT_KEYS = ["ts", "service"]
 UNKNOWN_SERVICE = "unknown"  # what the logs stage names a blank service (stages.features.log_templates)
@@ -93,7 +93,7 @@ def buckets(reading: LogReading, offset_s: float, spill_dir: Path,
     c.warn_skipped("logs", skipped, reading.unclaimed)
     if not reading.files and not skipped:
         return
-    rows, times = 0, _TimeCounts()
+    rows, times = 0, _TimeCounts(raw_values=RAW_TIMES)
     for b in range(n):
         df = c.finish(spill.frames(b), "logs", SORT_KEYS)
         if df.height == 0:

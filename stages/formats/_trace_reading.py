@@ -28,7 +28,7 @@ import polars as pl
 from stages.formats import _common as c
 from stages.formats import _buckets
 from stages.formats._buckets import BUCKET_BYTES, Spill, spill_all
-from stages.formats._metric_reading import _TimeCounts
+from stages.formats._metric_reading import RAW_TIMES, _TimeCounts
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def buckets(reading: TraceReading, offset_s: float, spill_dir: Path,
     c.warn_skipped("traces", skipped, reading.unclaimed)
     if not reading.files and not skipped:
         return
-    rows, times = 0, _TimeCounts()
+    rows, times = 0, _TimeCounts(raw_values=RAW_TIMES)
     for b in range(n):
         spans = reading.prepare(spill.frames(b))
         if spans.height == 0:
