@@ -272,8 +272,9 @@ class PartMeans:
     path: Path | None = None
     steps: int = 0  # rows of the part's stretch
 
-    def held(self) -> np.ndarray | None:
-        return np.load(self.path) if self.path is not None else self.x
+    def held(self, mmap: bool = False) -> np.ndarray | None:
+        """The step means; a spilled part's read back (memory-mapped: only the rows sliced are read)."""
+        return np.load(self.path, mmap_mode="r" if mmap else None) if self.path is not None else self.x
 
     def spill(self, path: Path) -> None:
         require_disk(path.parent, self.x.nbytes, "the metrics stage's spilled step means")
@@ -300,14 +301,14 @@ def on_grid(part: PartMeans, g: np.ndarray, step: int, rows: range | None = None
     """Rows ``rows`` (default: all) of the whole grid ``g`` of the part's step means, NaN outside
     its stretch; its own array when it covers the whole grid. A spilled part reads only those rows."""
     r0, r1 = (0, len(g)) if rows is None else (rows.start, rows.stop)
-    if rows is None and part.g0 == int(g[0]) and part.steps == len(g) and part.g0 is not None:
+    if rows is None and part.g0 is not None and part.g0 == int(g[0]) and part.steps == len(g):
         return part.held()
     out = np.full((r1 - r0, len(part.names)), np.nan)
     if part.g0 is not None:
         p0 = (part.g0 - int(g[0])) // step  # the part's first row on the grid
         a, b = max(r0, p0), min(r1, p0 + part.steps)
         if a < b:
-            src = part.x if part.path is None else np.load(part.path, mmap_mode="r")
+            src = part.held(mmap=True)
             out[a - r0:b - r0] = src[a - p0:b - p0]
             del src
     return out
@@ -361,17 +362,19 @@ class TableLayout:
     def kept_at(self) -> np.ndarray:  # a kept column's place in the table
         return np.cumsum(self.keep) - 1
 
+    @property
+    def cells(self) -> int:  # of the grid, every column
+        return len(self.g) * len(self.names)
+
 
 def empty_stats(step_s: float) -> dict:
     return {"fit_until_ts": None, "step_s": step_s, "normalisation": None, "columns": {}, "dropped": [],
             "gap_fill": METRIC_GAP_FILL}
 
 
-def table_layout(collected: CollectedMeans, step_s: float, split: SplitParams, params: MetricsParams,
-                 whole_in_memory: bool = True) -> TableLayout:
+def table_layout(collected: CollectedMeans, step_s: float, split: SplitParams, params: MetricsParams) -> TableLayout:
     """The grid over every part's points, the training cutoff, each column's fit (part by part)
-    and which columns are kept. ``whole_in_memory``: the whole table will be held, so the
-    machine must have ~12 bytes per cell."""
+    and which columns are kept."""
     means, step = collected.means, step_us(step_s)
     names = sorted(n for part in means for n in part.names)
     if len(set(names)) != len(names):
@@ -379,10 +382,6 @@ def table_layout(collected: CollectedMeans, step_s: float, split: SplitParams, p
     at = {n: j for j, n in enumerate(names)}
     part_cols = [np.array([at[n] for n in part.names], np.int64) for part in means]
     g = grid(collected.lo, collected.hi, step_s)
-    if whole_in_memory:  # the float64 step means and the float32 table exist together: 12 bytes per cell at least
-        require_memory(12 * len(g) * len(names), f"a metric grid of {len(g):,} steps × {len(names):,} columns",
-                       "datasets.<name>.step_s / metrics.include / metrics.exclude",
-                       "a longer step or fewer columns; 12 bytes per cell")
     cutoff = train_cutoff_us(int(g[0]), int(g[-1]), split)
     if collected.skipped:
         log.info("%d metric points are null/NaN/inf and count as missing", collected.skipped)
@@ -445,6 +444,10 @@ def whole_table(collected: CollectedMeans, layout: TableLayout, params: MetricsP
     each float64 copy of the grid is 630 MB)."""
     means, g, fit, keep, clip = collected.means, layout.g, layout.fit, layout.keep, layout.rule.clip
     kept, kept_at = layout.kept, layout.kept_at
+    # the float64 step means and the float32 table exist together: 12 bytes per cell at least
+    require_memory(12 * layout.cells, f"a metric grid of {len(g):,} steps × {len(layout.names):,} columns",
+                   "datasets.<name>.step_s / metrics.include / metrics.exclude",
+                   "a longer step or fewer columns; 12 bytes per cell")
     z = None
     for i, (part, cols) in enumerate(zip(means, layout.part_cols)):
         part_keep = keep[cols]

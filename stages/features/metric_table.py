@@ -2,7 +2,7 @@
 
 :func:`~stages.features.metric_matrix.metric_matrix_parts` holds the whole grid, ~12 bytes per
 cell (the float64 step means and the float32 table): GAIA at full size on a 10 s grid (6,500
-series × 120,958 steps) would need ~9.4 GB. Here the parts' step means are spilled to ``.npy``
+series × 120,958 steps) peaked at 7.0 GB. Here the parts' step means are spilled to ``.npy``
 files once they pass :data:`MEANS_HOLD_BYTES`; the columns are fitted part by part on the training
 rows as before (one part's means in memory at a time); then the table is filled, scaled and
 written a chunk of rows at a time, one Parquet row group per chunk. Each chunk's forward fill
@@ -28,7 +28,6 @@ from tqdm import tqdm
 from stages.core.io import atomic_path, write_parquet
 from stages.core.memory import require_memory
 from stages.core.params import SplitParams
-from stages.core.splits import grid
 from stages.features.metric_matrix import (CollectedMeans, TableLayout, empty_stats, empty_table, finish_stats,
                                            forward_fill, last_observed, on_grid, table_layout, whole_table)
 from stages.features.normalise import apply_scaling
@@ -63,11 +62,9 @@ def write_metric_table(parts: Iterable[pl.DataFrame], path: Path, spill: Path, s
         log.warning("no metric points (after include/exclude): empty metric table")
         write_parquet(empty_table(), path)
         return MetricTable(empty_stats(step_s), 0, 0, None, None, 0)
-    cells = len(grid(collected.lo, collected.hi, step_s)) * sum(len(m.names) for m in collected.means)
-    whole = not collected.spilled and 12 * cells <= WHOLE_BYTES
-    layout = table_layout(collected, step_s, split, params, whole_in_memory=whole)
+    layout = table_layout(collected, step_s, split, params)
     g = layout.g
-    if whole:
+    if not collected.spilled and 12 * layout.cells <= WHOLE_BYTES:
         frame, stats = whole_table(collected, layout, params)
         write_parquet(frame, path)
         return MetricTable(stats, frame.height, frame.width - 1, int(g[0]), int(g[-1]), 0)

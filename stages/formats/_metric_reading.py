@@ -133,12 +133,11 @@ class _TimeCounts:
         """``_common._median`` of the multiset: the middle value, or the mean of the two middle ones."""
         if not self._held:
             ts = np.concatenate(self._raw)
-            n = len(ts)
-            middle = np.partition(ts, [(n - 1) // 2, n // 2])
-            lo, hi = int(middle[(n - 1) // 2]), int(middle[n // 2])
-            return int(float(lo) if lo == hi else (float(lo) + float(hi)) / 2)
-        values, counts = self._merged()
-        cum = np.cumsum(counts)
-        n = int(cum[-1])
-        lo, hi = (int(values[np.searchsorted(cum, k, side="right")]) for k in ((n - 1) // 2, n // 2))
+            middle = [(len(ts) - 1) // 2, len(ts) // 2]
+            lo, hi = (int(v) for v in np.partition(ts, middle)[middle])
+        else:
+            values, counts = self._merged()
+            cum = np.cumsum(counts)
+            n = int(cum[-1])
+            lo, hi = (int(values[np.searchsorted(cum, k, side="right")]) for k in ((n - 1) // 2, n // 2))
         return int(float(lo) if lo == hi else (float(lo) + float(hi)) / 2)
