@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -847,7 +848,7 @@ def test_gaia_parent_rows_hashed_or_joined_alike():
                           "span_id": ["a", "b", None, "a", "a", "b", "c"],
                           "parent_id": [None, "a", "b", "a", "b", "a", "zz"]})
     hashed = c._parent_rows_hashed(spans)
-    assert hashed.to_list() == [None, 0, 1, None, 5, 4, None]
+    assert hashed.tolist() == [-1, 0, 1, -1, 5, 4, -1]
     assert c._all_reach_a_root(c._parent_rows(spans)) is False  # u: a <-> b
     assert c._all_reach_a_root(np.array([-1, 0, 1, 2])) is True
 
@@ -1134,3 +1135,21 @@ def test_csv_blocks_are_read_csv_in_whole_records(tmp_path: Path, block_bytes: i
     assert len(list(c.csv_blocks(path, ["n", "a", "b"], block_bytes=block_bytes))) == 1
     with pytest.raises(c.InputError, match="missing"):
         list(c.csv_blocks(path, ["n", "zz"], block_bytes=block_bytes))
+
+
+@pytest.mark.parametrize("bad", ["1,2,3,4", '1,"never closed,2'])
+def test_csv_blocks_name_a_malformed_record(tmp_path: Path, bad: str):
+    """A malformed record past the first block fails as read_csv fails, naming the file and a row
+    at or before the record (the streaming scan reports it with the block that holds it)."""
+    rows = [f"{i},a,b" for i in range(5000)]
+    rows[3000] = bad
+    path = tmp_path / "t.csv"
+    path.write_text("n,a,b\n" + "\n".join(rows) + "\n")
+    with pytest.raises(c.InputError, match="a well-formed CSV") as whole:
+        c.read_csv(path, ["n", "a", "b"])
+    with pytest.raises(c.InputError, match="a well-formed CSV") as blocks:
+        list(c.csv_blocks(path, ["n", "a", "b"], block_bytes=4096))
+    assert str(path) in str(blocks.value)
+    row = int(re.search(r"row (\d+) or after", str(blocks.value)).group(1))
+    assert 0 < row <= 3001  # the header is row 0
+    assert str(whole.value).split(": ")[-1] == str(blocks.value).split(": ")[-1]  # polars' own reason
