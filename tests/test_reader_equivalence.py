@@ -849,7 +849,7 @@ def test_gaia_parent_rows_hashed_or_joined_alike():
                           "parent_id": [None, "a", "b", "a", "b", "a", "zz"]})
     hashed = c._parent_rows_hashed(spans)
     assert hashed.tolist() == [-1, 0, 1, -1, 5, 4, -1]
-    assert c._all_reach_a_root(c._parent_rows(spans)) is False  # u: a <-> b
+    assert c._all_reach_a_root(c.parent_rows(spans)) is False  # u: a <-> b
     assert c._all_reach_a_root(np.array([-1, 0, 1, 2])) is True
 
 

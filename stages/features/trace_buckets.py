@@ -37,7 +37,7 @@ from stages.features.metric_matrix import step_us
 from stages.features.params import TracesParams
 from stages.features.trace_features import (
     AGGREGATE_SCHEMA, CALL_ORDER, EDGE_FEATURES, clean_spans, edge_names, edge_step_features, graph_of,
-    scaled_series, service_calls, trace_aggregates, trace_features,
+    scaled_series, service_calls, trace_aggregates, trace_features, with_callers,
 )
 
 log = logging.getLogger(__name__)
@@ -125,12 +125,13 @@ def _write_in_buckets(buckets: Iterable[pl.DataFrame], out: Path, spill: Path, s
         path.unlink()
         got.spans += spans.height
         services.update(spans["service"].unique().to_list())
-        agg = trace_aggregates(spans)
+        linked = with_callers(spans)
+        agg = trace_aggregates(spans, linked)
         got.traces += agg.height
         got.error_traces += int(agg["is_error"].sum())
         chunks.spill(agg, "start_ts", spill / "agg")
-        calls = service_calls(spans, with_ids=True)
-        del spans
+        calls = service_calls(spans, with_ids=True, linked=linked)
+        del spans, linked
         got.calls += calls.height
         edge_counts.append(calls.group_by(["caller", "callee"]).len())
         chunks.spill(calls, "ts", spill / "calls")

@@ -21,6 +21,7 @@ from stages.core.splits import grid, train_cutoff_us
 from stages.features.metric_matrix import cell_kahan_sums, empty_table, forward_fill, grid_cells, step_us
 from stages.features.normalise import ScaleRule, apply_scaling, clipped_share, column_stats, fit_scaling
 from stages.features.params import TracesParams
+from stages.formats._common import parent_rows, span_ids_unique
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,29 @@ def clean_spans(spans: pl.DataFrame, source: str | Path | None = None) -> pl.Dat
         pl.col("duration_s").fill_null(0.0),
         pl.col("is_error").fill_null(False),
     )
+    if span_ids_unique(df) and _in_start_order(df):  # the readers' spans: nothing to drop, already in order
+        return df.drop("_row")
     unique = df.sort(["trace_id", "span_id", "start_ts", "_row"]).unique(["trace_id", "span_id"], keep="first",
                                                                           maintain_order=True)
     if unique.height < df.height:
         log.info("dropped %d duplicate spans (same trace_id and span_id)", df.height - unique.height)
     return unique.sort(["start_ts", "trace_id", "span_id"]).drop("_row")
+
+
+def _in_start_order(spans: pl.DataFrame) -> bool:
+    """Whether rows with unique (trace_id, span_id) ids are in (start_ts, trace_id, span_id) order:
+    start times never fall, and rows that share one are in id order (text order, as a sort puts them)."""
+    if spans.height < 2:
+        return True
+    step = np.diff(spans["start_ts"].to_numpy())
+    if bool((step < 0).any()):
+        return False
+    tied = np.flatnonzero(step == 0)
+    if not tied.size:
+        return True
+    a, b = spans.select("trace_id", "span_id")[tied], spans.select("trace_id", "span_id")[tied + 1]
+    ta, tb, sa, sb = a["trace_id"], b["trace_id"], a["span_id"], b["span_id"]
+    return bool(((ta < tb) | ((ta == tb) & (sa < sb))).all())
 
 
 def drop_stray_spans(spans: pl.DataFrame, max_gap_s: float) -> tuple[pl.DataFrame, int]:
@@ -85,19 +104,30 @@ def drop_stray_spans(spans: pl.DataFrame, max_gap_s: float) -> tuple[pl.DataFram
     return kept.sort(["start_ts", "trace_id", "span_id"]), dropped
 
 
-def _with_parent_service(spans: pl.DataFrame) -> pl.DataFrame:
+def with_callers(spans: pl.DataFrame) -> pl.DataFrame:
+    """``spans`` with ``caller``: the service of each span's parent in its trace (null: none there).
+
+    With unique (trace, span) ids the parent is found by row (:func:`parent_rows`, a join on one
+    hash per id pair) and the rows keep their order; otherwise by a join on the ids, in no
+    particular order (every caller of this sorts on a total order after)."""
+    if spans.height and span_ids_unique(spans):
+        row = pl.Series("_parent", parent_rows(spans))
+        return spans.with_columns(pl.when(row >= 0).then(pl.col("service").gather(row.clip(lower_bound=0)))
+                                  .alias("caller"))
     parents = spans.select("trace_id", pl.col("span_id").alias("parent_id"), pl.col("service").alias("caller"))
     return spans.join(parents, on=["trace_id", "parent_id"], how="left")
 
 
-def trace_aggregates(spans: pl.DataFrame) -> pl.DataFrame:
-    """One row per trace; the root is the earliest span whose parent is null or not in the trace."""
+def trace_aggregates(spans: pl.DataFrame, linked: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per trace; the root is the earliest span (then the lowest span id) whose parent is
+    null or not in the trace, or the trace's earliest span when none is. ``linked``: this
+    function's own ``with_callers(spans)``, when the caller has it already."""
     if spans.height == 0:
         return pl.DataFrame(schema=AGGREGATE_SCHEMA)
-    linked = _with_parent_service(spans).with_columns(pl.col("caller").is_null().alias("_root"))
-    root = (linked.sort(["trace_id", "_root", "start_ts", "span_id"], descending=[False, True, False, False])
-            .group_by("trace_id", maintain_order=True).first()
-            .select("trace_id", pl.col("service").alias("root_service"), pl.col("operation").alias("root_operation")))
+    linked = (with_callers(spans) if linked is None else linked).with_columns(
+        pl.col("caller").is_null().alias("_root"))
+    root = _roots(linked).select("trace_id", pl.col("service").alias("root_service"),
+                                 pl.col("operation").alias("root_operation"))
     end = pl.col("start_ts") + (pl.col("duration_s") * 1_000_000).round().cast(pl.Int64)
     agg = spans.group_by("trace_id").agg(
         pl.col("start_ts").min().alias("start_ts"),
@@ -111,11 +141,27 @@ def trace_aggregates(spans: pl.DataFrame) -> pl.DataFrame:
     return out.select(list(AGGREGATE_SCHEMA)).sort(["start_ts", "trace_id"])
 
 
-def service_calls(spans: pl.DataFrame, with_ids: bool = False) -> pl.DataFrame:
+def _roots(linked: pl.DataFrame) -> pl.DataFrame:
+    """The first row of each trace in (``_root`` first, start_ts, span_id) order. Rows already in
+    start order (the traces stage's) need no sort: each trace's first root row in that order, and
+    its first row for a trace without a root (a sort of every span on four keys, issue 11)."""
+    if not (span_ids_unique(linked) and _in_start_order(linked)):
+        return (linked.sort(["trace_id", "_root", "start_ts", "span_id"], descending=[False, True, False, False])
+                .group_by("trace_id", maintain_order=True).first())
+    found = linked.filter(pl.col("_root")).group_by("trace_id", maintain_order=True).first()
+    rootless = linked.join(found.select("trace_id"), on="trace_id", how="anti")
+    if rootless.height == 0:
+        return found
+    return pl.concat([found, rootless.group_by("trace_id", maintain_order=True).first()])
+
+
+def service_calls(spans: pl.DataFrame, with_ids: bool = False, linked: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per parent→child span pair across two services: (ts, caller, callee, latency_s, is_error),
     in order of (ts, caller, callee) then the callee's (trace_id, span_id): one order however the spans
-    came (the per-step latency means sum in it). ``with_ids`` keeps those two id columns."""
-    linked = _with_parent_service(spans).filter(pl.col("caller").is_not_null() & (pl.col("caller") != pl.col("service")))
+    came (the per-step latency means sum in it). ``with_ids`` keeps those two id columns; ``linked``
+    is ``with_callers(spans)`` when the caller has it already."""
+    linked = (with_callers(spans) if linked is None else linked).filter(
+        pl.col("caller").is_not_null() & (pl.col("caller") != pl.col("service")))
     calls = linked.select(pl.col("start_ts").alias("ts"), "caller", pl.col("service").alias("callee"),
                           pl.col("duration_s").alias("latency_s"), "is_error", "trace_id", "span_id")
     calls = calls.sort(CALL_ORDER)
@@ -227,7 +273,8 @@ def trace_features(spans: pl.DataFrame, step_s: float, split: SplitParams, max_g
     """
     clean = clean_spans(spans, source)
     body, stray = drop_stray_spans(clean, max_gap_s)
-    calls = service_calls(body)
+    linked = with_callers(body)
+    calls = service_calls(body, linked=linked)
     graph = call_graph(body, calls, min_edge_count)
     if body.height == 0:
         log.warning("no spans: empty trace tables")
@@ -238,5 +285,5 @@ def trace_features(spans: pl.DataFrame, step_s: float, split: SplitParams, max_g
         series, stats = trace_series(calls, graph, int(body["start_ts"].min()), int(body["start_ts"].max()),
                                      step_s, split, params)
     stats["stray_spans_dropped"] = stray
-    return {"aggregates": trace_aggregates(body), "graph": graph, "series": series, "stats": stats,
+    return {"aggregates": trace_aggregates(body, linked), "graph": graph, "series": series, "stats": stats,
             "spans": body.height, "stray_spans": stray, "calls": calls.height}
