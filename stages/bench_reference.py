@@ -4,8 +4,10 @@ They give the speed a reader could reach on those bytes (issue 11) — no canoni
 time parsing, no checks, no sorting — so the project/reference ratio shows what the readers'
 own work costs:
 
-- CSV files (metric files of every format, MSDS log exports): ``polars.read_csv`` per file and
-  one ``polars.concat`` (diagonal, for differing columns);
+- CSV files (metric files of every format): ``polars.read_csv`` per file and one ``polars.concat``
+  (diagonal, for differing columns);
+- MSDS log exports: the same, plus the one parse a line needs: ``@timestamp`` to epoch µs
+  (``str.to_datetime``);
 - GAIA trace tables: the same, plus the one parse a span needs: ``start_time`` / ``end_time``
   strings to epoch µs (``str.to_datetime``) and the duration;
 - GAIA business tables: the same, plus the message header a log line needs: one regex
@@ -45,6 +47,8 @@ def read(fmt: str, modality: str, files: list[Path]) -> pl.DataFrame:
         return gaia_traces(files)
     if fmt == "gaia" and modality == "logs":
         return gaia_business(files)
+    if fmt == "msds" and modality == "logs":
+        return msds_logs(files)
     return csvs(files)
 
 
@@ -55,6 +59,12 @@ def _epoch_us(col: pl.Expr) -> pl.Expr:
 def gaia_traces(files: list[Path]) -> pl.DataFrame:
     start, end = _epoch_us(pl.col("start_time")), _epoch_us(pl.col("end_time"))
     return csvs(files).with_columns(start.alias("start_ts"), ((end - start) / 1e6).alias("duration_s"))
+
+
+def msds_logs(files: list[Path]) -> pl.DataFrame:
+    """Elasticsearch exports: ``@timestamp`` (``2019-11-19T10:00:01.578Z``) to epoch µs."""
+    ts = pl.col("@timestamp").str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", strict=False, time_unit="us")
+    return csvs(files).with_columns(ts.dt.epoch("us").alias("ts"))
 
 
 _GAIA_HEADER = r"(?s)^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),?(\d*) \| (\w+) \| (?:[^|]* \| ){3}(.*)$"
