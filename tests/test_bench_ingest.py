@@ -40,9 +40,13 @@ def test_ingest_rows_and_own_peak(tmp_path: Path):
         assert proj["rows"] == rows and proj["files"] == 1
         assert ref["rows"] == (40 if modality == "metrics" else rows)  # wide lines vs long points
         assert 0 < proj["peak_rss_mb"] < 600 and 0 < ref["peak_rss_mb"] < 600
+    for modality, rows in (("metrics", 80), ("traces", 1), ("logs", 1)):  # as the stages read: parts, buckets
+        bounded = res["bounded"][modality]
+        assert bounded["rows"] == rows and bounded["parts"] == 1 and 0 < bounded["peak_rss_mb"] < 600
     table = res["table"].splitlines()
-    # project, the reference (read_csv per file) and the one-collect_all reference
-    assert table[0].startswith("| modality | reader |") and len([t for t in table if t.startswith("| metrics")]) == 3
+    # project, project bounded, the reference (read_csv per file) and the one-collect_all reference
+    assert table[0].startswith("| modality | reader |") and len([t for t in table if t.startswith("| metrics")]) == 4
+    assert any(t.startswith("| traces | project, bounded (1 bucket,") for t in table)
     assert res["reference_together"]["rows"] == 40 and "stage" not in res
     del ballast
 

@@ -180,8 +180,8 @@ _TOGETHER_BYTES = 256 * 2**20  # input read per query: memory stays bounded at a
 
 
 def _file_groups(files: list[Path]) -> list[list[Path]]:
-    """Consecutive files, up to ``_TOGETHER_BYTES`` of input per group."""
-    return c.byte_groups(files, [c.file_size(p) for p in files], _TOGETHER_BYTES)
+    """Consecutive files, up to ``_TOGETHER_BYTES`` of input and ``c.QUERY_FILES`` files per group."""
+    return c.byte_groups(files, [c.file_size(p) for p in files], _TOGETHER_BYTES, c.QUERY_FILES)
 
 
 def _read_metric_files_together(files: list[Path], headers: list[list[str]], audit: c.TimeAudit,
