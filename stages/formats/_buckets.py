@@ -17,6 +17,7 @@ import pyarrow.ipc as ipc
 SPILL_BYTES = 16 * 2**20  # raw frames a reader holds before it splits and spills them
 BUCKET_BYTES = 64 * 2**20  # input (uncompressed) per bucket
 MAX_BUCKETS = 1024  # past this many, buckets grow instead (spill files stay few)
+SPILL_COMPRESSION = "lz4"  # Arrow IPC codec of the spill files
 _SEED = 0x5EED
 _BUCKET = "_bucket"
 
@@ -45,7 +46,7 @@ class PartFiles:
             return
         path = self.root / f"{self.stem}_{len(self._unread):06d}.arrow"
         tables = [(key, frame.schema, frame.to_arrow()) for key, frame in parts]
-        options = ipc.IpcWriteOptions(compression="lz4")
+        options = ipc.IpcWriteOptions(compression=SPILL_COMPRESSION)
         at = 0
         with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, tables[0][2].schema, options=options) as out:
             for key, schema, table in tables:
