@@ -79,12 +79,22 @@ def test_the_median_of_parts_is_the_whole_median():
     for n, raw in ((1, 0), (2, 0), (7, 0), (1000, 0), (2, 10**6), (7, 10**6), (1000, 10**6), (1000, 300)):
         # raw: times held as they come, then selected (all of them, or counted past 300)
         ts = np.sort(rng.integers(0, 50 if n < 1000 or raw < n else 10**9, n)) * 1_000_000 + 1_600_000_000_000_000
-        counts = _metric_reading._TimeCounts(raw_values=raw)
-        for chunk in np.array_split(rng.permutation(ts), 40):
-            counts.add(chunk)
         s = pl.Series(ts)
         want = int(float(s[(n - 1) // 2]) if s[(n - 1) // 2] == s[n // 2] else (float(s[(n - 1) // 2]) + float(s[n // 2])) / 2)
-        assert counts.median() == want
+        for arrival in (rng.permutation(ts), ts):  # parts in any order, or each in time order (counted by runs)
+            counts = _metric_reading._TimeCounts(raw_values=raw)
+            for chunk in np.array_split(arrival, 40):
+                counts.add(chunk)
+            assert counts.median() == want
+
+
+def test_distinct_counts_are_numpys():
+    rng = np.random.default_rng(6)
+    for n in (0, 1, 2, 9, 5000):
+        for ts in (np.sort(rng.integers(0, 1 + n // 4, n)), rng.integers(0, 30, n), np.arange(n) * 10):
+            got, want = _metric_reading._distinct_counts(ts), np.unique(ts, return_counts=True)
+            for a, b in zip(got, want):
+                assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
 def test_bad_input_raises_the_whole_reads_error_after_the_last_part(dumps, tmp_path):

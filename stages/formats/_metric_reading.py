@@ -97,6 +97,17 @@ def _parts(files: list[Path], key: Callable[[Path], Hashable], part_bytes: int) 
 RAW_TIMES = 16_000_000  # span / log times held as they come (128 MB) before they are counted
 
 
+def _distinct_counts(ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(ts, return_counts=True)``; times already in order (every canonical frame's) are
+    counted by their runs instead of sorted again (a sort of each part was half of GAIA's metric
+    read at full size: 14.4 of 30 s)."""
+    ts = np.asarray(ts)
+    if ts.size < 2 or not bool(np.all(ts[1:] >= ts[:-1])):
+        return np.unique(ts, return_counts=True)
+    starts = np.flatnonzero(np.concatenate(([True], ts[1:] != ts[:-1])))
+    return ts[starts], np.diff(np.append(starts, ts.size))
+
+
 class _TimeCounts:
     """The multiset of the points' times as distinct values and counts, merged as parts come: parts
     on one time grid (GAIA's series, Eadro's services) then cost one grid, not one per part.
@@ -119,7 +130,7 @@ class _TimeCounts:
             self._raw_left -= len(ts)
             return
         self._raw_left = 0
-        self._held += [np.unique(r, return_counts=True) for r in self._raw] + [np.unique(ts, return_counts=True)]
+        self._held += [_distinct_counts(r) for r in self._raw] + [_distinct_counts(ts)]
         self._raw = []
         if len(self._held) >= self._MERGE_EVERY:
             self._held = [self._merged()]
