@@ -82,8 +82,8 @@ TOGETHER_FILES = 256  # scans per collect_all: one of GAIA's 6,500 hung in polar
 
 def csvs_together(files: list[Path]) -> pl.DataFrame:
     """:func:`csvs` by ``collect_all`` of the files' ``scan_csv`` (parallel, one query per 256
-    files: polars opens each scan on a blocking thread, at most 512): the fastest plain polars read of many small CSVs here, reported beside the issue's
-    reference."""
+    files: polars opens each scan on a blocking thread, at most 512): the fastest plain polars
+    read of many small CSVs here, reported beside the issue's reference."""
     frames = []
     try:
         for i in range(0, len(files), TOGETHER_FILES):
