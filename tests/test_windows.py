@@ -128,3 +128,41 @@ def test_bad_window_params():
         build(WindowParams, {"modalities": ["metrics", "video"]}, where="windows")
     with pytest.raises(InputError, match="windows.lenght"):
         build(WindowParams, {"lenght": 3}, where="windows")
+
+
+@pytest.mark.parametrize("row_group_size", [7, 64, 10_000])
+@pytest.mark.parametrize("grid", ["inside", "wider", "shifted", "none"])
+def test_metric_table_read_onto_the_grid_is_the_join(tmp_path, row_group_size: int, grid: str):
+    """The metric table read a row group at a time onto the grid (issue 11: no frame, join and
+    copies of a 2.9 GiB table) gives the join's array bit for bit: NaN, nulls and -0.0 in the
+    cells, grid steps the table lacks, row groups of any size, the same column-major layout."""
+    from stages.windowing.align import _parquet_on_grid, _reindex
+
+    rng = np.random.default_rng(row_group_size)
+    n = 300
+    cells = rng.normal(size=(n, 5)).astype(np.float32)
+    cells[rng.random(cells.shape) < 0.1] = np.nan
+    cells[3, 1] = -0.0
+    frame = pl.DataFrame({"ts": (np.arange(n) + 40) * STEP, **{f"c{j}": cells[:, j] for j in range(5)}})
+    frame = frame.with_columns(pl.when(pl.int_range(n) % 17 == 0).then(None).otherwise(pl.col("c2")).alias("c2"))
+    path = tmp_path / "metrics.parquet"
+    frame.write_parquet(path, row_group_size=row_group_size)
+    grid_ts = {"inside": np.arange(60, 300) * STEP, "wider": np.arange(0, 400) * STEP,
+               "shifted": np.arange(0, 400) * STEP + STEP // 2, "none": np.arange(0, 0) * STEP}[grid]
+    columns = ["c3", "c0", "c2"]
+    got, want = _parquet_on_grid(path, grid_ts, columns), _reindex(frame, grid_ts, columns)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.flags["F_CONTIGUOUS"] == want.flags["F_CONTIGUOUS"]
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_metric_table_the_join_must_decide(tmp_path):
+    """A time twice (the join repeats that grid step) or a column that is not Float32: the join path."""
+    from stages.windowing.align import _parquet_on_grid
+
+    twice = pl.DataFrame({"ts": [0, STEP, STEP, 2 * STEP], "c": np.ones(4, np.float32)})
+    twice.write_parquet(tmp_path / "twice.parquet", row_group_size=2)
+    assert _parquet_on_grid(tmp_path / "twice.parquet", np.arange(3) * STEP, ["c"]) is None
+    wide = pl.DataFrame({"ts": [0, STEP], "c": [1.0, 2.0]})  # Float64
+    wide.write_parquet(tmp_path / "wide.parquet")
+    assert _parquet_on_grid(tmp_path / "wide.parquet", np.arange(2) * STEP, ["c"]) is None
