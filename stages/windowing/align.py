@@ -125,15 +125,15 @@ def _parquet_on_grid(path: Path, grid_ts: np.ndarray, columns: list[str], fill: 
         del frame
         if not rows.size:
             continue
-        if hit.all() and rows[-1] - rows[0] + 1 == len(rows):  # consecutive steps: one slab
+        if hit.all() and rows[-1] - rows[0] + 1 == len(rows):  # consecutive steps: one slab, in place
             slab = out[rows[0]:rows[-1] + 1]
             slab[:] = values
+            np.copyto(slab, np.float32(fill), where=np.isnan(slab))
         else:
-            slab = values[hit]
-        np.copyto(slab, np.float32(fill), where=np.isnan(slab))
-        if slab.base is not out:
-            out[rows] = slab
-        del values, slab
+            picked = values[hit]
+            np.copyto(picked, np.float32(fill), where=np.isnan(picked))
+            out[rows] = picked
+        del values
     return out
 
 
