@@ -1,8 +1,9 @@
-"""Plain reference readers for ``stages.bench ingest``: the library call on the same files, nothing more.
+"""Plain reference readers for ``stages.bench ingest``: the library call on the same files, and the
+one parse each line or span needs, nothing more.
 
 They give the speed a reader could reach on those bytes (issue 11) — no canonical schema, no
-time parsing, no checks, no sorting — so the project/reference ratio shows what the readers'
-own work costs:
+checks, no sorting, and no time parsing beyond what the list below names — so the
+project/reference ratio shows what the readers' own work costs:
 
 - CSV files (metric files of every format): ``polars.read_csv`` per file and one ``polars.concat``
   (diagonal, for differing columns);
