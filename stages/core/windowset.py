@@ -6,6 +6,8 @@ never materialised copies, so long spans with small strides cost no extra memory
 """
 from __future__ import annotations
 
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -194,6 +196,63 @@ def _block_starts(blocks: list[tuple[int, int]], window: int, stride: int) -> np
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # a zip member's local file header (30 bytes)
+
+
+def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A copy-on-write map of one uncompressed ``.npy`` member, or None when it cannot be mapped.
+
+    ``np.load`` reads an ``.npz`` member whole even to slice a few rows of it, and keeps the whole
+    array alive behind the slice. Mapped, a split reads only its own rows.
+    """
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        head = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
+        if head[0] != 0x04034B50:
+            return None
+        fh.seek(info.header_offset + _LOCAL_HEADER.size + head[9] + head[10])
+        major, _minor = np.lib.format.read_magic(fh)
+        read_header = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}.get(major)
+        if read_header is None:
+            return None
+        shape, fortran_order, dtype = read_header(fh)
+        offset = fh.tell()
+    if dtype.hasobject or 0 in shape:
+        return None
+    mapped = np.memmap(path, dtype=dtype, mode="c", shape=shape, order="F" if fortran_order else "C", offset=offset)
+    return np.asarray(mapped)  # a plain ndarray over the map; writes stay private to the process
+
+
+class GridArrays:
+    """``grid.npz``'s arrays by name: mapped when stored uncompressed (what ``windows@ds`` writes),
+    else read whole by ``np.load``; the values and memory layout are the same either way."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._npz = np.load(self.path, allow_pickle=False)
+        self._infos = {i.filename[:-len(".npy")]: i for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}
+        self.files = list(self._npz.files)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        info = self._infos.get(key)
+        mapped = _mapped_member(self.path, info) if info is not None else None
+        return mapped if mapped is not None else self._npz[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.files
+
+    def close(self) -> None:
+        self._npz.close()
+
+    def __enter__(self) -> "GridArrays":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def load_split(wdir: str | Path, split: str, word_pca: np.ndarray | None = None) -> WindowSet:
     """Load split ``train``, ``fewshot``, ``val`` or ``test`` of a windows directory.
 
@@ -209,22 +268,24 @@ def load_split(wdir: str | Path, split: str, word_pca: np.ndarray | None = None)
     schema = load_schema(wdir)
     schema.word_pca = word_pca
     window, stride = int(meta["window"]), int(meta["stride"])
-    with np.load(wdir / "grid.npz", allow_pickle=False) as z:
-        ev = z["log_events"]
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "metric", "trace", "log", "labels", "kinds",
-                                                               "severity", "events")}
-        offset = 0
-        for a, b in blocks:
-            sel = (ev[:, 0] >= a) & (ev[:, 0] < b)
-            events = ev[sel].copy()
-            events[:, 0] += offset - a
-            parts["events"].append(events)
-            for key in ("ts", "metric", "trace", "log", "labels"):
-                parts[key].append(z[key][a:b])
-            parts["kinds"].append(np.asarray(z["kinds"][a:b]).astype(str))
-            parts["severity"].append(np.asarray(z["severity"][a:b]).astype(str) if "severity" in z.files
-                                     else np.full(b - a, "", dtype="<U16"))
-            offset += b - a
+    with GridArrays(wdir / "grid.npz") as z:
+        grid = {key: z[key] for key in ("ts", "metric", "trace", "log", "labels", "kinds", "severity", "log_events")
+                if key in z}
+    ev = grid["log_events"]
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "metric", "trace", "log", "labels", "kinds",
+                                                           "severity", "events")}
+    offset = 0
+    for a, b in blocks:
+        sel = (ev[:, 0] >= a) & (ev[:, 0] < b)
+        events = ev[sel].copy()
+        events[:, 0] += offset - a
+        parts["events"].append(events)
+        for key in ("ts", "metric", "trace", "log", "labels"):
+            parts[key].append(grid[key][a:b])
+        parts["kinds"].append(np.asarray(grid["kinds"][a:b]).astype(str))
+        parts["severity"].append(np.asarray(grid["severity"][a:b]).astype(str) if "severity" in grid
+                                 else np.full(b - a, "", dtype="<U16"))
+        offset += b - a
     cat = {k: (v[0] if len(v) == 1 else np.concatenate(v)) for k, v in parts.items()}
     return WindowSet(
         schema=schema, ts=cat["ts"], metric=cat["metric"], trace=cat["trace"], log=cat["log"],

@@ -21,7 +21,7 @@ from stages.core.errors import InputError
 from stages.core.evaluation import ThresholdParams
 from stages.core.io import read_json
 from stages.core.params import PARAMS_FILE, ClockOffsets, build, load_raw
-from stages.core.windowset import FeatureSchema, load_schema
+from stages.core.windowset import FeatureSchema, GridArrays, load_schema
 from stages.features.log_templates import SavedMiners, load_miners
 from stages.features.params import MetricsParams
 from stages.windowing.align import EDGE_FEATURES
@@ -139,7 +139,7 @@ def _log_fill(windows: Path, n_log: int) -> np.ndarray:
         return np.zeros(0, np.float32)
     ranges = read_json(windows / "splits.json")["ranges"]
     a, b = (int(v) for v in ranges["train"])
-    with np.load(windows / "grid.npz", allow_pickle=False) as z:
+    with GridArrays(windows / "grid.npz") as z:
         return np.median(z["log"][a:b], axis=0).astype(np.float32)
 
 
