@@ -8,6 +8,11 @@
         training and scoring windows/s on synthetic windows, on CUDA when present (bf16 and fp32)
         else on the CPU; peak memory.
 
+    python -m stages.bench splits [--steps 120958] [--channels 650] [--repeat 3]
+        the train and evaluate stages' split loads from a synthetic full-length grid.npz, mapped
+        (``load_split``) against plain ``np.load`` + slicing, in fresh processes: seconds, peak and
+        resident memory, ratio (see stages/bench_splits.py).
+
     python -m stages.bench dvc [--repeat 3] [--root .]
         dvc's reads of dvc.yaml/dvc.lock with the C YAML parser against the pure-Python one, side by
         side: one parse of each file, and ``dvc status`` in fresh processes (see stages/bench_dvc.py).
@@ -32,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import bench_dvc, bench_ingest
+from stages import bench_dvc, bench_ingest, bench_splits
 from stages.core.cli import run_stage
 from stages.core.io import write_json
 
@@ -190,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log-columns", type=int, default=100)
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=32)
+    sp = sub.add_parser("splits", description=bench_splits.__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_splits.add_arguments(sp)
     dv = sub.add_parser("dvc", description=bench_dvc.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dv.add_argument("--repeat", type=int, default=3)
     dv.add_argument("--root", default=".", help="repository root holding dvc.yaml and dvc.lock")
@@ -205,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             result = bench_score(args)
             write_json(result, Path("bench") / f"score_{result['dataset']}_{result['detector']}.json")
             print(json.dumps(result, indent=2, default=str))
+            return
+        if args.what == "splits":
+            result = bench_splits.bench_splits(args.steps, args.channels, max(1, args.repeat), args.workdir)
+            write_json(result, Path("bench") / "splits.json")
+            print(result["table"])
             return
         if args.what == "dvc":
             result = bench_dvc.bench_dvc(Path(args.root), max(1, args.repeat))
