@@ -9,9 +9,9 @@
         else on the CPU; peak memory.
 
     python -m stages.bench splits [--steps 120958] [--channels 650] [--repeat 3]
-        the train and evaluate stages' split loads from a synthetic full-length grid.npz, mapped
-        (``load_split``) against plain ``np.load`` + slicing, in fresh processes: seconds, peak and
-        resident memory, ratio (see stages/bench_splits.py).
+        the train and evaluate stages' split loads from a synthetic full-length grid.npz, reading
+        each split's rows (``load_split``) against plain ``np.load`` + slicing, in fresh processes:
+        seconds, peak and resident memory, ratio (see stages/bench_splits.py).
 
     python -m stages.bench dvc [--repeat 3] [--root .]
         dvc's reads of dvc.yaml/dvc.lock with the C YAML parser against the pure-Python one, side by

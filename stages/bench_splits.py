@@ -7,17 +7,18 @@ uncompressed, the metric array in column order as ``align`` builds it, the defau
 eight spread few-shot blocks), then in fresh processes loads the splits each stage loads, reads
 every metric value once, and reports wall seconds and memory:
 
-* ``project``: :func:`stages.core.windowset.load_split`, which maps ``grid.npz``'s members;
+* ``project``: :func:`stages.core.windowset.load_split`, which reads only each split's rows of
+  ``grid.npz`` (``GridArrays.rows``);
 * ``reference``: plain numpy, ``np.load`` of each member once per split, sliced to the split's
-  blocks (what ``load_split`` did before it mapped the members).
+  blocks (``load_split`` before ``GridArrays``, except that it read the members once per few-shot
+  block: eight whole reads of the grid for the few-shot split).
 
 Two scenarios: the train stage (``train`` + ``val``; few-shot detectors load ``fewshot`` instead of
 ``train``) and the evaluate stage (``val`` + ``test`` + ``fewshot``). Memory is the child's
 ``VmHWM`` and, at the end, its anonymous and file-backed resident memory (``RssAnon``/``RssFile``
-of ``/proc/self/status``): a mapped split's pages are file-backed and clean, so the kernel can drop
-them under pressure, and they count in ``VmHWM`` all the same. The default size is the metrics
-stage's 10 s grid over GAIA's two weeks (120,958 steps) at a tenth of its 6,500 metric series;
-``--channels 6500`` is the full size (a 3.2 GB grid).
+of ``/proc/self/status``). The default size is the metrics stage's 10 s grid over GAIA's two
+weeks (120,958 steps) at a tenth of its 6,500 metric series; ``--channels 6500`` is the full size
+(a 3.2 GB grid).
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ from stages.core.windowset import load_split
 def test_bench_grid_loads_the_same_both_ways(tmp_path):
     wdir = write_windows(tmp_path / "w", steps=3000, channels=7, edges=3, log_columns=5)
     for split in ("train", "val", "test", "fewshot"):
-        mapped, plain = load_split(wdir, split), _reference_split(wdir, split)
+        by_rows, plain = load_split(wdir, split), _reference_split(wdir, split)
         for key in ("ts", "metric", "trace", "log", "labels"):
-            assert np.array_equal(getattr(mapped, key), plain[key]), (split, key)
+            assert np.array_equal(getattr(by_rows, key), plain[key]), (split, key)
     assert load_split(wdir, "fewshot").n_steps < load_split(wdir, "train").n_steps  # eight blocks, not the hull
 
 

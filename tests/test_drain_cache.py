@@ -85,6 +85,19 @@ def test_a_mask_that_is_not_space_local_masks_whole_lines():
     assert_identical(["call took 12 ms", "call took 13 ms", "call took 12 ms"] * 3, params)
 
 
+@pytest.mark.parametrize("masks", ["default", "not_space_local", "none"])
+def test_masking_a_whole_series_equals_masking_line_by_line(masks):
+    extra = {"default": (), "not_space_local": (MaskRule(pattern=r"took \d+ ms", name="DUR"),), "none": None}[masks]
+    params = LogsParams(masks=()) if extra is None else LogsParams(masks=extra + PARAMS.masks)
+    miner = new_miner(params)
+    rng = random.Random(3)
+    lines = TRICKY + [" ".join(TRICKY), "\n".join(TRICKY), "call took 12 ms then took 5 ms"] + random_stream(rng, 300)
+    lines = lines + lines[::-1]  # repeated lines, in another order
+    got = TokenMasker(miner.masker).mask_all(pl.Series(lines, dtype=pl.String))
+    assert got.to_list() == [miner.masker.mask(line) for line in lines]
+    assert TokenMasker(miner.masker).mask_all(pl.Series([], dtype=pl.String)).len() == 0
+
+
 # A line cached, then its cluster's template generalises, then the same line again; and a cached
 # line whose tree path changes (a new first-token node) so that Drain3 sends it elsewhere.
 GENERALISES = ["user alice logged in at home", "user alice logged in at home", "user bob logged in at home",
@@ -151,6 +164,12 @@ def tt_lines(shared_data) -> dict[str, list[str]]:
     for service, message in zip(df["service"].to_list(), df["message"].to_list()):
         by_service.setdefault(service, []).append(message)
     return by_service
+
+
+def test_real_tt_lines_masked_as_a_series(tt_lines):
+    masker = new_miner(PARAMS).masker
+    lines = [line for service in sorted(tt_lines) for line in tt_lines[service]]
+    assert TokenMasker(masker).mask_all(pl.Series(lines)).to_list() == [masker.mask(line) for line in lines]
 
 
 def test_real_tt_lines_give_plain_drain3_results(tt_lines):

@@ -106,18 +106,14 @@ def test_windows_stage_aligns_and_loads(tmp_path):
     assert json.loads((tmp_path / "metrics/data/ds.json").read_text())["splits"]["test"]["anomalous_steps"] == 30
 
 
-def _mapped(a: np.ndarray) -> bool:
-    """Whether an array's memory is a file map (its base chain ends at an ``mmap``)."""
-    import mmap
-    while a is not None and not isinstance(a, mmap.mmap):
-        a = getattr(a, "_mmap", None) or getattr(a, "base", None)
-    return a is not None
+def test_splits_read_their_rows_and_match_a_whole_read(tmp_path, monkeypatch):
+    """load_split reads only a split's rows of grid.npz (not the whole grid, once per fewshot block):
+    the values, dtypes and strides are np.load's, a compressed grid still loads, and a split's
+    arrays are its own."""
+    import os
 
+    from stages.core import windowset
 
-def test_splits_map_the_grid_and_match_a_whole_read(tmp_path):
-    """load_split maps grid.npz's members (a split reads its own rows, not the whole grid, once per
-    fewshot block): the values, dtypes and strides are np.load's, a compressed grid still loads, and
-    writing into a split never reaches the file."""
     write_features(tmp_path, n=600)
     raw = {**RAW, "split": {**RAW["split"], "fewshot_percent": 40, "fewshot_blocks": 3}}
     windows_stage.run("ds", raw, features_root=tmp_path / "data/features", out_root=tmp_path / "data/windows",
@@ -126,28 +122,52 @@ def test_splits_map_the_grid_and_match_a_whole_read(tmp_path):
     meta = json.loads((wdir / "splits.json").read_text())
     with np.load(wdir / "grid.npz") as z:
         whole = {k: z[k] for k in z.files}
-    before = (wdir / "grid.npz").read_bytes()
     packed = tmp_path / "packed"
     packed.mkdir()
     for name in ("schema.json", "splits.json", "template_embeddings.npy"):
         (packed / name).write_bytes((wdir / name).read_bytes())
     np.savez_compressed(packed / "grid.npz", **whole)
+    read = []
+    real_preadv = os.preadv
+    monkeypatch.setattr(windowset.os, "preadv", lambda fd, bufs, pos: read.append(real_preadv(fd, bufs, pos)) or read[-1])
     for split in ("train", "val", "test", "fewshot"):
-        got, unpacked = load_split(wdir, split), load_split(packed, split)
+        read.clear()
+        got = load_split(wdir, split)
         blocks = meta["fewshot_blocks"] if split == "fewshot" else [meta["ranges"][split]]
+        steps = sum(b - a for a, b in blocks)
+        row_bytes = sum(whole[k][0:1].nbytes for k in ("ts", "metric", "trace", "log", "labels", "kinds", "severity"))
+        assert sum(read) == steps * row_bytes  # exactly the split's rows of every per-step array
+        unpacked = load_split(packed, split)
         for key in ("ts", "metric", "trace", "log", "labels"):
             want = np.concatenate([whole[key][a:b] for a, b in blocks])
             for ws in (got, unpacked):
                 a = getattr(ws, key)
                 assert a.dtype == want.dtype and np.array_equal(a, want), (split, key)
                 assert type(a) is np.ndarray and a.flags.writeable
-            if len(blocks) == 1:  # a one-block split is a view: the same strides as a slice of the whole array
-                assert got.metric.strides == whole["metric"][0:1].strides == unpacked.metric.strides
-                assert _mapped(getattr(got, key)) and not _mapped(getattr(unpacked, key))
+            if len(blocks) == 1:  # a one-block split has the strides of a slice of the whole array
+                assert getattr(got, key).strides == whole[key][0:1].strides == getattr(unpacked, key).strides
         assert np.array_equal(got.kinds, unpacked.kinds) and np.array_equal(got.log_events, unpacked.log_events)
-        got.metric[:] = 99.0  # copy-on-write: private to this process
-    assert (wdir / "grid.npz").read_bytes() == before
-    assert not np.any(load_split(wdir, "train").metric == 99.0)
+    assert whole["metric"].shape[0] * row_bytes < (wdir / "grid.npz").stat().st_size
+
+
+def test_a_cut_grid_is_named(tmp_path):
+    """A grid.npz cut short: before it is opened (no zip directory) or while it is read (a member ends early)."""
+    import os
+
+    from stages.core.windowset import GridArrays
+
+    write_features(tmp_path)
+    windows_stage.run("ds", RAW, features_root=tmp_path / "data/features", out_root=tmp_path / "data/windows",
+                      metrics_root=tmp_path / "metrics")
+    grid = tmp_path / "data/windows/ds/grid.npz"
+    with GridArrays(grid) as z:
+        cut = z._infos["labels"].header_offset + 200  # inside labels.npy's data; the members before it whole
+        os.truncate(grid, cut)
+        assert z.rows("ts", 0, 10).shape == (10,)
+        with pytest.raises(InputError, match=r"grid.npz: member labels.npy: expected .*the file ends early"):
+            z.rows("labels", 0, 395)
+    with pytest.raises(InputError, match=r"grid.npz: expected the .npz archive the windows stage writes"):
+        load_split(grid.parent, "test")
 
 
 def test_split_without_normal_steps_is_refused(tmp_path):

@@ -6,6 +6,8 @@ never materialised copies, so long spans with small strides cost no extra memory
 """
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from stages.core.errors import InputError
 from stages.core.io import read_json
 
 
@@ -199,12 +202,18 @@ def _block_starts(blocks: list[tuple[int, int]], window: int, stride: int) -> np
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")  # a zip member's local file header (30 bytes)
 
 
-def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
-    """A copy-on-write map of one uncompressed ``.npy`` member, or None when it cannot be mapped.
+@dataclass(frozen=True)
+class _Stored:
+    """Where an uncompressed ``.npy`` member's data lies in the ``.npz`` file, and its layout."""
 
-    ``np.load`` reads an ``.npz`` member whole even to slice a few rows of it, and keeps the whole
-    array alive behind the slice. Mapped, a split reads only its own rows.
-    """
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+
+def _stored_member(path: Path, info: zipfile.ZipInfo) -> _Stored | None:
+    """The data layout of one member, or None when it is compressed or not plain numbers/text."""
     if info.compress_type != zipfile.ZIP_STORED:
         return None
     with open(path, "rb") as fh:
@@ -219,29 +228,75 @@ def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:
             return None
         shape, fortran_order, dtype = read_header(fh)
         offset = fh.tell()
-    if dtype.hasobject or 0 in shape:
+    if dtype.hasobject or len(shape) == 0:
         return None
-    mapped = np.memmap(path, dtype=dtype, mode="c", shape=shape, order="F" if fortran_order else "C", offset=offset)
-    return np.asarray(mapped)  # a plain ndarray over the map; writes stay private to the process
+    return _Stored(offset, tuple(shape), dtype, bool(fortran_order))
+
+
+def _lazy_buffer(nbytes: int):
+    """Zeroed memory whose pages are committed only when written: an anonymous map (no huge pages
+    asked for, unlike numpy's large allocations), so reading a few rows of a big array costs those rows."""
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if nbytes else bytearray(0)
 
 
 class GridArrays:
-    """``grid.npz``'s arrays by name: mapped when stored uncompressed (what ``windows@ds`` writes),
-    else read whole by ``np.load``; the values and memory layout are the same either way."""
+    """``grid.npz``'s arrays by name, for reading row ranges without reading the whole file.
+
+    ``np.load`` reads a member whole even to slice a few rows of it, and the slice keeps the whole
+    array alive; the few-shot split, eight blocks, read the whole grid eight times. :meth:`rows`
+    reads only rows ``[a, b)`` of an uncompressed member (what ``windows@ds`` writes) into an
+    array laid out like the whole one, so the result has the values, dtype and strides of
+    ``np.load(...)[key][a:b]`` and the memory of the rows. Compressed members are read whole.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._npz = np.load(self.path, allow_pickle=False)
+        try:
+            self._npz = np.load(self.path, allow_pickle=False)
+        except (zipfile.BadZipFile, EOFError, ValueError) as e:
+            raise InputError(self.path, None, "the .npz archive the windows stage writes (rerun it for this dataset)",
+                             got=f"{type(e).__name__}: {e}") from e
         self._infos = {i.filename[:-len(".npy")]: i for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}
         self.files = list(self._npz.files)
 
     def __getitem__(self, key: str) -> np.ndarray:
-        info = self._infos.get(key)
-        mapped = _mapped_member(self.path, info) if info is not None else None
-        return mapped if mapped is not None else self._npz[key]
+        return self._npz[key]
 
     def __contains__(self, key: str) -> bool:
         return key in self.files
+
+    def rows(self, key: str, a: int, b: int) -> np.ndarray:
+        info = self._infos.get(key)
+        stored = _stored_member(self.path, info) if info is not None else None
+        if stored is None:
+            return self._npz[key][a:b]
+        steps = stored.shape[0]
+        a, b, _ = slice(a, b).indices(steps)
+        b = max(a, b)
+        item = stored.dtype.itemsize
+        per_step = int(np.prod(stored.shape[1:], dtype=np.int64))  # values of one step (row)
+        buf = _lazy_buffer(steps * per_step * item)
+        whole = np.ndarray(stored.shape, dtype=stored.dtype, buffer=buf, order="F" if stored.fortran_order else "C")
+        view = memoryview(buf).cast("B") if len(buf) else memoryview(buf)
+        with open(self.path, "rb") as fh:
+            fd = fh.fileno()
+            if stored.fortran_order and len(stored.shape) > 1:  # each column's rows a..b are contiguous
+                for j in range(per_step):
+                    lo, hi = (j * steps + a) * item, (j * steps + b) * item
+                    self._read(fd, view[lo:hi], stored.offset + lo, key)
+            else:
+                lo, hi = a * per_step * item, b * per_step * item
+                self._read(fd, view[lo:hi], stored.offset + lo, key)
+        return whole[a:b]
+
+    def _read(self, fd: int, into: memoryview, pos: int, key: str) -> None:
+        done = 0
+        while done < len(into):
+            n = os.preadv(fd, [into[done:]], pos + done)
+            if n == 0:
+                raise InputError(self.path, f"member {key}.npy",
+                                 f"{len(into)} bytes from offset {pos} (the file ends early: rerun the windows stage)")
+            done += n
 
     def close(self) -> None:
         self._npz.close()
@@ -268,24 +323,22 @@ def load_split(wdir: str | Path, split: str, word_pca: np.ndarray | None = None)
     schema = load_schema(wdir)
     schema.word_pca = word_pca
     window, stride = int(meta["window"]), int(meta["stride"])
-    with GridArrays(wdir / "grid.npz") as z:
-        grid = {key: z[key] for key in ("ts", "metric", "trace", "log", "labels", "kinds", "severity", "log_events")
-                if key in z}
-    ev = grid["log_events"]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "metric", "trace", "log", "labels", "kinds",
                                                            "severity", "events")}
-    offset = 0
-    for a, b in blocks:
-        sel = (ev[:, 0] >= a) & (ev[:, 0] < b)
-        events = ev[sel].copy()
-        events[:, 0] += offset - a
-        parts["events"].append(events)
-        for key in ("ts", "metric", "trace", "log", "labels"):
-            parts[key].append(grid[key][a:b])
-        parts["kinds"].append(np.asarray(grid["kinds"][a:b]).astype(str))
-        parts["severity"].append(np.asarray(grid["severity"][a:b]).astype(str) if "severity" in grid
-                                 else np.full(b - a, "", dtype="<U16"))
-        offset += b - a
+    with GridArrays(wdir / "grid.npz") as z:
+        ev = z["log_events"]
+        offset = 0
+        for a, b in blocks:
+            sel = (ev[:, 0] >= a) & (ev[:, 0] < b)
+            events = ev[sel].copy()
+            events[:, 0] += offset - a
+            parts["events"].append(events)
+            for key in ("ts", "metric", "trace", "log", "labels"):
+                parts[key].append(z.rows(key, a, b))
+            parts["kinds"].append(np.asarray(z.rows("kinds", a, b)).astype(str))
+            parts["severity"].append(np.asarray(z.rows("severity", a, b)).astype(str) if "severity" in z
+                                     else np.full(b - a, "", dtype="<U16"))
+            offset += b - a
     cat = {k: (v[0] if len(v) == 1 else np.concatenate(v)) for k, v in parts.items()}
     return WindowSet(
         schema=schema, ts=cat["ts"], metric=cat["metric"], trace=cat["trace"], log=cat["log"],

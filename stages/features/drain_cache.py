@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 
+import polars as pl
 from drain3 import TemplateMiner
 from drain3.drain import LogCluster
 from drain3.masking import LogMasker, MaskingInstruction
@@ -146,6 +147,25 @@ class TokenMasker:
             tokens.update(zip(missing, text.split(" ")))
         return " ".join([tokens[t] for t in parts])
 
+    def mask_all(self, lines: pl.Series) -> pl.Series:
+        """:meth:`mask` of every line, in order: each distinct line (each distinct token, when every
+        mask is space-local) is masked once, and the splitting, lookup and joining run in polars."""
+        if self.identity or lines.len() == 0:
+            return lines
+        distinct = lines.unique()
+        if self.per_token:
+            tokens = distinct.str.split(" ")
+            vocab = tokens.explode().unique()
+            text = " ".join(vocab.to_list())
+            for sub, replacement in self._subs:
+                text = sub(replacement, text)
+            masked_vocab = pl.Series(text.split(" "), dtype=pl.String)
+            masked = tokens.list.eval(pl.element().replace_strict(vocab, masked_vocab)).list.join(" ")
+        else:
+            masked = pl.Series([self.masker.mask(line) for line in distinct.to_list()], dtype=pl.String)
+        table = pl.DataFrame({"line": distinct, "masked": masked})
+        return pl.DataFrame({"line": lines}).join(table, on="line", how="left", maintain_order="left")["masked"]
+
 
 class CachedMiner:
     """``add(line)`` returns what ``miner.add_log_message(line)["cluster_id"]`` would, leaving the same state.
@@ -174,6 +194,10 @@ class CachedMiner:
             if len(self._masked) >= self.cache_size:
                 self._masked.clear()
             self._masked[line] = masked
+        return self.add_masked(masked)
+
+    def add_masked(self, masked: str) -> int:
+        """:meth:`add` of a line already masked with this miner's masks (:meth:`TokenMasker.mask_all`)."""
         route = self._routes.get(masked)
         if route is not None:
             cluster, key, epoch = route

@@ -26,7 +26,7 @@ from stages.core.frames import conform
 from stages.core.io import dumps_json
 from stages.core.params import build
 from stages.core.splits import grid
-from stages.features.drain_cache import CachedMiner
+from stages.features.drain_cache import CachedMiner, TokenMasker
 from stages.features.params import LogsParams
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,12 @@ def mine_services(df: pl.DataFrame, params: LogsParams) -> tuple[dict[str, Templ
     cluster_ids = np.zeros(df.height, dtype=np.int64)
     bounds = df.with_row_index("_i").group_by("service", maintain_order=True).agg(
         pl.col("_i").min().alias("lo"), pl.col("_i").max().alias("hi"))
-    messages = df["message"].to_list()
+    masked = TokenMasker(new_miner(params).masker).mask_all(df["message"]).to_list()  # the masks are per line
     for service, lo, hi in tqdm(bounds.iter_rows(), total=bounds.height, desc="drain3", unit="service",
                                 disable=None):
         cached = CachedMiner(new_miner(params))
         for i in range(lo, hi + 1):
-            cluster_ids[i] = cached.add(messages[i])
+            cluster_ids[i] = cached.add_masked(masked[i])
         miners[service] = cached.miner
     return miners, cluster_ids
 

@@ -140,7 +140,7 @@ def _log_fill(windows: Path, n_log: int) -> np.ndarray:
     ranges = read_json(windows / "splits.json")["ranges"]
     a, b = (int(v) for v in ranges["train"])
     with GridArrays(windows / "grid.npz") as z:
-        return np.median(z["log"][a:b], axis=0).astype(np.float32)
+        return np.median(z.rows("log", a, b), axis=0).astype(np.float32)
 
 
 def load_frozen(model_dir: str | Path, paths: Paths | None = None) -> FrozenState:
