@@ -93,9 +93,10 @@ def test_masking_a_whole_series_equals_masking_line_by_line(masks):
     rng = random.Random(3)
     lines = TRICKY + [" ".join(TRICKY), "\n".join(TRICKY), "call took 12 ms then took 5 ms"] + random_stream(rng, 300)
     lines = lines + lines[::-1]  # repeated lines, in another order
-    got = TokenMasker(miner.masker).mask_all(pl.Series(lines, dtype=pl.String))
-    assert got.to_list() == [miner.masker.mask(line) for line in lines]
-    assert TokenMasker(miner.masker).mask_all(pl.Series([], dtype=pl.String)).len() == 0
+    want = [miner.masker.mask(line) for line in lines]
+    for batch in (1, 7, len(lines), 1 << 16):
+        assert TokenMasker(miner.masker).mask_all(pl.Series(lines, dtype=pl.String), batch) == want, batch
+    assert TokenMasker(miner.masker).mask_all(pl.Series([], dtype=pl.String)) == []
 
 
 # A line cached, then its cluster's template generalises, then the same line again; and a cached
@@ -169,7 +170,7 @@ def tt_lines(shared_data) -> dict[str, list[str]]:
 def test_real_tt_lines_masked_as_a_series(tt_lines):
     masker = new_miner(PARAMS).masker
     lines = [line for service in sorted(tt_lines) for line in tt_lines[service]]
-    assert TokenMasker(masker).mask_all(pl.Series(lines)).to_list() == [masker.mask(line) for line in lines]
+    assert TokenMasker(masker).mask_all(pl.Series(lines), 1000) == [masker.mask(line) for line in lines]
 
 
 def test_real_tt_lines_give_plain_drain3_results(tt_lines):

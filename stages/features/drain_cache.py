@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SPACE = 32  # ord(" "): the separator masking can split on
 DEFAULT_CACHE_SIZE = 1 << 16  # entries per cache; a full cache is emptied (exactness does not depend on it)
+MASK_BATCH_LINES = 1 << 16  # lines masked together by TokenMasker.mask_all (memory, not results, depends on it)
 _REPEATS = tuple(getattr(C, name) for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(C, name))
 _NO_SPACE_CATEGORIES = {C.CATEGORY_DIGIT, C.CATEGORY_WORD, C.CATEGORY_NOT_SPACE}
 _SPACE_CATEGORIES = {C.CATEGORY_SPACE, C.CATEGORY_NOT_DIGIT, C.CATEGORY_NOT_WORD}
@@ -147,11 +148,18 @@ class TokenMasker:
             tokens.update(zip(missing, text.split(" ")))
         return " ".join([tokens[t] for t in parts])
 
-    def mask_all(self, lines: pl.Series) -> pl.Series:
-        """:meth:`mask` of every line, in order: each distinct line (each distinct token, when every
-        mask is space-local) is masked once, and the splitting, lookup and joining run in polars."""
-        if self.identity or lines.len() == 0:
-            return lines
+    def mask_all(self, lines: pl.Series, batch_lines: int = MASK_BATCH_LINES) -> list[str]:
+        """:meth:`mask` of every line, in order. Within each batch of lines, each distinct line (each
+        distinct token, when every mask is space-local) is masked once, and the splitting, lookup and
+        joining run in polars; batches bound the memory of those intermediate columns."""
+        if self.identity:
+            return lines.to_list()
+        out: list[str] = []
+        for start in range(0, lines.len(), batch_lines):
+            out.extend(self._mask_batch(lines.slice(start, batch_lines)).to_list())
+        return out
+
+    def _mask_batch(self, lines: pl.Series) -> pl.Series:
         distinct = lines.unique()
         if self.per_token:
             tokens = distinct.str.split(" ")

@@ -100,7 +100,7 @@ def mine_services(df: pl.DataFrame, params: LogsParams) -> tuple[dict[str, Templ
     cluster_ids = np.zeros(df.height, dtype=np.int64)
     bounds = df.with_row_index("_i").group_by("service", maintain_order=True).agg(
         pl.col("_i").min().alias("lo"), pl.col("_i").max().alias("hi"))
-    masked = TokenMasker(new_miner(params).masker).mask_all(df["message"]).to_list()  # the masks are per line
+    masked = TokenMasker(new_miner(params).masker).mask_all(df["message"])  # the masks are per line
     for service, lo, hi in tqdm(bounds.iter_rows(), total=bounds.height, desc="drain3", unit="service",
                                 disable=None):
         cached = CachedMiner(new_miner(params))
