@@ -267,15 +267,20 @@ def _features(frame, modality: str, step_s: float) -> None:
             write_log_tables([frame], Path(tmp), Path(tmp), LogsParams(), step_s)
 
 
-def _spawn(spec: dict) -> dict:
-    """Run one measurement in a fresh interpreter; its last stdout line is the JSON result."""
+def run_child(module: str, spec: dict, label: str) -> dict:
+    """Run ``python -m <module> child`` with ``spec`` on stdin in a fresh interpreter; its last stdout
+    line is the JSON result."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "stages.bench_ingest", "child"], input=json.dumps(spec),
+    proc = subprocess.run([sys.executable, "-m", module, "child"], input=json.dumps(spec),
                           capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench child failed ({spec['what']} {spec['modality']}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"bench child failed ({label}): rc {proc.returncode}, {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _spawn(spec: dict) -> dict:
+    return run_child("stages.bench_ingest", spec, f"{spec['what']} {spec['modality']}")
 
 
 def _measure(specs: list[dict], repeat: int) -> list[dict]:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from stages.bench_ingest import run_child
 
 SCENARIOS = {"train": ("train", "val"), "evaluate": ("val", "test", "fewshot")}
 GAIA_STEPS = 120_958  # two weeks of 10 s steps: the windows stage's grid of `--scale gaia`
@@ -107,13 +107,7 @@ def child(spec: dict) -> dict:
 
 
 def _spawn(spec: dict) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "stages.bench_splits", "child"], input=json.dumps(spec),
-                          capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench child failed ({spec}): rc {proc.returncode}, {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child("stages.bench_splits", spec, f"{spec['how']} {', '.join(spec['splits'])}")
 
 
 def bench_splits(steps: int, channels: int, repeat: int, workdir: str | None = None) -> dict:
