@@ -150,6 +150,31 @@ def test_splits_read_their_rows_and_match_a_whole_read(tmp_path, monkeypatch):
     assert whole["metric"].shape[0] * row_bytes < (wdir / "grid.npz").stat().st_size
 
 
+def test_grid_rows_are_the_slices_of_np_load(tmp_path):
+    """Every layout np.savez writes: column- and row-major, 1- to 3-D, zero-width, text, bool, big-endian."""
+    from stages.core.windowset import GridArrays
+
+    rng = np.random.default_rng(1)
+    arrays = {
+        "f2": np.asfortranarray(rng.normal(size=(50, 7)).astype(np.float32)),
+        "c2": rng.normal(size=(50, 7)),
+        "f3": np.asfortranarray(rng.normal(size=(50, 4, 3)).astype(np.float32)),
+        "c3": rng.normal(size=(50, 4, 3)).astype(np.float32),
+        "wide0": np.zeros((50, 0, 3), np.float32), "cols0": np.zeros((50, 0), np.float32),
+        "text": np.array([f"k{i}" for i in range(50)], dtype="U64"), "flag": rng.random(50) < 0.5,
+        "big": np.arange(50, dtype=">i8"), "empty": np.zeros((0, 5), np.float32),
+    }
+    np.savez(tmp_path / "g.npz", **arrays)
+    with GridArrays(tmp_path / "g.npz") as z, np.load(tmp_path / "g.npz") as plain:
+        for key in arrays:
+            whole = plain[key]
+            assert np.array_equal(whole, arrays[key])
+            for a, b in ((0, 50), (3, 17), (49, 50), (10, 10), (40, 99), (20, 5)):
+                got, want = z.rows(key, a, b), whole[a:b]
+                assert got.dtype == want.dtype and got.shape == want.shape and got.strides == want.strides, (key, a, b)
+                assert np.array_equal(got, want) and got.flags.writeable, (key, a, b)
+
+
 def test_a_cut_grid_is_named(tmp_path):
     """A grid.npz cut short: before it is opened (no zip directory) or while it is read (a member ends early)."""
     import os

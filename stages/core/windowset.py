@@ -213,7 +213,7 @@ class _Stored:
 
 
 def _stored_member(path: Path, info: zipfile.ZipInfo) -> _Stored | None:
-    """The data layout of one member, or None when it is compressed or not plain numbers/text."""
+    """The data layout of one member, or None when it is compressed, empty or not plain numbers/text."""
     if info.compress_type != zipfile.ZIP_STORED:
         return None
     with open(path, "rb") as fh:
@@ -228,7 +228,7 @@ def _stored_member(path: Path, info: zipfile.ZipInfo) -> _Stored | None:
             return None
         shape, fortran_order, dtype = read_header(fh)
         offset = fh.tell()
-    if dtype.hasobject or len(shape) == 0:
+    if dtype.hasobject or len(shape) == 0 or 0 in shape:  # nothing to read: np.load gives its layout
         return None
     return _Stored(offset, tuple(shape), dtype, bool(fortran_order))
 
@@ -266,6 +266,7 @@ class GridArrays:
         return key in self.files
 
     def rows(self, key: str, a: int, b: int) -> np.ndarray:
+        """``np.load(path)[key][a:b]``: the same values, dtype and strides, reading only those rows."""
         info = self._infos.get(key)
         stored = _stored_member(self.path, info) if info is not None else None
         if stored is None:
