@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.bench_ingest import run_child
+from stages.bench_ingest import peak_rss_mb, run_child
 
 SCENARIOS = {"train": ("train", "val"), "evaluate": ("val", "test", "fewshot")}
 GAIA_STEPS = 120_958  # two weeks of 10 s steps: the windows stage's grid of `--scale gaia`
@@ -74,9 +74,13 @@ def write_windows(out: Path, steps: int, channels: int, edges: int = 40, log_col
 
 
 def _memory_mib() -> dict[str, float]:
-    with open("/proc/self/status") as fh:
-        fields = dict(line.split(":", 1) for line in fh if ":" in line)
-    return {key: int(fields[key].split()[0]) / 1024.0 for key in ("VmHWM", "RssAnon", "RssFile")}
+    """VmHWM, RssAnon and RssFile of this process; only the peak (``ru_maxrss``) where /proc is absent."""
+    try:
+        with open("/proc/self/status") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        return {key: int(fields[key].split()[0]) / 1024.0 for key in ("VmHWM", "RssAnon", "RssFile")}
+    except (OSError, KeyError):
+        return {"VmHWM": peak_rss_mb(), "RssAnon": float("nan"), "RssFile": float("nan")}
 
 
 def _reference_split(wdir: Path, split: str) -> dict[str, np.ndarray]:
