@@ -195,6 +195,26 @@ def test_a_cut_grid_is_named(tmp_path):
         load_split(grid.parent, "test")
 
 
+def test_a_grid_larger_than_memory_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """The windows stage checks its arrays against MemAvailable: a clear error naming the settings,
+    not a kernel kill part way; the previous outputs stay."""
+    from stages.core import memory
+
+    write_features(tmp_path)
+    roots = dict(features_root=tmp_path / "data/features", out_root=tmp_path / "data/windows",
+                 metrics_root=tmp_path / "metrics")
+    windows_stage.run("ds", RAW, **roots)
+    before = (tmp_path / "data/windows/ds/grid.npz").read_bytes()
+    need = 4 * 400 * (2 + 3 + 2)  # 400 steps × (2 metric + 1 edge × 3 + 2 log columns) float32
+    monkeypatch.setattr(memory, "available_bytes", lambda: need - 1)
+    with pytest.raises(InputError, match=r"params.yaml: datasets.<name>.step_s .*: expected a common grid of 400 "
+                                         r"steps × 7 float32 columns that fits in memory"):
+        windows_stage.run("ds", RAW, **roots)
+    assert (tmp_path / "data/windows/ds/grid.npz").read_bytes() == before
+    monkeypatch.setattr(memory, "available_bytes", lambda: need)
+    windows_stage.run("ds", RAW, **roots)
+
+
 def test_split_without_normal_steps_is_refused(tmp_path):
     write_features(tmp_path, fault=(0, 400))
     with pytest.raises(InputError, match="normal"):

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.core.errors import InputError
+from stages.core.memory import require_memory
 from stages.core.params import SplitParams
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,10 @@ def align(features: Path, step_s: float, params: WindowParams) -> Aligned:
     }
     grid_ts = common_grid(spans, step_us, params.grid)
     T = len(grid_ts)
+    width = len(metric_cols) + len(trace_cols) + len(log_cols)
+    require_memory(4 * T * width, f"a common grid of {T:,} steps × {width:,} float32 columns",  # the arrays alone
+                   "datasets.<name>.step_s / metrics.include / metrics.exclude / windows.modalities",
+                   "a longer step, fewer metric columns or fewer modalities")
     metric = np.zeros((T, 0), np.float32)
     if metric_cols:
         metric = _parquet_on_grid(metrics_path, grid_ts, metric_cols)
