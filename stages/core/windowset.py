@@ -212,22 +212,21 @@ class _Stored:
     fortran_order: bool
 
 
-def _stored_member(path: Path, info: zipfile.ZipInfo) -> _Stored | None:
-    """The data layout of one member, or None when it is compressed, empty or not plain numbers/text."""
+def _stored_member(fh, info: zipfile.ZipInfo) -> _Stored | None:
+    """The data layout of one member (``fh``: the archive, open), or None when it is compressed, empty or not plain numbers/text."""
     if info.compress_type != zipfile.ZIP_STORED:
         return None
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        head = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
-        if head[0] != 0x04034B50:
-            return None
-        fh.seek(info.header_offset + _LOCAL_HEADER.size + head[9] + head[10])
-        major, _minor = np.lib.format.read_magic(fh)
-        read_header = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}.get(major)
-        if read_header is None:
-            return None
-        shape, fortran_order, dtype = read_header(fh)
-        offset = fh.tell()
+    fh.seek(info.header_offset)
+    head = _LOCAL_HEADER.unpack(fh.read(_LOCAL_HEADER.size))
+    if head[0] != 0x04034B50:
+        return None
+    fh.seek(info.header_offset + _LOCAL_HEADER.size + head[9] + head[10])
+    major, _minor = np.lib.format.read_magic(fh)
+    read_header = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}.get(major)
+    if read_header is None:
+        return None
+    shape, fortran_order, dtype = read_header(fh)
+    offset = fh.tell()
     if dtype.hasobject or len(shape) == 0 or 0 in shape:  # nothing to read: np.load gives its layout
         return None
     return _Stored(offset, tuple(shape), dtype, bool(fortran_order))
@@ -258,6 +257,8 @@ class GridArrays:
                              got=f"{type(e).__name__}: {e}") from e
         self._infos = {i.filename[:-len(".npy")]: i for i in self._npz.zip.infolist() if i.filename.endswith(".npy")}
         self.files = list(self._npz.files)
+        self._fh = open(self.path, "rb")  # one handle for the members' layouts and every row read
+        self._stored = {key: _stored_member(self._fh, info) for key, info in self._infos.items()}
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self._npz[key]
@@ -267,8 +268,7 @@ class GridArrays:
 
     def rows(self, key: str, a: int, b: int) -> np.ndarray:
         """``np.load(path)[key][a:b]``: the same values, dtype and strides, reading only those rows."""
-        info = self._infos.get(key)
-        stored = _stored_member(self.path, info) if info is not None else None
+        stored = self._stored.get(key)
         if stored is None:
             return self._npz[key][a:b]
         steps = stored.shape[0]
@@ -279,15 +279,14 @@ class GridArrays:
         buf = _lazy_buffer(steps * per_step * item)
         whole = np.ndarray(stored.shape, dtype=stored.dtype, buffer=buf, order="F" if stored.fortran_order else "C")
         view = memoryview(buf).cast("B") if len(buf) else memoryview(buf)
-        with open(self.path, "rb") as fh:
-            fd = fh.fileno()
-            if stored.fortran_order and len(stored.shape) > 1:  # each column's rows a..b are contiguous
-                for j in range(per_step):
-                    lo, hi = (j * steps + a) * item, (j * steps + b) * item
-                    self._read(fd, view[lo:hi], stored.offset + lo, key)
-            else:
-                lo, hi = a * per_step * item, b * per_step * item
+        fd = self._fh.fileno()
+        if stored.fortran_order and len(stored.shape) > 1:  # each column's rows a..b are contiguous
+            for j in range(per_step):
+                lo, hi = (j * steps + a) * item, (j * steps + b) * item
                 self._read(fd, view[lo:hi], stored.offset + lo, key)
+        else:
+            lo, hi = a * per_step * item, b * per_step * item
+            self._read(fd, view[lo:hi], stored.offset + lo, key)
         return whole[a:b]
 
     def _read(self, fd: int, into: memoryview, pos: int, key: str) -> None:
@@ -300,6 +299,7 @@ class GridArrays:
             done += n
 
     def close(self) -> None:
+        self._fh.close()
         self._npz.close()
 
     def __enter__(self) -> "GridArrays":
@@ -336,8 +336,8 @@ def load_split(wdir: str | Path, split: str, word_pca: np.ndarray | None = None)
             parts["events"].append(events)
             for key in ("ts", "metric", "trace", "log", "labels"):
                 parts[key].append(z.rows(key, a, b))
-            parts["kinds"].append(np.asarray(z.rows("kinds", a, b)).astype(str))
-            parts["severity"].append(np.asarray(z.rows("severity", a, b)).astype(str) if "severity" in z
+            parts["kinds"].append(z.rows("kinds", a, b).astype(str))
+            parts["severity"].append(z.rows("severity", a, b).astype(str) if "severity" in z
                                      else np.full(b - a, "", dtype="<U16"))
             offset += b - a
     cat = {k: (v[0] if len(v) == 1 else np.concatenate(v)) for k, v in parts.items()}
