@@ -13,7 +13,7 @@ from stages.core.errors import InputError
 from stages.core.params import LLMParams, build
 from stages.core.windowset import FeatureSchema, WindowSet
 from stages.nets.base import TrainConfig
-from stages.nets.fuseguard import FuseGuard, FuseGuardConfig
+from stages.nets.fuseguard import FuseGuard, FuseGuardConfig, channel_pair_bytes
 from stages.nets.fuseguard_parts import (FrequencySparseMask, LogBranch, MaskedChannelAttention, MetricBranch,
                                          PatchEncoder, QualityFusion, TimeBasisDecoder, TraceBranch)
 from stages.nets.torch_detector import TorchDetector
@@ -428,3 +428,60 @@ def test_bf16_cpu_scoring_ranks_like_float32(trained):
     assert all(np.isfinite(w[ok]).all() for w in weights.values())
     with cpu_score_autocast("float32"):
         assert np.array_equal(trained.score(ws), fp32, equal_nan=True)
+
+
+def test_channel_pair_memory_grows_with_the_square_of_the_channels():
+    cfg = FuseGuardConfig()
+    one = channel_pair_bytes(cfg, 100, 128, training=False)
+    assert one == 4 * 128 * 100 * 100 * (2 * cfg.heads + 1)
+    assert channel_pair_bytes(cfg, 1000, 128, training=False) == 100 * one
+    assert channel_pair_bytes(cfg, 100, 32, training=True) == 4 * 32 * 100 * 100 * (2 * cfg.freq_dim + 3 * cfg.heads)
+    dense = dataclasses.replace(cfg, sparse_mask=False)
+    assert channel_pair_bytes(dense, 100, 128, training=False) == 4 * 128 * 100 * 100 * 2 * cfg.heads
+    assert channel_pair_bytes(dense, 100, 32, training=True) == 4 * 32 * 100 * 100 * 3 * cfg.heads
+    assert channel_pair_bytes(dataclasses.replace(cfg, use_metrics=False), 100, 128, training=False) == 0
+    # GAIA at full width (6,500 series): one default scoring batch is ~190 GB, a training batch ~240 GB
+    assert channel_pair_bytes(cfg, 6500, 128, training=False) > 150e9
+    assert channel_pair_bytes(cfg, 6500, 32, training=True) > 200e9
+
+
+def test_channel_pairs_that_cannot_fit_are_refused_before_the_first_batch(tiny_bert):
+    huge = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, score_batch_size=10**9))  # ~1.3 TB of pairs
+    det = detector(tiny_bert, cfg=huge)
+    before = {k: v.clone() for k, v in det.module.state_dict().items()}
+    with pytest.raises(InputError, match=r"fuseguard\.train\.score_batch_size.*metric channels.*GiB needed at least"):
+        det.fit(tiny_windowset(), tiny_windowset(T=120, seed=1, name="val"))
+    assert all(torch.equal(before[k], v) for k, v in det.module.state_dict().items())  # not a step was taken
+    with pytest.raises(InputError, match="fuseguard.train.score_batch_size"):
+        det.score(tiny_windowset(T=120, seed=2))
+
+
+def test_scoring_takes_the_channel_gap_in_blocks_with_the_same_bits(monkeypatch):
+    import stages.nets.fuseguard_parts as parts
+
+    f = torch.randn(5, 37, 16)
+    whole = (f[:, :, None, :] - f[:, None, :, :]).pow(2).mean(-1)  # the autograd path's operations
+    row = 5 * 37 * 16 * 4  # bytes of one row of the (5, 37, 37, 16) float32 gap
+    for block in (1, row, 5 * row + 7, 37 * row):  # a row a block (twice), five rows and the rest, all at once
+        monkeypatch.setattr(parts, "GAP_BLOCK_BYTES", block)
+        with torch.inference_mode():
+            got = parts.mean_squared_gap(f[:, :, None, :], f[:, None, :, :])
+        assert got.shape == whole.shape and torch.equal(got, whole), block
+    proto = torch.randn(3, 4, 16)  # the fusion's prototypes: operands of other ranks are not blocked
+    z = torch.randn(5, 3, 16)
+    monkeypatch.setattr(parts, "GAP_BLOCK_BYTES", 1)
+    with torch.no_grad():
+        assert torch.equal(parts.mean_squared_gap(z[:, :, None, :], proto), (z[:, :, None, :] - proto).pow(2).mean(-1))
+
+
+def test_channel_attention_scores_in_place_with_the_same_bits():
+    torch.manual_seed(0)
+    att = MaskedChannelAttention(16, 2, dropout=0.0).eval()
+    h = torch.randn(4, 23, 16)
+    mask = (torch.rand(4, 23, 23) > 0.4).float()
+    for m in (mask, None):
+        with torch.enable_grad():
+            expected = att(h.requires_grad_(True), m)  # the training path
+        with torch.inference_mode():
+            got = att(h.detach(), m)
+        assert torch.equal(got, expected.detach())

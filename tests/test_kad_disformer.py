@@ -192,3 +192,28 @@ def test_bad_config_is_input_error(splits):
         KADDisformer.from_params({"d_model": 15, "heads": 2}, splits[0].schema)
     with pytest.raises(InputError, match="aggregate"):
         KADDisformer.from_params({"aggregate": "median"}, splits[0].schema)
+
+
+def test_channel_scores_are_each_kpis_newest_steps_mapped_to_the_grid(splits, pretrained):
+    """channel_scores maps one KPI at a time (bounded memory at thousands of KPIs): the same values as
+    mapping the whole (windows, KPIs, window) array, for every tail length, from either memory order."""
+    train, val, test = splits
+    det, state = pretrained
+    det.restore_pretrained(state)
+    det.utune(train, val)
+    fortran = WindowSet.from_arrays(np.asfortranarray(test.metric), test.labels, window=16)
+    assert fortran.metric.flags.f_contiguous and not fortran.metric.flags.c_contiguous  # as the splits load
+    try:
+        for tail in (1, 3):
+            det.tail, det._cache = tail, None
+            err = det._channel_window_errors(test, mean_over_tail=False) / det.error_scale[None, :, None]
+            full = np.zeros((len(err), test.metric.shape[1], test.window))
+            full[:, :, test.window - tail:] = err
+            expected = np.stack([test.steps_from_windows(full[:, c]) for c in range(full.shape[1])], axis=1)
+            got = det.channel_scores(test)
+            assert got.dtype == expected.dtype and got.flags.c_contiguous
+            assert np.array_equal(got, expected, equal_nan=True), tail
+            assert np.array_equal(det.explain(test)["channel_scores"], expected, equal_nan=True)  # the cached pass
+            assert np.array_equal(det.channel_scores(fortran), expected, equal_nan=True)  # its own cache key
+    finally:
+        det.tail, det._cache = 1, None

@@ -20,13 +20,15 @@ def available_bytes() -> int | None:
     return None
 
 
-def require_memory(need_bytes: int, what: str, keys: str, remedy: str) -> None:
+def require_memory(need_bytes: int, what: str, keys: str, remedy: str, have: int | None = None,
+                   where: str = "memory") -> None:
     """Raises an :class:`InputError` on ``keys`` of ``params.yaml`` when ``need_bytes`` (a lower
-    bound of what a step must allocate at once) exceeds the memory still available: the stage
-    would otherwise be killed by the kernel part way, with no word of why."""
-    have = available_bytes()
+    bound of what a step must allocate at once) exceeds the memory still available (``have``, by
+    default this machine's ``MemAvailable``): the stage would otherwise be killed by the kernel
+    part way, with no word of why."""
+    have = available_bytes() if have is None else have
     if have is not None and need_bytes > have:
-        raise InputError(PARAMS_FILE, keys, f"{what} that fits in memory ({remedy})",
+        raise InputError(PARAMS_FILE, keys, f"{what} that fits in {where} ({remedy})",
                          f"{need_bytes / GIB:.1f} GiB needed at least, {have / GIB:.1f} GiB available")
 
 

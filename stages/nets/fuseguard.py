@@ -21,6 +21,7 @@ from torch import nn
 
 from stages.core.device import autocast, limited_threads, scoring_threads
 from stages.core.errors import InputError
+from stages.core.memory import require_memory
 from stages.core.params import LLMParams
 from stages.core.units import unit_names
 from stages.core.windowset import FeatureSchema, WindowSet
@@ -259,6 +260,24 @@ def unit_steps(ws: WindowSet, tails: np.ndarray) -> np.ndarray:
     return out
 
 
+def channel_pair_bytes(cfg: FuseGuardConfig, n_channels: int, windows: int, training: bool) -> int:
+    """A lower bound of the float32 bytes the metric branch holds at once for one batch of ``windows``.
+
+    It compares every pair of metric channels, so its memory grows with the square of their number:
+    the sparse mask's spectral gap is (B, C, C, freq_dim) and the channel attention's weights are
+    (B, heads, C, C). Training keeps the gap and its square, and the attention's scores, weights and
+    masked weights, for the backward pass. Scoring takes the gap in blocks of rows
+    (``fuseguard_parts.GAP_BLOCK_BYTES``) and the attention's steps in place, so it holds the
+    attention's scores and weights plus the channel mask."""
+    if not cfg.use_metrics or n_channels < 2:
+        return 0
+    if training:
+        per_pair = 2 * cfg.freq_dim * cfg.sparse_mask + 3 * cfg.heads
+    else:
+        per_pair = 2 * cfg.heads + cfg.sparse_mask
+    return 4 * windows * n_channels * n_channels * per_pair
+
+
 def active_modalities(cfg: FuseGuardConfig, schema: FeatureSchema) -> list[str]:
     on = {"metric": cfg.use_metrics and schema.n_metric > 0, "trace": cfg.use_traces and schema.n_edges > 0,
           "log": cfg.use_logs and schema.n_log > 0}
@@ -381,9 +400,26 @@ class FuseGuard(TorchDetector):
         elif not merged and any(m.merged for m in layers):
             aligner.peft.unmerge_adapter()
 
+    def _require_pair_memory(self, training: bool) -> None:
+        """Refuses, before the first batch, a metric branch whose channel pairs cannot fit: at GAIA's
+        full width (6,500 series) one scoring batch of 128 windows needs ~190 GB, which would
+        otherwise end in a kernel kill (or a CUDA out-of-memory error) part way through."""
+        tc = self.config.train
+        windows = tc.batch_size if training else max(tc.batch_size, tc.score_batch_size)
+        need = channel_pair_bytes(self.config, self.schema.n_metric, windows, training)
+        if not need:
+            return
+        have = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
+        require_memory(need, f"FuseGuard's channel pairs ({self.schema.n_metric:,} metric channels, "
+                             f"{windows} windows per {'training' if training else 'scoring'} batch)",
+                       "fuseguard.train.batch_size / fuseguard.train.score_batch_size / metrics.include / "
+                       "metrics.exclude", "smaller batches, or fewer metric channels: the memory grows with "
+                       "their square", have=have, where="GPU memory" if have is not None else "memory")
+
     def _inference_passes(self, ws: WindowSet):
         """(starts, batch, forward output) of every scoring batch of ``ws``: eval mode, LoRA folded in,
         the configured threads, no autograd — shared by scoring, explanation and calibration."""
+        self._require_pair_memory(training=False)
         self.module.eval()
         self._inference_weights(True)
         tc = self.config.train
@@ -438,6 +474,8 @@ class FuseGuard(TorchDetector):
 
     def fit(self, train: WindowSet, val: WindowSet, sources: dict[str, WindowSet] | None = None
             ) -> dict[str, list[float]]:
+        self._require_pair_memory(training=True)
+        self._require_pair_memory(training=False)  # the calibration after training scores: fail before, not after
         self._inference_weights(False)
         self._last_collect = None
         history = super().fit(train, val, sources)

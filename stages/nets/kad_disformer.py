@@ -469,7 +469,8 @@ class KADDisformer(TorchDetector):
             for starts in ws.batches(per_pass):  # windows are independent: any split gives the same rows
                 with autocast(self.device, tc.amp):
                     err = self.window_scores(self.make_batch(ws, starts)).float().cpu().numpy()
-                rows.append(err.reshape(len(starts), C, ws.window)[:, :, ws.window - self.tail:])
+                # a copy of the newest steps, so the batch's whole (windows, KPIs, window) array is freed
+                rows.append(err.reshape(len(starts), C, ws.window)[:, :, ws.window - self.tail:].copy())
         out = np.concatenate(rows) if rows else np.zeros((0, C, self.tail))
         return out.mean(axis=2) if mean_over_tail else out
 
@@ -478,16 +479,22 @@ class KADDisformer(TorchDetector):
 
         Cached per window set, so ``explain`` right after ``score`` (the evaluate stage) is free.
         """
-        digest = hashlib.blake2b(np.ascontiguousarray(ws.metric).tobytes(), digest_size=16)
+        metric = ws.metric.T if ws.metric.flags.f_contiguous else np.ascontiguousarray(ws.metric)
+        digest = hashlib.blake2b(memoryview(metric).cast("B"), digest_size=16)  # the split's own buffer, no copy
         digest.update(np.ascontiguousarray(ws.starts).tobytes())
-        key = (digest.hexdigest(), ws.metric.shape, ws.window, ws.stride)
+        key = (digest.hexdigest(), ws.metric.shape, ws.metric.flags.f_contiguous, ws.window, ws.stride)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1].copy()
         err = self._channel_window_errors(ws, mean_over_tail=False) / self.error_scale[None, :, None]
-        full = np.zeros((len(err), ws.metric.shape[1], ws.window))
-        full[:, :, ws.window - self.tail:] = err
-        out = np.stack([ws.steps_from_windows(full[:, c]) for c in range(full.shape[1])], axis=1) if len(err) \
-            else np.full((ws.n_steps, ws.metric.shape[1]), np.nan)
+        C = ws.metric.shape[1]
+        out = np.full((ws.n_steps, C), np.nan)
+        if len(err):
+            # one KPI's (windows, window) scores at a time: the whole (windows, KPIs, window) float64
+            # array was 1 GB at 650 KPIs on two weeks, ~20 GB at GAIA's full width (issue 11)
+            full = np.zeros((len(err), ws.window))
+            for c in range(C):
+                full[:, ws.window - self.tail:] = err[:, c]
+                out[:, c] = ws.steps_from_windows(full)
         self._cache = (key, out)
         return out.copy()
 
