@@ -485,3 +485,20 @@ def test_channel_attention_scores_in_place_with_the_same_bits():
         with torch.inference_mode():
             got = att(h.detach(), m)
         assert torch.equal(got, expected.detach())
+
+
+def test_the_channel_pair_check_reads_the_memory_still_available(tiny_bert, monkeypatch):
+    import stages.core.memory as memory
+    from stages.core.memory import require_memory
+
+    train, val = tiny_windowset(), tiny_windowset(T=120, seed=1, name="val")
+    tc = TINY.train
+    need = max(channel_pair_bytes(TINY, 6, tc.batch_size, training=True),
+               channel_pair_bytes(TINY, 6, max(tc.batch_size, tc.score_batch_size), training=False))
+    monkeypatch.setattr(memory, "available_bytes", lambda: need - 1)
+    with pytest.raises(InputError, match="that fits in memory"):
+        detector(tiny_bert).fit(train, val)
+    monkeypatch.setattr(memory, "available_bytes", lambda: need)
+    assert np.isfinite(detector(tiny_bert).fit(train, val)["train_loss"]).all()
+    with pytest.raises(InputError, match=r"fits in GPU memory .*1.0 GiB needed at least, 0.5 GiB available"):
+        require_memory(2**30, "a batch", "fuseguard.train.batch_size", "smaller batches", have=2**29, where="GPU memory")
