@@ -13,6 +13,11 @@
         each split's rows (``load_split``) against plain ``np.load`` + slicing, in fresh processes:
         seconds, peak and resident memory, ratio (see stages/bench_splits.py).
 
+    python -m stages.bench pipeline [--scale gaia] [--format gaia --root DUMP] [--detectors random,pca]
+        every stage's command on one dump (generated, or yours) in a scratch workspace, in turn and
+        each in its own process: wall seconds and peak RSS per stage, the grid's size and each
+        detector's AUC-PR beside the floors (see stages/bench_pipeline.py).
+
     python -m stages.bench dvc [--repeat 3] [--root .]
         dvc's reads of dvc.yaml/dvc.lock with the C YAML parser against the pure-Python one, side by
         side: one parse of each file, and ``dvc status`` in fresh processes (see stages/bench_dvc.py).
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import bench_dvc, bench_ingest, bench_splits
+from stages import bench_dvc, bench_ingest, bench_pipeline, bench_splits
 from stages.core.cli import run_stage
 from stages.core.io import write_json
 
@@ -198,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.add_parser("splits", description=bench_splits.__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_splits.add_arguments(sp)
+    pp = sub.add_parser("pipeline", description=bench_pipeline.__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_pipeline.add_arguments(pp)
     dv = sub.add_parser("dvc", description=bench_dvc.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dv.add_argument("--repeat", type=int, default=3)
     dv.add_argument("--root", default=".", help="repository root holding dvc.yaml and dvc.lock")
@@ -217,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.what == "splits":
             result = bench_splits.bench_splits(args.steps, args.channels, max(1, args.repeat), args.workdir)
             write_json(result, Path("bench") / "splits.json")
+            print(result["table"])
+            return
+        if args.what == "pipeline":
+            result = bench_pipeline.bench_pipeline(args)
+            write_json(result, Path("bench") / f"pipeline_{result['format']}.json")
             print(result["table"])
             return
         if args.what == "dvc":
