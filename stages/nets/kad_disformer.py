@@ -479,8 +479,9 @@ class KADDisformer(TorchDetector):
 
         Cached per window set, so ``explain`` right after ``score`` (the evaluate stage) is free.
         """
-        metric = ws.metric.T if ws.metric.flags.f_contiguous else np.ascontiguousarray(ws.metric)
-        digest = hashlib.blake2b(memoryview(metric).cast("B"), digest_size=16)  # the split's own buffer, no copy
+        # the split's own bytes in its own memory order: no copy of a column-major split
+        metric = np.ascontiguousarray(ws.metric.T if ws.metric.flags.f_contiguous else ws.metric)
+        digest = hashlib.blake2b(metric.reshape(-1).view(np.uint8), digest_size=16)
         digest.update(np.ascontiguousarray(ws.starts).tobytes())
         key = (digest.hexdigest(), ws.metric.shape, ws.metric.flags.f_contiguous, ws.window, ws.stride)
         if self._cache is not None and self._cache[0] == key:
