@@ -268,13 +268,18 @@ def _features(frame, modality: str, step_s: float) -> None:
             write_log_tables([frame], Path(tmp), Path(tmp), LogsParams(), step_s)
 
 
+def child_env() -> dict[str, str]:
+    """This environment, with the project importable from any working directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    return env
+
+
 def run_child(module: str, spec: dict, label: str) -> dict:
     """Run ``python -m <module> child`` with ``spec`` on stdin in a fresh interpreter; its last stdout
     line is the JSON result."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-m", module, "child"], input=json.dumps(spec),
-                          capture_output=True, text=True, env=env, check=False)
+                          capture_output=True, text=True, env=child_env(), check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"bench child failed ({label}): rc {proc.returncode}, {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -15,6 +15,7 @@ with its interval beside the floors: the numbers are the evaluate stage's own.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def workspace_params(base: dict, dump: Path, fmt: str, step_s: float, detectors: list[str]) -> dict:
     """``base`` with the dump as the only dataset of the pipeline."""
-    raw = json.loads(json.dumps(base))  # a deep copy of plain data
+    raw = copy.deepcopy(base)
     raw.setdefault("datasets", {})[DATASET] = {"format": fmt, "raw": str(dump.resolve()), "synthetic": False,
                                                "step_s": step_s, "sources": []}
     raw.setdefault("pipeline", {}).update(datasets=[DATASET], synthetic=[], detectors=detectors)
@@ -61,12 +62,12 @@ def workspace_params(base: dict, dump: Path, fmt: str, step_s: float, detectors:
 
 def run_stage_process(module: str, args: list[str], cwd: Path, log_path: Path) -> dict:
     """One stage's command in a fresh interpreter: wall seconds and its own peak RSS (MiB)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    from stages.bench_ingest import child_env
+
     with open(log_path, "wb") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+                                stderr=subprocess.STDOUT, env=child_env())
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
