@@ -93,6 +93,21 @@ def test_tables_and_miners_from_buckets_are_the_whole_paths(dumps, fmt, tmp_path
     _check_tables(fmt, dumps[fmt], tmp_path)
 
 
+@pytest.mark.parametrize("fmt", ["msds", "gaia"])
+def test_csv_logs_read_in_blocks_bucket_alike(dumps, fmt, tmp_path, monkeypatch):
+    """Log CSVs (MSDS exports, GAIA business tables) come to the spill block by block: with blocks of
+    a few KB the buckets, the tables and the miners are still the whole read's."""
+    from stages.formats import _common as c
+
+    root = dumps[fmt]
+    _, want = _tables(fmt, root, tmp_path / "whole", 10**12)
+    monkeypatch.setattr(c, "CSV_BLOCK_BYTES", 4096)
+    assert max(p.stat().st_size for p in reader(fmt).log_reading(root).files) > 4 * 4096  # several blocks
+    _check_reader(fmt, root, tmp_path / "blocks")
+    for size in _sizes(fmt, root)[:-1]:
+        assert _tables(fmt, root, tmp_path / f"blocks{size}", size)[1] == want
+
+
 def test_real_samples_in_buckets(shared_data, tmp_path):
     root = shared_data / "tt-eadro"  # 8,457 lines of 13 services
     _check_reader("eadro", root, tmp_path / "eadro")

@@ -923,6 +923,90 @@ def test_gaia_business_logs_match_previous_reader(tmp_path: Path, caplog, monkey
     assert_same_read(gaia.read_logs, old_read_logs, tmp_path, caplog, monkeypatch)
 
 
+def old_msds_read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+    """The MSDS export read whole (before it came in blocks)."""
+    df = c.read_csv(path, ["@timestamp", "Payload"], lossy=True)
+    ts = c.parse_times(df["@timestamp"], path, "@timestamp")
+    audit.series(path, ts, "@timestamp")
+    blank = pl.lit(None, dtype=pl.Utf8)
+    prog = pl.col("programname").str.strip_chars().replace("", None) if "programname" in df.columns else blank
+    host = pl.col("Hostname").str.strip_chars().replace("", None) if "Hostname" in df.columns else blank
+    level = pl.col("log_level") if "log_level" in df.columns else blank
+    out = df.with_columns(
+        pl.Series("ts", ts),
+        pl.coalesce(prog, host, pl.lit("unknown")).alias("service"),
+        c.normalise_level(level).alias("level"),
+        pl.col("Payload").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars().alias("message"),
+    )
+    missing = out["ts"].is_null().sum()
+    if missing:
+        msds.log.warning("%s: %d row(s) without @timestamp dropped", path, missing)
+    return out.filter(pl.col("ts").is_not_null())
+
+
+def old_msds_read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
+    from stages.formats._log_reading import LogReading, whole
+
+    found = msds.scan(root, "logs")
+    return whole(LogReading(files=found.files["logs"], skipped=list(found.skips("logs")), unclaimed=found.unclaimed,
+                            read=lambda p, audit: [old_msds_read_log_file(p, audit)],
+                            empty="no log line with a time", label="msds logs"), offset_s)
+
+
+def write_es_export(path: Path, rng: np.random.Generator, rows: int, columns: list[str]) -> None:
+    """An Elasticsearch CSV export: blank and padded hosts/programs, multi-line and blank payloads,
+    a few rows without a time, times with and without fractions."""
+    lines = [",".join(columns)]
+    for i in range(rows):
+        sec = int(rng.integers(0, 3600))
+        stamp = str(rng.choice([f"2019-11-19T18:{sec // 60:02d}:{sec % 60:02d}.{int(rng.integers(0, 999)):03d}Z",
+                                f"2019-11-19 18:{sec // 60:02d}:{sec % 60:02d}", ""], p=[0.6, 0.38, 0.02]))
+        cells = {"@timestamp": stamp,
+                 "Hostname": str(rng.choice(["wally113", " wally117 ", ""])),
+                 "programname": str(rng.choice(["nova-compute", "", " neutron-server"])),
+                 "log_level": str(rng.choice(["INFO", "warning", "ERROR", ""])),
+                 "Payload": str(rng.choice([f"req-{i} GET /v2/servers  200", "Traceback:\n  line 1\tboom",
+                                            "", "   ", f'said "hi" {i}']))}
+        lines.append(",".join('"' + cells[k].replace('"', '""') + '"' if any(x in cells[k] for x in ',"\n')
+                              else cells[k] for k in columns))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def export_row(columns: list[str], stamp: str, payload: str) -> str:
+    """One export row with this time and payload, in the order of ``columns``."""
+    cells = {"@timestamp": stamp, "Hostname": "wally113", "programname": "nova", "log_level": "INFO", "Payload": payload}
+    return ",".join(cells[k] for k in columns)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 4096, 700])  # bytes of input per block
+@pytest.mark.parametrize("seed", range(6))
+def test_msds_logs_in_blocks_match_the_whole_read(tmp_path: Path, caplog, monkeypatch, seed: int, block_bytes):
+    if block_bytes:
+        monkeypatch.setattr(c, "CSV_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(2000 + seed)
+    columns = ["@timestamp", "Hostname", "programname", "log_level", "Payload"]
+    if seed % 3 == 1:
+        columns = ["Payload", "@timestamp", "Hostname"]  # no program or level column
+    for k in range(1 + seed % 2):
+        write_es_export(tmp_path / f"logs_aggregated_{k}.csv", rng, int(rng.choice([1, 60, 400])), columns)
+    if seed == 4:  # a time decades off, in a later block: the same error, naming the same row
+        p = tmp_path / "logs_aggregated_0.csv"
+        p.write_text(p.read_text() + export_row(columns, "1990-11-19T18:00:00.000Z", "old") + "\n")
+    if seed == 5:  # one byte that is not UTF-8: read whole, replaced, with the same warning
+        p = tmp_path / "logs_aggregated_0.csv"
+        p.write_bytes(p.read_bytes() + export_row(columns, "2019-11-19T18:00:00.000Z", "").encode() + b"\xff\n")
+    assert_same_read(msds.read_logs, old_msds_read_logs, tmp_path, caplog, monkeypatch)
+
+
+def test_msds_logs_name_a_bad_time_by_its_row_in_the_file(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(c, "CSV_BLOCK_BYTES", 256)
+    rows = [f"2019-11-19T18:00:{i % 60:02d}.000Z,wally113,nova,INFO,line {i}" for i in range(200)]
+    rows[150] = "2019-11-19T25:00:00.000Z,wally113,nova,INFO,no such hour"
+    (tmp_path / "logs.csv").write_text("@timestamp,Hostname,programname,log_level,Payload\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InputError, match=r"row 151 column '@timestamp'"):
+        msds.read_logs(tmp_path, 0.0)
+
+
 def test_gaia_header_fields_match_the_capture_regex():
     rng = np.random.default_rng(7)
     messages = [_message(rng) for _ in range(20_000)] + HEADER_PIECES

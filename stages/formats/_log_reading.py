@@ -14,7 +14,7 @@ from each bucket's distinct times and their counts.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,17 +37,19 @@ class LogReading:
     files: list[Path]
     skipped: list[tuple[Path, str]]
     unclaimed: list[tuple[Path, str]]
-    read: Callable[[Path, c.TimeAudit], list[pl.DataFrame]]
+    read: Callable[[Path, c.TimeAudit], Iterable[pl.DataFrame]]  # one file's lines, in one or more frames
     empty: str  # why a file that gives no line is skipped
     label: str  # progress bar
 
 
 def _read_all(reading: LogReading, audit: c.TimeAudit, skipped: list[tuple[Path, str]]) -> Iterator[pl.DataFrame]:
     for p in tqdm(reading.files, desc=reading.label, disable=len(reading.files) < 20):
-        frames = reading.read(p, audit)
-        if not any(f.height for f in frames):
+        lines = 0
+        for frame in reading.read(p, audit):  # a large file comes block by block: each is passed on as read
+            lines += frame.height
+            yield frame
+        if not lines:
             skipped.append((p, reading.empty))
-        yield from frames
 
 
 def whole(reading: LogReading, offset_s: float) -> pl.DataFrame | None:

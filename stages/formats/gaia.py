@@ -296,11 +296,11 @@ def split_messages(df: pl.DataFrame, path: Path, first_row: int = 0) -> pl.DataF
 LOG_SLICE_ROWS = 100_000  # records parsed at a time: the parse's helper columns stay small (issue 11)
 
 
-def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
+def _read_log_file(path: Path, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
     """One business table's lines, parsed :data:`LOG_SLICE_ROWS` records at a time (the parse held
-    ~5× the file at once); a continuation line takes the time and level of the header before it,
-    in its slice or the ones before."""
-    parts: list[pl.DataFrame] = []
+    ~5× the file at once) and passed on slice by slice (in the logs stage, to the spill: a table
+    of several GB is never whole in memory); a continuation line takes the time and level of the
+    header before it, in its slice or the ones before."""
     last_ts, last_level, orphans = None, None, 0
     for first, block in c.csv_blocks(path, ["service", "message"], lossy=True):
         for g in _parsed_slices(_drop_index(block), path, first, audit):
@@ -320,10 +320,9 @@ def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
                 last_ts, last_level = out["ts"][-1], out["level"][-1]
             orphans += out["ts"].is_null().sum()
             # the canonical columns only: the parse's helper columns are freed slice by slice
-            parts.append(c.conform(out.filter(pl.col("ts").is_not_null()), "logs"))
+            yield c.conform(out.filter(pl.col("ts").is_not_null()), "logs")
     if orphans:
         log.warning("%s: %d line(s) before the first timestamped line dropped", path, orphans)
-    return pl.concat(parts) if len(parts) > 1 else parts[0] if parts else empty("logs")
 
 
 def _parsed_slices(df: pl.DataFrame, path: Path, first: int, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
@@ -337,7 +336,7 @@ def _parsed_slices(df: pl.DataFrame, path: Path, first: int, audit: c.TimeAudit)
 def log_reading(root: Path) -> LogReading:
     found = scan(root)
     return LogReading(files=found.files["logs"], skipped=list(found.skips("logs")), unclaimed=found.unclaimed,
-                      read=lambda p, audit: [_read_log_file(p, audit)], empty="no log line with a time", label="gaia logs")
+                      read=_read_log_file, empty="no log line with a time", label="gaia logs")
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:

@@ -294,30 +294,36 @@ def read_metrics(root: Path, offset_s: float, together: bool = True) -> pl.DataF
 # ------------------------------------------------------------------ logs
 
 
-def _read_log_file(path: Path, audit: c.TimeAudit) -> pl.DataFrame:
-    df = c.read_csv(path, ["@timestamp", "Payload"], lossy=True)
-    ts = c.parse_times(df["@timestamp"], path, "@timestamp")
-    audit.series(path, ts, "@timestamp")
-    blank = pl.lit(None, dtype=pl.Utf8)
-    prog = pl.col("programname").str.strip_chars().replace("", None) if "programname" in df.columns else blank
-    host = pl.col("Hostname").str.strip_chars().replace("", None) if "Hostname" in df.columns else blank
-    level = pl.col("log_level") if "log_level" in df.columns else blank
-    out = df.with_columns(
-        pl.Series("ts", ts),
-        pl.coalesce(prog, host, pl.lit("unknown")).alias("service"),
-        c.normalise_level(level).alias("level"),
-        pl.col("Payload").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars().alias("message"),
-    )
-    missing = out["ts"].is_null().sum()
+def _read_log_file(path: Path, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
+    """One Elasticsearch export's lines, a block of records at a time (:func:`_common.csv_blocks`):
+    an export of several GB never sits in memory whole (issue 11), and in the logs stage each
+    block goes to the spill as it is parsed. Every step is row by row, so the blocks together are
+    the whole file's lines; a bad time is named by its row in the file."""
+    missing = 0
+    for first, df in c.csv_blocks(path, ["@timestamp", "Payload"], lossy=True):
+        ts = c.parse_times(df["@timestamp"], path, "@timestamp", row_label=lambda i, first=first: c.row_of(first + i))
+        audit.series(path, ts, "@timestamp", row_label=lambda i, first=first: c.row_of(first + i))
+        blank = pl.lit(None, dtype=pl.Utf8)
+        prog = pl.col("programname").str.strip_chars().replace("", None) if "programname" in df.columns else blank
+        host = pl.col("Hostname").str.strip_chars().replace("", None) if "Hostname" in df.columns else blank
+        level = pl.col("log_level") if "log_level" in df.columns else blank
+        out = df.with_columns(
+            pl.Series("ts", ts),
+            pl.coalesce(prog, host, pl.lit("unknown")).alias("service"),
+            c.normalise_level(level).alias("level"),
+            pl.col("Payload").fill_null("").str.replace_all(r"\s+", " ").str.strip_chars().alias("message"),
+        )
+        del df
+        missing += out["ts"].is_null().sum()
+        yield out.filter(pl.col("ts").is_not_null())
     if missing:
         log.warning("%s: %d row(s) without @timestamp dropped", path, missing)
-    return out.filter(pl.col("ts").is_not_null())
 
 
 def log_reading(root: Path) -> LogReading:
     found = scan(root, "logs")
     return LogReading(files=found.files["logs"], skipped=list(found.skips("logs")), unclaimed=found.unclaimed,
-                      read=lambda p, audit: [_read_log_file(p, audit)], empty="no log line with a time", label="msds logs")
+                      read=_read_log_file, empty="no log line with a time", label="msds logs")
 
 
 def read_logs(root: Path, offset_s: float) -> pl.DataFrame | None:
