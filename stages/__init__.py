@@ -5,7 +5,7 @@ exported wins): ``OPENBLAS_THREAD_TIMEOUT=4``, OpenBLAS's shortest busy-wait. It
 otherwise spin for ~2**28 cycles (~0.1 s) after they start and after every BLAS call, waiting
 for the next one, and on two cores that takes one core from polars and torch. Measured in fresh
 processes: a polars read of the five Glances files of ``--scale msds`` took 49-64 ms right after
-``import numpy`` and 37-43 ms with the short wait (README, Benchmarks). It changes when idle
+``import numpy`` and 37-43 ms with the short wait (docs/benchmarks.md). It changes when idle
 threads sleep, not what they compute.
 """
 import os

@@ -101,7 +101,7 @@ def reproducible_cpu_env(pin_vectors: bool = True) -> dict[str, str]:
 
     Effective when set before torch/MKL run their first operation; a user's own setting wins.
     ``pin_vectors=False`` leaves the vector width to the libraries: for bf16 scoring, whose bits
-    differ between CPUs anyway, and which the AVX2 pin makes 6x slower (README, Scoring speed)."""
+    differ between CPUs anyway, and which the AVX2 pin makes 6x slower (docs/benchmarks.md, Scoring speed)."""
     if not pin_vectors:
         return {k: os.environ.get(k, "unset") for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
     avx2 = _cpu_has_avx2()

@@ -6,7 +6,7 @@ top of its heap once more than twice that threshold is free there. Torch's CPU t
 (tens of MB) are freed at the batch's end and allocated again at the next: every batch
 first-touches fresh pages. Scoring FuseGuard's synth_gaia test span took ~950k page faults and
 1.5 s of system time per pass; with these two thresholds fixed, a few thousand and 0.01 s, and the
-same bits (README, Scoring speed). Values set here are the documented ``mallopt`` parameters; a
+same bits (docs/benchmarks.md, Scoring speed). Values set here are the documented ``mallopt`` parameters; a
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` the user exported wins.
 
 The cost is resident memory: up to ``trim_threshold`` of freed heap may stay mapped until the

@@ -58,7 +58,7 @@ def _junk(name: str) -> bool:
 def path_order(p: Path):
     """Sort key giving ``sorted(paths)``'s order: POSIX paths compare part by part, so their ``parts``
     tuples compare the same way, in C, where ``Path.__lt__`` rebuilds each side's parts in Python
-    (300k trace-file paths: 0.9 s against 2.7 s, README Benchmarks)."""
+    (300k trace-file paths: 0.9 s against 2.7 s, docs/benchmarks.md)."""
     return p.parts if isinstance(p, PurePosixPath) else p
 
 
@@ -74,7 +74,7 @@ def walk_text(root: Path) -> tuple[list[str], list[str]]:
     ``os.scandir`` entries say whether they are files from the folder listing itself (no ``stat``
     per file unless a name is a symlink), and paths stay text until sorted (issue 11: an MSDS dump
     holds hundreds of thousands of trace files; listing 2,600 took 22 ms with a ``stat`` and a
-    ``Path`` per name, README Benchmarks; a metrics-only MSDS read spent 6 of its 13 ms listing
+    ``Path`` per name, docs/benchmarks.md; a metrics-only MSDS read spent 6 of its 13 ms listing
     making and sorting ``Path`` objects of trace files it does not read)."""
     root = Path(root)
     files: list[str] = []
