@@ -273,7 +273,7 @@ def test_find_matches_names_as_fnmatchcase_and_sorts_only_what_it_keeps(tmp_path
     on each sorted ``Path``'s name keeps, and ``odd_only`` names odd entries without listing files."""
     import fnmatch
 
-    from stages.formats._common import find, walk, walk_text
+    from stages.formats._common import _suffixes, find, walk, walk_text
 
     names = ["a/x.csv", "a/X.CSV", "b/y.json", "b/y.json.zip", "c/spans.json", "c/x.csv.bak", "d/[1].csv",
              "d/?.csv", "é/z.csv", "z.csv"]
@@ -284,7 +284,11 @@ def test_find_matches_names_as_fnmatchcase_and_sorts_only_what_it_keeps(tmp_path
     (tmp_path / "gone.csv").symlink_to(tmp_path / "missing.csv")
     files, other = walk(tmp_path)
     walked = walk_text(tmp_path)
-    for patterns in [("*.csv",), ("*.json",), ("*.json", "*.zip"), ("spans.json",), ("[[]1].csv",), ("*.CSV",)]:
+    # "*<text>" patterns take the endswith path, the others the regex on each name: both as fnmatchcase
+    assert _suffixes(("*.json", "*.zip")) == (".json", ".zip") and _suffixes(("*",)) == ("",)
+    assert _suffixes(("*.csv", "spans.json")) is None and _suffixes(("*[1].csv",)) is None
+    for patterns in [("*.csv",), ("*.json",), ("*.json", "*.zip"), ("spans.json",), ("[[]1].csv",), ("*.CSV",),
+                     ("*x.csv",), ("*",), ("*.csv", "spans.json"), ("*?.csv",), ("*json",)]:
         expect = [p for p in files if any(fnmatch.fnmatchcase(p.name, pat) for pat in patterns)]
         odd: list = []
         assert find(tmp_path, *patterns, odd=odd) == expect == find(tmp_path, *patterns, walked=walked)
