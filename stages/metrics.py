@@ -18,7 +18,7 @@ import polars as pl
 
 from stages.core.cli import run_stage
 from stages.core.io import write_json
-from stages.core.params import build, effective_split, dataset as dataset_params, load_checked
+from stages.core.params import effective_section, effective_split, dataset as dataset_params, load_checked
 from stages.features.metric_table import write_metric_table
 from stages.features.params import MetricsParams
 from stages.features.publish import staged_outputs
@@ -33,7 +33,7 @@ def run(dataset: str, raw_params: dict | None = None) -> dict:
     raw = load_checked() if raw_params is None else raw_params  # params.yaml as a whole checked first
     ds = dataset_params(dataset, raw)
     split = effective_split(dataset, raw)  # global split with datasets.<ds>.split overrides
-    params = build(MetricsParams, raw.get("metrics"), where="metrics")
+    params = effective_section(MetricsParams, "metrics", dataset, raw)  # with datasets.<ds>.metrics overrides
     with staged_outputs(FEATURES_ROOT / dataset, OUTPUTS) as tmp:
         # the dump's points part by part (disjoint columns): never all of them in memory at once
         counted = _Counted(read_metric_parts(ds.format, Path(ds.raw), ds.offsets))

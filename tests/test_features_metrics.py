@@ -261,8 +261,8 @@ def test_a_grid_larger_than_memory_is_a_clear_error(monkeypatch):
 
     rows = [(k * 10, "svc", f"m{j}", float(k * (j + 1))) for k in range(50) for j in range(3)]
     monkeypatch.setattr(memory, "available_bytes", lambda: 12 * 50 * 3 - 1)
-    with pytest.raises(InputError, match=r"params.yaml: datasets.<name>.step_s / metrics.include / metrics.exclude: "
-                                         r"expected a metric grid of 50 steps × 3 columns that fits in memory"):
+    with pytest.raises(InputError, match=r"params.yaml: datasets.<name>.step_s / datasets.<name>.metrics.include / "
+                                         r"exclude: expected a metric grid of 50 steps × 3 columns that fits in memory"):
         metric_matrix(points(rows), 10, SPLIT, MetricsParams())
     monkeypatch.setattr(memory, "available_bytes", lambda: 12 * 50 * 3)
     frame, _ = metric_matrix(points(rows), 10, SPLIT, MetricsParams())

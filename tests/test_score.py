@@ -28,6 +28,7 @@ import yaml
 
 from stages import embed, embed_pca, labels, logs, metrics, score, traces, train, windows
 from stages.core.device import autocast
+from stages.core.errors import InputError
 from stages.core.dspot import DSpot
 from stages.core.windowset import FeatureSchema, load_split
 from stages.features.metric_matrix import forward_fill, last_observed
@@ -475,6 +476,24 @@ def _schema_unit(name: str, schema: FeatureSchema) -> str | None:
     if k.isdigit() and (service, int(k)) in {tuple(c) for c in schema.log_columns}:
         return "log"
     return None
+
+
+def test_frozen_state_reads_the_datasets_metric_overrides(project, tmp_path):
+    """Scoring fills gaps as the dataset's metrics stage did: ``datasets.<name>.metrics`` overrides
+    the ``metrics:`` section here too."""
+    import copy
+
+    root, raw, _ = project
+    assert load_frozen(root / "models" / DS / "fuseguard", Paths(root)).max_gap_steps == raw["metrics"]["max_gap_steps"]
+    changed = copy.deepcopy(raw)
+    changed["datasets"][DS]["metrics"] = {"max_gap_steps": raw["metrics"]["max_gap_steps"] + 3}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    frozen = load_frozen(root / "models" / DS / "fuseguard", Paths(root, params=tmp_path / "params.yaml"))
+    assert frozen.max_gap_steps == raw["metrics"]["max_gap_steps"] + 3
+    changed["datasets"][DS]["metrics"] = {"max_gap": 1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    with pytest.raises(InputError, match=r"metrics \(with datasets\.synth_tt\.metrics\)"):
+        load_frozen(root / "models" / DS / "fuseguard", Paths(root, params=tmp_path / "params.yaml"))
 
 
 def test_fuseguard_explain_reads_the_scoring_pass_and_keeps_the_scores(project):

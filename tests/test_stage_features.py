@@ -148,6 +148,28 @@ def test_a_failure_mid_stage_keeps_the_previous_outputs(toy, tmp_path, monkeypat
     assert not list(out.glob(".staging-*"))
 
 
+def test_a_dataset_narrows_its_own_metrics(toy, tmp_path):
+    """``datasets.<name>.metrics`` overrides the ``metrics:`` section for that dataset alone (a wide
+    dump narrowed with ``include`` leaves the other datasets' channels as they were); a bad
+    override is named with the dataset."""
+    import copy
+
+    raw = copy.deepcopy(RAW)
+    raw["metrics"] = {"exclude": ["/mem$"]}
+    raw["datasets"]["wide"] = {**raw["datasets"]["toy"], "metrics": {"include": ["^svc-a/"]}}
+    metrics_stage.run("toy", raw)
+    metrics_stage.run("wide", raw)
+    columns = {ds: [c for c in pl.read_parquet_schema(tmp_path / f"data/features/{ds}/metrics.parquet") if c != "ts"]
+               for ds in ("toy", "wide")}
+    assert columns == {"toy": ["svc-a/cpu", "svc-b/cpu"], "wide": ["svc-a/cpu"]}  # the global exclude still applies
+    raw["datasets"]["wide"]["metrics"] = {"include": ["("]}
+    with pytest.raises(InputError, match=r"metrics\.include\[0\].*regular expression"):
+        metrics_stage.run("wide", raw)
+    raw["datasets"]["wide"]["metrics"] = {"max_gap": 3}
+    with pytest.raises(InputError, match=r"metrics \(with datasets\.wide\.metrics\)"):
+        metrics_stage.run("wide", raw)
+
+
 def test_metrics_stage_in_chunks(toy, tmp_path, monkeypatch):
     """The stage with its table forced into chunks of steps (step means spilled): the same cells and
     stats file, no spill left behind; a failure in the last chunk keeps the previous outputs."""

@@ -287,8 +287,9 @@ class ClockOffsets:
 class DatasetParams:
     """One dataset: its raw format, where its raw dump lives, and how to read it.
 
-    ``split`` and ``windows`` override the global sections for this dataset only, so a real dump can
-    use another split or window length without retraining the synthetic datasets. ``sources`` names
+    ``split``, ``windows`` and ``metrics`` override the global sections for this dataset only, so a
+    real dump can use another split, window length or metric selection (``metrics.include`` for a
+    dump of thousands of series) without retraining the synthetic datasets. ``sources`` names
     the other datasets whose training data cross-system detectors (KAD-Disformer pre-training,
     MetaLog's source system) learn from — an explicit list, so adding a dataset never changes
     another dataset's results. ``group`` ties datasets that differ only by generator seed together
@@ -304,6 +305,7 @@ class DatasetParams:
     sources: list[str] = field(default_factory=list)
     split: dict[str, Any] | None = None  # keys of the `split:` section overridden for this dataset
     windows: dict[str, Any] | None = None  # keys of the `windows:` section overridden for this dataset
+    metrics: dict[str, Any] | None = None  # keys of the `metrics:` section overridden for this dataset
     # learn only from few-shot windows whose steps are all labelled normal — for dumps where faults cover
     # most of the time (the real TT chunk: 84%). It reads the few-shot span's labels; the report says so.
     train_normal_only: bool = False
@@ -372,7 +374,7 @@ def dataset(name: str, raw: dict[str, Any] | None = None) -> DatasetParams:
 
 
 def effective_section(cls: type[T], key: str, ds: str, raw: dict[str, Any] | None = None) -> T:
-    """Section ``key`` (``split`` or ``windows``) with ``datasets.<ds>.<key>`` overrides applied."""
+    """Section ``key`` (``split``, ``windows`` or ``metrics``) with ``datasets.<ds>.<key>`` overrides applied."""
     raw = load_raw() if raw is None else raw
     base = raw.get(key) or {}
     if not isinstance(base, dict):

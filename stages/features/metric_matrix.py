@@ -446,7 +446,7 @@ def whole_table(collected: CollectedMeans, layout: TableLayout, params: MetricsP
     kept, kept_at = layout.kept, layout.kept_at
     # the float64 step means and the float32 table exist together: 12 bytes per cell at least
     require_memory(12 * layout.cells, f"a metric grid of {len(g):,} steps × {len(layout.names):,} columns",
-                   "datasets.<name>.step_s / metrics.include / metrics.exclude",
+                   "datasets.<name>.step_s / datasets.<name>.metrics.include / exclude",
                    "a longer step or fewer columns; 12 bytes per cell")
     z = None
     for i, (part, cols) in enumerate(zip(means, layout.part_cols)):

@@ -81,7 +81,7 @@ def _chunk_rows(layout: TableLayout, widest_part: int) -> int:
     # fill/scale temporaries (~3 copies)
     require_memory(2 * 4 * rows * kept + 3 * 8 * rows * widest_part + 8 * len(layout.g) * widest_part,
                    f"a metric table of {len(layout.g):,} steps × {kept:,} columns in chunks of {rows:,} steps",
-                   "datasets.<name>.step_s / metrics.include / metrics.exclude", "a longer step or fewer columns")
+                   "datasets.<name>.step_s / datasets.<name>.metrics.include / exclude", "a longer step or fewer columns")
     return rows
 
 

@@ -412,9 +412,10 @@ class FuseGuard(TorchDetector):
         have = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else None
         require_memory(need, f"FuseGuard's channel pairs ({self.schema.n_metric:,} metric channels, "
                              f"{windows} windows per {'training' if training else 'scoring'} batch)",
-                       "fuseguard.train.batch_size / fuseguard.train.score_batch_size / metrics.include / "
-                       "metrics.exclude", "smaller batches, or fewer metric channels: the memory grows with "
-                       "their square", have=have, where="GPU memory" if have is not None else "memory")
+                       "fuseguard.train.batch_size / fuseguard.train.score_batch_size / "
+                       f"datasets.{self.schema.dataset}.metrics.include / exclude",
+                       "smaller batches, or fewer metric channels: the memory grows with their square",
+                       have=have, where="GPU memory" if have is not None else "memory")
 
     def _inference_passes(self, ws: WindowSet):
         """(starts, batch, forward output) of every scoring batch of ``ws``: eval mode, LoRA folded in,

@@ -167,10 +167,16 @@ def load_frozen(model_dir: str | Path, paths: Paths | None = None) -> FrozenStat
 
     schema.word_pca = load_word_pca(paths.word_pca)
     raw = load_raw(paths.params) if paths.params.is_file() else {}
-    metrics_params = build(MetricsParams, raw.get("metrics"), where="metrics", source=paths.params)
+    ds_raw = (raw.get("datasets") or {}).get(ds) or {}
+    # as the metrics stage reads it: the global section with datasets.<ds>.metrics overrides
+    base, override = raw.get("metrics"), ds_raw.get("metrics") if isinstance(ds_raw, dict) else None
+    if override is not None and not isinstance(override, dict):
+        raise InputError(paths.params, f"datasets.{ds}.metrics", "a mapping", override)
+    merged = {**base, **override} if override and isinstance(base, dict) else (override or base)
+    metrics_params = build(MetricsParams, merged, source=paths.params,
+                           where=f"metrics (with datasets.{ds}.metrics)" if override else "metrics")
     eval_raw = (raw.get("evaluate") or {}).get("threshold") if isinstance(raw.get("evaluate"), dict) else None
     threshold = build(ThresholdParams, eval_raw, where="evaluate.threshold", source=paths.params)
-    ds_raw = (raw.get("datasets") or {}).get(ds) or {}
     fmt = ds_raw.get("format") if isinstance(ds_raw, dict) else None
     offsets = build(ClockOffsets, ds_raw["offsets"], where=f"datasets.{ds}.offsets", source=paths.params) \
         if isinstance(ds_raw, dict) and ds_raw.get("offsets") else None

@@ -166,7 +166,7 @@ def align(features: Path, step_s: float, params: WindowParams) -> Aligned:
     T = len(grid_ts)
     width = len(metric_cols) + len(trace_cols) + len(log_cols)
     require_memory(4 * T * width, f"a common grid of {T:,} steps × {width:,} float32 columns",  # the arrays alone
-                   "datasets.<name>.step_s / metrics.include / metrics.exclude / windows.modalities",
+                   "datasets.<name>.step_s / datasets.<name>.metrics.include / exclude / windows.modalities",
                    "a longer step, fewer metric columns or fewer modalities")
     metric = np.zeros((T, 0), np.float32)
     if metric_cols:
