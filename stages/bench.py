@@ -5,8 +5,12 @@
         reference reader of the same files, each in a fresh process: rows/s, MB/s, peak RSS and the
         project/reference ratios as a markdown table (see stages/bench_ingest.py).
     python -m stages.bench train [--detector fuseguard] [--profile default|paper] [--windows 512]
+                                 [--random-backbone]
         training and scoring windows/s on synthetic windows, on CUDA when present (bf16 and fp32)
-        else on the CPU; peak memory.
+        else on the CPU; peak memory. ``--random-backbone``: the profile's backbone architecture
+        from its default config with random weights, for a machine without the weights (a GPU
+        machine with no network: GPT-2's 548 MB cannot be carried there). The compute and memory
+        are the real model's; the detection is not, and the output says so.
 
     python -m stages.bench splits [--steps 120958] [--channels 650] [--repeat 3]
         the train and evaluate stages' split loads from a synthetic full-length grid.npz, reading
@@ -86,6 +90,33 @@ PROFILES = {
 }
 
 
+def random_backbone(name: str, folder: Path, **config_overrides) -> str:
+    """A local Hugging Face directory holding ``name``'s architecture with seeded random weights and
+    a minimal word-piece tokenizer: what loads in :func:`stages.core.llm.load_backbone` with nothing
+    downloaded. The architecture is a model type's default config (``gpt2``: GPT-2 small, 12 blocks
+    of 768), or the config of ``minilm`` / a local model directory. For throughput and memory only."""
+    import torch
+    from transformers import AutoConfig, AutoModel, BertTokenizer
+
+    from stages.core.errors import InputError
+    from stages.core.llm import PACKAGED, resolve_backbone
+
+    try:
+        if name == PACKAGED or Path(name).is_dir():
+            config = AutoConfig.from_pretrained(resolve_backbone(name), **config_overrides)
+        else:
+            config = AutoConfig.for_model(name, **config_overrides)
+    except (OSError, ValueError):
+        raise InputError("--random-backbone", "llm.backbone", "a model type transformers knows (gpt2, bert, …), "
+                         "'minilm' or a local model directory", name) from None
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(folder))
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) + "\n")
+    BertTokenizer(vocab_file=str(vocab)).save_pretrained(str(folder))
+    return str(folder)
+
+
 def bench_train(args: argparse.Namespace) -> dict:
     import torch
 
@@ -97,7 +128,12 @@ def bench_train(args: argparse.Namespace) -> dict:
 
     prof = PROFILES[args.profile]
     keep_freed_memory()  # as the train and evaluate stages do
-    llm = build(LLMParams, prof["llm"], where="llm")
+    llm_raw = dict(prof["llm"])
+    scratch = None
+    if getattr(args, "random_backbone", False) and args.detector == "fuseguard":
+        scratch = tempfile.TemporaryDirectory(prefix="bench-backbone-")
+        llm_raw["backbone"] = random_backbone(llm_raw["backbone"], Path(scratch.name))
+    llm = build(LLMParams, llm_raw, where="llm")
     hidden = hidden_size(load_backbone(llm.backbone)[1]) if args.detector == "fuseguard" else 8
     ws = _synthetic_windows(args.windows, prof["window"], args.stride, args.channels, args.edges, args.log_columns,
                             hidden)
@@ -129,9 +165,13 @@ def bench_train(args: argparse.Namespace) -> dict:
             run["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         runs.append(run)
         log.info("%s", run)
+    if scratch is not None:
+        scratch.cleanup()
     return {"detector": args.detector, "profile": args.profile, "windows": len(ws), "window": prof["window"],
             "channels": args.channels, "edges": args.edges, "log_columns": args.log_columns,
-            "threads": torch.get_num_threads(), "runs": runs}
+            "backbone": f"{prof['llm']['backbone']}, random weights (throughput and memory only)" if scratch
+            else prof["llm"]["backbone"], "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "runs": runs}
 
 
 def bench_score(args: argparse.Namespace) -> dict:
@@ -200,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--log-columns", type=int, default=100)
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--random-backbone", action="store_true",
+                   help="the profile's backbone architecture with random weights (no weights needed; "
+                        "throughput and memory only)")
     sp = sub.add_parser("splits", description=bench_splits.__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_splits.add_arguments(sp)
