@@ -315,7 +315,8 @@ def _read_log_file(path: Path, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
         )
         del df
         missing += out["ts"].is_null().sum()
-        yield out.filter(pl.col("ts").is_not_null())
+        # the canonical columns only: the export's own (the raw payload, hosts, modules) are not spilled
+        yield c.conform(out.filter(pl.col("ts").is_not_null()), "logs")
     if missing:
         log.warning("%s: %d row(s) without @timestamp dropped", path, missing)
 
