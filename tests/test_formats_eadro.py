@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from stages.core.errors import InputError
-from stages.core.frames import SCHEMAS, US
+from stages.core.frames import SCHEMAS, US, conform
 from stages.formats import eadro, read_dump
 
 CHUNK = "TT.2022-04-19T001753D2022-04-19T020534"
@@ -221,7 +221,7 @@ def _one_at_a_time(path: Path) -> pl.DataFrame:
     frames = {}
     for service, lines in json.loads(path.read_text(), object_pairs_hook=list):  # every key, repeats too
         frames[service] = _parse_log_lines(service, lines, path) if lines else None
-    return pl.concat([f for f in frames.values() if f is not None])
+    return conform(pl.concat([f for f in frames.values() if f is not None]), "logs")  # the reader's columns
 
 
 def test_batched_services_equal_one_service_at_a_time(tmp_path: Path, caplog):

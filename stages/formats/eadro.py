@@ -231,8 +231,8 @@ def _read_log_file(path: Path, audit: c.TimeAudit | None = None) -> list[pl.Data
     seen: set[str] = set()
 
     def flush() -> None:
-        if pending:
-            frames.append(_parse_services(pending, path, audit))
+        if pending:  # the canonical columns only: the raw line and its parsed pieces are not spilled
+            frames.append(c.conform(_parse_services(pending, path, audit), "logs"))
             pending.clear()
 
     for service, lines in c.stream_json(opener, path, "", kv=True, lossy=True):
