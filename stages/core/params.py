@@ -376,11 +376,19 @@ def dataset(name: str, raw: dict[str, Any] | None = None) -> DatasetParams:
 def effective_section(cls: type[T], key: str, ds: str, raw: dict[str, Any] | None = None) -> T:
     """Section ``key`` (``split``, ``windows`` or ``metrics``) with ``datasets.<ds>.<key>`` overrides applied."""
     raw = load_raw() if raw is None else raw
-    base = raw.get(key) or {}
-    if not isinstance(base, dict):
-        raise InputError(PARAMS_FILE, key, "a mapping", base)
-    override = dataset(ds, raw).__dict__.get(key) or {}
-    return build(cls, {**base, **override}, where=key if not override else f"{key} (with datasets.{ds}.{key})")
+    return overridden_section(cls, key, ds, raw.get(key), dataset(ds, raw).__dict__.get(key))
+
+
+def overridden_section(cls: type[T], key: str, ds: str, base: Any, override: Any,
+                       source: str | Path = PARAMS_FILE) -> T:
+    """``cls`` built from the global mapping ``base`` of section ``key`` with the mapping ``override``
+    (``datasets.<ds>.<key>``) on top; errors name ``source`` and the key at fault."""
+    for where, node in ((key, base), (f"datasets.{ds}.{key}", override)):
+        if node and not isinstance(node, dict):
+            raise InputError(source, where, "a mapping", node)
+    override = override or {}
+    return build(cls, {**(base or {}), **override}, source=source,
+                 where=key if not override else f"{key} (with datasets.{ds}.{key})")
 
 
 def effective_split(ds: str, raw: dict[str, Any] | None = None) -> SplitParams:

@@ -301,8 +301,11 @@ def _read_log_file(path: Path, audit: c.TimeAudit) -> Iterator[pl.DataFrame]:
     the whole file's lines; a bad time is named by its row in the file."""
     missing = 0
     for first, df in c.csv_blocks(path, ["@timestamp", "Payload"], lossy=True):
-        ts = c.parse_times(df["@timestamp"], path, "@timestamp", row_label=lambda i, first=first: c.row_of(first + i))
-        audit.series(path, ts, "@timestamp", row_label=lambda i, first=first: c.row_of(first + i))
+        def row(i: int, first: int = first) -> str:  # the record's row in the file, not in the block
+            return c.row_of(first + i)
+
+        ts = c.parse_times(df["@timestamp"], path, "@timestamp", row_label=row)
+        audit.series(path, ts, "@timestamp", row_label=row)
         blank = pl.lit(None, dtype=pl.Utf8)
         prog = pl.col("programname").str.strip_chars().replace("", None) if "programname" in df.columns else blank
         host = pl.col("Hostname").str.strip_chars().replace("", None) if "Hostname" in df.columns else blank

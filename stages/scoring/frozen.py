@@ -20,7 +20,7 @@ import numpy as np
 from stages.core.errors import InputError
 from stages.core.evaluation import ThresholdParams
 from stages.core.io import read_json
-from stages.core.params import PARAMS_FILE, ClockOffsets, build, load_raw
+from stages.core.params import PARAMS_FILE, ClockOffsets, build, load_raw, overridden_section
 from stages.core.windowset import FeatureSchema, GridArrays, load_schema
 from stages.features.log_templates import SavedMiners, load_miners
 from stages.features.params import MetricsParams
@@ -169,12 +169,8 @@ def load_frozen(model_dir: str | Path, paths: Paths | None = None) -> FrozenStat
     raw = load_raw(paths.params) if paths.params.is_file() else {}
     ds_raw = (raw.get("datasets") or {}).get(ds) or {}
     # as the metrics stage reads it: the global section with datasets.<ds>.metrics overrides
-    base, override = raw.get("metrics"), ds_raw.get("metrics") if isinstance(ds_raw, dict) else None
-    if override is not None and not isinstance(override, dict):
-        raise InputError(paths.params, f"datasets.{ds}.metrics", "a mapping", override)
-    merged = {**base, **override} if override and isinstance(base, dict) else (override or base)
-    metrics_params = build(MetricsParams, merged, source=paths.params,
-                           where=f"metrics (with datasets.{ds}.metrics)" if override else "metrics")
+    metrics_params = overridden_section(MetricsParams, "metrics", ds, raw.get("metrics"),
+                                        ds_raw.get("metrics") if isinstance(ds_raw, dict) else None, paths.params)
     eval_raw = (raw.get("evaluate") or {}).get("threshold") if isinstance(raw.get("evaluate"), dict) else None
     threshold = build(ThresholdParams, eval_raw, where="evaluate.threshold", source=paths.params)
     fmt = ds_raw.get("format") if isinstance(ds_raw, dict) else None
